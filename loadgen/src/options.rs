@@ -1,0 +1,87 @@
+//! Command-line option groups shared by every scenario: where to send load, what
+//! fleet to register, and how to report. A scenario flattens the groups it needs.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+use crate::fleet::MAX_FLEET_SIZE;
+
+/// Where the load goes and how much of it is outstanding at once.
+#[derive(Debug, Clone, Args)]
+pub struct ConnectionOptions {
+    /// Server gRPC address (host:port or http://host:port); repeat or comma-separate
+    /// for several servers, requests are spread round-robin over them.
+    #[arg(
+        long = "target",
+        value_name = "ADDR",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:8091"
+    )]
+    pub targets: Vec<String>,
+
+    /// HTTP/2 connections (tonic channels) in total, spread over the targets.
+    #[arg(long, value_name = "K", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub connections: u32,
+
+    /// Requests outstanding at once, over all connections.
+    #[arg(long = "in-flight", value_name = "C", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub in_flight: u32,
+
+    /// Per-request deadline; a request not answered in time counts as `timeout`.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+
+    /// Sent as `x-polaris-token` gRPC metadata with every request.
+    #[arg(long, value_name = "TOKEN")]
+    pub token: Option<String>,
+}
+
+/// The fleet of instances a scenario registers; see [`crate::fleet::Fleet`].
+#[derive(Debug, Clone, Args)]
+pub struct FleetOptions {
+    /// Distinct instances.
+    #[arg(long, value_name = "N", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..=MAX_FLEET_SIZE))]
+    pub count: u64,
+
+    /// Namespaces the instances are spread over (`loadgen-ns-{i}`).
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub namespaces: u32,
+
+    /// Services per namespace the instances are spread over (`loadgen-svc-{i}`).
+    #[arg(long, value_name = "N", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    pub services: u32,
+
+    /// Metadata entries per instance (keys `k0`, `k1`, ...).
+    #[arg(long, value_name = "M", default_value_t = 3)]
+    pub metadata: u32,
+
+    /// Bytes in each metadata value.
+    #[arg(long = "metadata-size", value_name = "BYTES", default_value_t = 16)]
+    pub metadata_size: u32,
+
+    /// Heartbeat TTL in seconds; 0 registers without a health check.
+    #[arg(long, value_name = "SECONDS", default_value_t = 5)]
+    pub ttl: u32,
+
+    /// Seed for hosts, ports and metadata values: the same seed gives the same fleet.
+    #[arg(long, value_name = "SEED", default_value_t = 1)]
+    pub seed: u64,
+}
+
+/// How the result is shown and saved.
+#[derive(Debug, Clone, Args)]
+pub struct OutputOptions {
+    /// Print the final report as one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Save the latency percentile distribution (HdrHistogram .hgrm text, ms) to FILE.
+    #[arg(long = "hdr-out", value_name = "FILE")]
+    pub hdr_out: Option<PathBuf>,
+
+    /// No live progress bar (it is also off when stderr is not a terminal).
+    #[arg(long = "no-progress")]
+    pub no_progress: bool,
+}

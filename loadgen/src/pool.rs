@@ -1,0 +1,119 @@
+//! gRPC connections to the targets, opened once before the run starts so an
+//! unreachable server is reported at once rather than as a storm of errors.
+
+use std::time::Duration;
+
+use tonic::transport::{Channel, Endpoint};
+
+use crate::proto::polaris_grpc_client::PolarisGrpcClient;
+
+/// Longest wait for one connection to open.
+const CONNECT_TIMEOUT_CAP: Duration = Duration::from_secs(10);
+
+/// A target that could not be reached, or was not a valid address.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot connect to {target}")]
+pub struct ConnectError {
+    pub target: String,
+    #[source]
+    pub source: tonic::transport::Error,
+}
+
+/// Clients grouped by target; each client is its own HTTP/2 connection.
+#[derive(Debug, Clone)]
+pub struct ClientPool {
+    by_target: Vec<Vec<PolarisGrpcClient<Channel>>>,
+}
+
+impl ClientPool {
+    /// Opens `connections` channels spread over `targets` (at least one per target).
+    pub async fn connect(
+        targets: &[String],
+        connections: usize,
+        request_timeout: Duration,
+    ) -> Result<Self, ConnectError> {
+        debug_assert!(!targets.is_empty());
+        let mut by_target = Vec::with_capacity(targets.len());
+        for (target_index, target) in targets.iter().enumerate() {
+            let endpoint = endpoint(target, request_timeout)?;
+            let channel_count = channels_for_target(target_index, targets.len(), connections);
+            let mut clients = Vec::with_capacity(channel_count);
+            for _ in 0..channel_count {
+                let channel = endpoint.connect().await.map_err(|source| ConnectError {
+                    target: target.clone(),
+                    source,
+                })?;
+                clients.push(PolarisGrpcClient::new(channel));
+            }
+            by_target.push(clients);
+        }
+        Ok(ClientPool { by_target })
+    }
+
+    /// Client for request `index`: targets take turns, and within a target its
+    /// connections take turns.
+    pub fn client(&self, index: u64) -> PolarisGrpcClient<Channel> {
+        let target = route_target(index, self.by_target.len());
+        let clients = &self.by_target[target];
+        clients[route_connection(index, self.by_target.len(), clients.len())].clone()
+    }
+
+    /// Connections actually opened, over all targets.
+    pub fn connection_count(&self) -> usize {
+        self.by_target.iter().map(Vec::len).sum()
+    }
+}
+
+/// Accepts `host:port` or a full `http://` / `https://` URI.
+fn endpoint(target: &str, request_timeout: Duration) -> Result<Endpoint, ConnectError> {
+    let uri = if target.contains("://") {
+        target.to_owned()
+    } else {
+        format!("http://{target}")
+    };
+    let endpoint = Endpoint::from_shared(uri).map_err(|source| ConnectError {
+        target: target.to_owned(),
+        source,
+    })?;
+    Ok(endpoint
+        .connect_timeout(request_timeout.min(CONNECT_TIMEOUT_CAP))
+        .tcp_nodelay(true))
+}
+
+/// Connections given to target `target_index`: `total` dealt out in turn, at least one.
+fn channels_for_target(target_index: usize, targets: usize, total: usize) -> usize {
+    let base = total / targets;
+    let extra = usize::from(target_index < total % targets);
+    (base + extra).max(1)
+}
+
+/// Target of request `index`: the targets take turns.
+fn route_target(index: u64, targets: usize) -> usize {
+    (index % targets as u64) as usize
+}
+
+/// Connection of request `index` within its target: that target's connections take turns.
+fn route_connection(index: u64, targets: usize, connections: usize) -> usize {
+    ((index / targets as u64) % connections as u64) as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connections_are_dealt_over_targets() {
+        let counts: Vec<_> = (0..3).map(|t| channels_for_target(t, 3, 8)).collect();
+        assert_eq!(counts, [3, 3, 2]);
+        let few: Vec<_> = (0..3).map(|t| channels_for_target(t, 3, 1)).collect();
+        assert_eq!(few, [1, 1, 1]);
+    }
+
+    #[test]
+    fn requests_alternate_over_targets_then_connections() {
+        let routes: Vec<_> = (0..6)
+            .map(|i| (route_target(i, 2), route_connection(i, 2, 3)))
+            .collect();
+        assert_eq!(routes, [(0, 0), (1, 0), (0, 1), (1, 1), (0, 2), (1, 2)]);
+    }
+}

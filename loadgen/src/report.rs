@@ -1,0 +1,492 @@
+//! What a run measured: answers counted by outcome, latency percentiles, and the
+//! final report as a table or JSON.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::io;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+/// Polaris codes this tool names in its table (the set the design document uses).
+const POLARIS_CODE_NAMES: &[(u32, &str)] = &[
+    (200000, "ExecuteSuccess"),
+    (400000, "BadRequest"),
+    (400001, "ParseException"),
+    (400002, "EmptyRequest"),
+    (400103, "InvalidParameter"),
+    (400110, "InvalidNamespaceName"),
+    (400120, "InvalidServiceName"),
+    (400122, "InvalidServiceToken"),
+    (400130, "InvalidInstanceID"),
+    (400131, "InvalidInstanceHost"),
+    (400132, "InvalidInstancePort"),
+    (400136, "InvalidInstanceProtocol"),
+    (400137, "InvalidInstanceVersion"),
+    (400138, "InvalidInstanceLogicSet"),
+    (400140, "HealthCheckNotOpen"),
+    (400141, "HeartbeatOnDisabledIns"),
+    (400150, "InvalidMetadata"),
+    (400201, "ExistedResource"),
+    (400202, "NotFoundResource"),
+    (400301, "NotFoundService"),
+    (400303, "NotFoundInstance"),
+    (401000, "Unauthorized"),
+    (401001, "NotAllowedAccess"),
+    (401002, "EmptyAutToken"),
+    (429001, "InstanceTooManyRequests"),
+    (500000, "ExecuteException"),
+    (500001, "StoreLayerException"),
+    (500007, "HeartbeatException"),
+    (500008, "InstanceRegisTimeout"),
+];
+
+pub const EXECUTE_SUCCESS: u32 = 200000;
+pub const EXISTED_RESOURCE: u32 = 400201;
+
+/// How one request ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// gRPC OK; the Polaris code of the `Response`, `None` when it carried none.
+    Answered(Option<u32>),
+    /// The call failed at the gRPC level.
+    Grpc(tonic::Code),
+    /// No answer within the per-request deadline.
+    Timeout,
+}
+
+impl Outcome {
+    /// Key used in the table and in JSON: the Polaris code, `grpc:<Code>`,
+    /// `no-code` or `timeout`.
+    pub fn label(&self) -> String {
+        match self {
+            Outcome::Answered(Some(code)) => code.to_string(),
+            Outcome::Answered(None) => "no-code".to_owned(),
+            Outcome::Grpc(code) => format!("grpc:{code:?}"),
+            Outcome::Timeout => "timeout".to_owned(),
+        }
+    }
+
+    /// Human name of a known Polaris code or of the gRPC status.
+    pub fn description(&self) -> &'static str {
+        match self {
+            Outcome::Answered(Some(code)) => POLARIS_CODE_NAMES
+                .iter()
+                .find(|(known, _)| known == code)
+                .map_or("", |(_, name)| name),
+            Outcome::Answered(None) => "Response without code",
+            Outcome::Grpc(code) => code.description(),
+            Outcome::Timeout => "no answer before --timeout",
+        }
+    }
+}
+
+/// The Polaris codes a scenario counts as a correct answer; anything else fails the run.
+#[derive(Debug, Clone, Copy)]
+pub struct Expectation {
+    pub codes: &'static [u32],
+}
+
+impl Expectation {
+    pub fn accepts(&self, outcome: Outcome) -> bool {
+        matches!(outcome, Outcome::Answered(Some(code)) if self.codes.contains(&code))
+    }
+}
+
+/// Answers counted by outcome; one per worker, merged at the end.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tally {
+    counts: HashMap<Outcome, u64>,
+}
+
+impl Tally {
+    pub fn record(&mut self, outcome: Outcome) {
+        *self.counts.entry(outcome).or_default() += 1;
+    }
+
+    pub fn merge(&mut self, other: &Tally) {
+        for (outcome, count) in &other.counts {
+            *self.counts.entry(*outcome).or_default() += count;
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.counts.values().sum()
+    }
+
+    /// Outcomes with their counts, most frequent first (ties by label).
+    pub fn sorted(&self) -> Vec<(Outcome, u64)> {
+        let mut rows: Vec<_> = self.counts.iter().map(|(o, c)| (*o, *c)).collect();
+        rows.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.label().cmp(&b.0.label())));
+        rows
+    }
+
+    /// Outcomes the expectation does not accept, with their counts.
+    pub fn unexpected(&self, expectation: Expectation) -> Vec<(Outcome, u64)> {
+        self.sorted()
+            .into_iter()
+            .filter(|(outcome, _)| !expectation.accepts(*outcome))
+            .collect()
+    }
+}
+
+/// Latency histogram of a run, in microseconds.
+pub fn new_latency_histogram() -> Histogram<u64> {
+    // 1 µs to 1 hour at 3 significant digits; larger values saturate.
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds")
+}
+
+/// Latency percentiles in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct LatencySummary {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub max: f64,
+}
+
+impl LatencySummary {
+    /// Reads the percentiles of a histogram recorded in microseconds.
+    pub fn from_micros(histogram: &Histogram<u64>) -> Self {
+        let at = |quantile: f64| micros_to_millis(histogram.value_at_quantile(quantile));
+        LatencySummary {
+            p50: at(0.50),
+            p90: at(0.90),
+            p99: at(0.99),
+            p999: at(0.999),
+            max: micros_to_millis(histogram.max()),
+        }
+    }
+}
+
+fn micros_to_millis(micros: u64) -> f64 {
+    micros as f64 / 1000.0
+}
+
+/// The final report of a run; serialised as is for `--json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub scenario: &'static str,
+    pub targets: Vec<String>,
+    pub count: u64,
+    pub in_flight: u32,
+    pub connections: usize,
+    pub elapsed_s: f64,
+    pub rate_per_s: f64,
+    /// Count per outcome label.
+    pub codes: BTreeMap<String, u64>,
+    pub latency_ms: LatencySummary,
+    /// Count per outcome label the scenario does not accept; empty on success.
+    pub unexpected: BTreeMap<String, u64>,
+    #[serde(skip)]
+    pub rows: Vec<(Outcome, u64)>,
+}
+
+/// Everything a report is made from, besides the counts and latencies.
+#[derive(Debug, Clone)]
+pub struct RunSetup {
+    pub scenario: &'static str,
+    pub targets: Vec<String>,
+    pub in_flight: u32,
+    pub connections: usize,
+    pub expectation: Expectation,
+}
+
+impl Report {
+    pub fn new(
+        setup: RunSetup,
+        elapsed: std::time::Duration,
+        tally: &Tally,
+        latency: &Histogram<u64>,
+    ) -> Self {
+        let count = tally.total();
+        let elapsed_s = elapsed.as_secs_f64();
+        let rate_per_s = if elapsed_s > 0.0 {
+            count as f64 / elapsed_s
+        } else {
+            0.0
+        };
+        let labelled = |rows: &[(Outcome, u64)]| {
+            rows.iter()
+                .map(|(outcome, count)| (outcome.label(), *count))
+                .collect::<BTreeMap<_, _>>()
+        };
+        let rows = tally.sorted();
+        Report {
+            scenario: setup.scenario,
+            targets: setup.targets,
+            count,
+            in_flight: setup.in_flight,
+            connections: setup.connections,
+            elapsed_s,
+            rate_per_s,
+            codes: labelled(&rows),
+            latency_ms: LatencySummary::from_micros(latency),
+            unexpected: labelled(&tally.unexpected(setup.expectation)),
+            rows,
+        }
+    }
+
+    pub fn is_success(&self) -> bool {
+        self.unexpected.is_empty()
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("report serialises")
+    }
+
+    /// The report as an aligned plain-text table.
+    pub fn to_table(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "scenario     {}", self.scenario);
+        let _ = writeln!(out, "targets      {}", self.targets.join(", "));
+        let _ = writeln!(out, "count        {}", self.count);
+        let _ = writeln!(out, "in-flight    {}", self.in_flight);
+        let _ = writeln!(out, "connections  {}", self.connections);
+        let _ = writeln!(out, "elapsed      {:.3} s", self.elapsed_s);
+        let _ = writeln!(out, "rate         {:.1} req/s", self.rate_per_s);
+        let _ = writeln!(out);
+        let label_width = self
+            .rows
+            .iter()
+            .map(|(outcome, _)| outcome.label().len())
+            .chain([4])
+            .max()
+            .unwrap_or(4);
+        let _ = writeln!(out, "{:<label_width$}  {:>12}  name", "code", "count");
+        for (outcome, count) in &self.rows {
+            let _ = writeln!(
+                out,
+                "{:<label_width$}  {:>12}  {}",
+                outcome.label(),
+                count,
+                outcome.description()
+            );
+        }
+        let _ = writeln!(out);
+        let latency = self.latency_ms;
+        let _ = writeln!(
+            out,
+            "latency ms   {:>10} {:>10} {:>10} {:>10} {:>10}",
+            "p50", "p90", "p99", "p99.9", "max"
+        );
+        let _ = writeln!(
+            out,
+            "             {:>10.3} {:>10.3} {:>10.3} {:>10.3} {:>10.3}",
+            latency.p50, latency.p90, latency.p99, latency.p999, latency.max
+        );
+        out
+    }
+}
+
+/// Writes the percentile distribution of a microsecond histogram in milliseconds, in
+/// HdrHistogram's `.hgrm` text layout (readable by its plotting tools).
+pub fn write_percentile_distribution(
+    histogram: &Histogram<u64>,
+    out: &mut impl io::Write,
+) -> io::Result<()> {
+    writeln!(
+        out,
+        "{:>12} {:>14} {:>10} {:>14}\n",
+        "Value", "Percentile", "TotalCount", "1/(1-Percentile)"
+    )?;
+    let mut total_count = 0u64;
+    for step in histogram.iter_quantiles(5) {
+        total_count += step.count_since_last_iteration();
+        let value = micros_to_millis(step.value_iterated_to());
+        let quantile = step.quantile_iterated_to();
+        if quantile < 1.0 {
+            writeln!(
+                out,
+                "{value:12.3} {quantile:2.12} {total_count:10} {:14.2}",
+                1.0 / (1.0 - quantile)
+            )?;
+        } else {
+            writeln!(out, "{value:12.3} {quantile:2.12} {total_count:10}")?;
+        }
+    }
+    writeln!(
+        out,
+        "#[Mean    = {:12.3}, StdDeviation   = {:12.3}]",
+        histogram.mean() / 1000.0,
+        histogram.stdev() / 1000.0
+    )?;
+    writeln!(
+        out,
+        "#[Max     = {:12.3}, Total count    = {:12}]",
+        micros_to_millis(histogram.max()),
+        histogram.len()
+    )?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    const STORM: Expectation = Expectation {
+        codes: &[EXECUTE_SUCCESS, EXISTED_RESOURCE],
+    };
+
+    fn setup() -> RunSetup {
+        RunSetup {
+            scenario: "storm",
+            targets: vec!["127.0.0.1:8091".to_owned()],
+            in_flight: 512,
+            connections: 8,
+            expectation: STORM,
+        }
+    }
+
+    fn histogram_of(values: impl IntoIterator<Item = u64>) -> Histogram<u64> {
+        let mut histogram = new_latency_histogram();
+        for value in values {
+            histogram.record(value).unwrap();
+        }
+        histogram
+    }
+
+    #[test]
+    fn outcomes_have_stable_labels() {
+        assert_eq!(Outcome::Answered(Some(200000)).label(), "200000");
+        assert_eq!(Outcome::Answered(None).label(), "no-code");
+        assert_eq!(
+            Outcome::Grpc(tonic::Code::Unavailable).label(),
+            "grpc:Unavailable"
+        );
+        assert_eq!(Outcome::Timeout.label(), "timeout");
+        assert_eq!(
+            Outcome::Answered(Some(400201)).description(),
+            "ExistedResource"
+        );
+        assert_eq!(Outcome::Answered(Some(123)).description(), "");
+    }
+
+    #[test]
+    fn expectation_accepts_only_its_codes() {
+        assert!(STORM.accepts(Outcome::Answered(Some(EXECUTE_SUCCESS))));
+        assert!(STORM.accepts(Outcome::Answered(Some(EXISTED_RESOURCE))));
+        assert!(!STORM.accepts(Outcome::Answered(Some(429001))));
+        assert!(!STORM.accepts(Outcome::Answered(None)));
+        assert!(!STORM.accepts(Outcome::Timeout));
+        assert!(!STORM.accepts(Outcome::Grpc(tonic::Code::Unimplemented)));
+    }
+
+    #[test]
+    fn tallies_merge_and_sort_by_count() {
+        let mut first = Tally::default();
+        first.record(Outcome::Answered(Some(200000)));
+        first.record(Outcome::Answered(Some(200000)));
+        first.record(Outcome::Timeout);
+        let mut second = Tally::default();
+        second.record(Outcome::Answered(Some(200000)));
+        second.record(Outcome::Answered(Some(429001)));
+        first.merge(&second);
+        assert_eq!(first.total(), 5);
+        assert_eq!(
+            first.sorted(),
+            [
+                (Outcome::Answered(Some(200000)), 3),
+                (Outcome::Answered(Some(429001)), 1),
+                (Outcome::Timeout, 1),
+            ]
+        );
+        assert_eq!(
+            first.unexpected(STORM),
+            [(Outcome::Answered(Some(429001)), 1), (Outcome::Timeout, 1)]
+        );
+    }
+
+    #[test]
+    fn percentiles_are_read_in_milliseconds() {
+        let histogram = histogram_of(1..=1000);
+        let summary = LatencySummary::from_micros(&histogram);
+        assert_eq!(summary.p50, 0.5);
+        assert_eq!(summary.p90, 0.9);
+        assert_eq!(summary.p99, 0.99);
+        assert_eq!(summary.p999, 0.999);
+        assert_eq!(summary.max, 1.0);
+    }
+
+    #[test]
+    fn empty_histogram_reads_as_zero() {
+        let summary = LatencySummary::from_micros(&new_latency_histogram());
+        assert_eq!(summary.p50, 0.0);
+        assert_eq!(summary.max, 0.0);
+    }
+
+    #[test]
+    fn report_counts_codes_and_flags_unexpected_ones() {
+        let mut tally = Tally::default();
+        for _ in 0..98 {
+            tally.record(Outcome::Answered(Some(EXECUTE_SUCCESS)));
+        }
+        tally.record(Outcome::Answered(Some(EXISTED_RESOURCE)));
+        tally.record(Outcome::Grpc(tonic::Code::Unavailable));
+        let report = Report::new(
+            setup(),
+            Duration::from_secs(2),
+            &tally,
+            &histogram_of([1500, 2000]),
+        );
+        assert_eq!(report.count, 100);
+        assert_eq!(report.rate_per_s, 50.0);
+        assert_eq!(report.codes["200000"], 98);
+        assert_eq!(report.codes["400201"], 1);
+        assert!(!report.is_success());
+        assert_eq!(
+            report.unexpected,
+            BTreeMap::from([("grpc:Unavailable".to_owned(), 1)])
+        );
+
+        let table = report.to_table();
+        assert!(table.contains("rate         50.0 req/s"), "{table}");
+        assert!(
+            table.contains("200000                      98  ExecuteSuccess"),
+            "{table}"
+        );
+        assert!(table.contains("grpc:Unavailable"), "{table}");
+
+        let json: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
+        assert_eq!(json["scenario"], "storm");
+        assert_eq!(json["count"], 100);
+        assert_eq!(json["elapsed_s"], 2.0);
+        assert_eq!(json["codes"]["200000"], 98);
+        assert_eq!(json["latency_ms"]["max"], 2.0);
+        assert!(json["latency_ms"]["p999"].is_number());
+        assert!(json.get("rows").is_none());
+    }
+
+    #[test]
+    fn only_expected_codes_make_a_success() {
+        let mut tally = Tally::default();
+        tally.record(Outcome::Answered(Some(EXECUTE_SUCCESS)));
+        tally.record(Outcome::Answered(Some(EXISTED_RESOURCE)));
+        let report = Report::new(
+            setup(),
+            Duration::from_secs(1),
+            &tally,
+            &histogram_of([100]),
+        );
+        assert!(report.is_success());
+    }
+
+    #[test]
+    fn percentile_distribution_ends_at_the_total() {
+        let histogram = histogram_of(1..=1000);
+        let mut out = Vec::new();
+        write_percentile_distribution(&histogram, &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let last_row = text
+            .lines()
+            .rfind(|line| !line.starts_with('#') && !line.is_empty())
+            .unwrap();
+        let columns: Vec<_> = last_row.split_whitespace().collect();
+        assert_eq!(columns[0], "1.000");
+        assert_eq!(columns[1], "1.000000000000");
+        assert_eq!(columns[2], "1000");
+        assert!(text.contains("Total count    =         1000"), "{text}");
+    }
+}

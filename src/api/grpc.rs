@@ -1,0 +1,183 @@
+//! `v1.PolarisGRPC` over tonic: decodes the wire types, reads the request metadata, calls
+//! the auth layer and encodes its answer. Methods not served answer UNIMPLEMENTED; every
+//! served one answers gRPC OK with the Polaris code inside `Response`.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tonic::metadata::MetadataMap;
+use tonic::{Request, Response as GrpcResponse, Status, Streaming};
+
+use crate::auth::Auth;
+use crate::naming::{Answer, HealthCheckInput, InstanceInput, LocationInput, RequestContext};
+use crate::proto;
+use crate::proto::polaris_grpc_server::PolarisGrpc;
+use crate::telemetry;
+
+/// The tonic service: a thin adapter in front of [`Auth`].
+pub struct PolarisGrpcAdapter {
+    auth: Arc<Auth>,
+}
+
+impl PolarisGrpcAdapter {
+    pub fn new(auth: Arc<Auth>) -> Self {
+        PolarisGrpcAdapter { auth }
+    }
+
+    pub fn into_server(self) -> proto::polaris_grpc_server::PolarisGrpcServer<Self> {
+        proto::polaris_grpc_server::PolarisGrpcServer::new(self)
+    }
+}
+
+/// Reads `request-id`, `x-polaris-token` and `async-regis`.
+fn request_context(metadata: &MetadataMap) -> RequestContext {
+    let text = |key: &str| {
+        metadata
+            .get(key)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    RequestContext {
+        request_id: text("request-id"),
+        token: text("x-polaris-token"),
+        detached: metadata.contains_key("async-regis"),
+    }
+}
+
+pub fn instance_from_wire(wire: proto::Instance) -> InstanceInput {
+    InstanceInput {
+        id: wire.id,
+        service: wire.service,
+        namespace: wire.namespace,
+        vpc_id: wire.vpc_id,
+        host: wire.host,
+        port: wire.port,
+        protocol: wire.protocol,
+        version: wire.version,
+        priority: wire.priority,
+        weight: wire.weight,
+        healthy: wire.healthy,
+        isolate: wire.isolate,
+        enable_health_check: wire.enable_health_check,
+        health_check: wire.health_check.map(|hc| HealthCheckInput {
+            heartbeat: hc.r#type == proto::health_check::HealthCheckType::Heartbeat as i32,
+            ttl: hc.heartbeat.and_then(|hb| hb.ttl),
+        }),
+        location: wire.location.map(|l| LocationInput {
+            region: l.region,
+            zone: l.zone,
+            campus: l.campus,
+        }),
+        metadata: wire.metadata,
+        logic_set: wire.logic_set,
+        service_token: wire.service_token,
+    }
+}
+
+pub fn instance_to_wire(instance: InstanceInput) -> proto::Instance {
+    proto::Instance {
+        id: instance.id,
+        service: instance.service,
+        namespace: instance.namespace,
+        vpc_id: Some(instance.vpc_id.unwrap_or_default()),
+        host: instance.host,
+        port: instance.port,
+        protocol: instance.protocol,
+        version: instance.version,
+        priority: instance.priority,
+        weight: instance.weight,
+        healthy: instance.healthy,
+        isolate: instance.isolate,
+        enable_health_check: instance.enable_health_check,
+        health_check: instance.health_check.map(|hc| proto::HealthCheck {
+            r#type: if hc.heartbeat {
+                proto::health_check::HealthCheckType::Heartbeat as i32
+            } else {
+                proto::health_check::HealthCheckType::Unknown as i32
+            },
+            heartbeat: Some(proto::HeartbeatHealthCheck { ttl: hc.ttl }),
+        }),
+        location: instance.location.map(|l| proto::Location {
+            region: l.region,
+            zone: l.zone,
+            campus: l.campus,
+        }),
+        metadata: instance.metadata,
+        logic_set: instance.logic_set,
+        // The token is the caller's secret: never echoed back.
+        service_token: None,
+        ctime: None,
+        mtime: None,
+        revision: None,
+    }
+}
+
+fn response_to_wire(answer: Answer) -> proto::Response {
+    proto::Response {
+        code: Some(answer.code.as_u32()),
+        info: Some(answer.info),
+        instance: Some(instance_to_wire(answer.instance)),
+    }
+}
+
+type DiscoverStream =
+    Pin<Box<dyn tokio_stream::Stream<Item = Result<proto::DiscoverResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl PolarisGrpc for PolarisGrpcAdapter {
+    async fn report_client(
+        &self,
+        _request: Request<proto::Client>,
+    ) -> Result<GrpcResponse<proto::Response>, Status> {
+        Err(Status::unimplemented(
+            "ReportClient is not served by batchreg",
+        ))
+    }
+
+    async fn register_instance(
+        &self,
+        request: Request<proto::Instance>,
+    ) -> Result<GrpcResponse<proto::Response>, Status> {
+        let started = Instant::now();
+        let ctx = request_context(request.metadata());
+        let answer = self
+            .auth
+            .register(&ctx, instance_from_wire(request.into_inner()))
+            .await;
+        telemetry::record_request("register", "grpc", answer.code, started.elapsed());
+        Ok(GrpcResponse::new(response_to_wire(answer)))
+    }
+
+    async fn deregister_instance(
+        &self,
+        request: Request<proto::Instance>,
+    ) -> Result<GrpcResponse<proto::Response>, Status> {
+        let started = Instant::now();
+        let ctx = request_context(request.metadata());
+        let answer = self
+            .auth
+            .deregister(&ctx, instance_from_wire(request.into_inner()))
+            .await;
+        telemetry::record_request("deregister", "grpc", answer.code, started.elapsed());
+        Ok(GrpcResponse::new(response_to_wire(answer)))
+    }
+
+    type DiscoverStream = DiscoverStream;
+
+    async fn discover(
+        &self,
+        _request: Request<Streaming<proto::DiscoverRequest>>,
+    ) -> Result<GrpcResponse<Self::DiscoverStream>, Status> {
+        Err(Status::unimplemented("Discover is not served by batchreg"))
+    }
+
+    async fn heartbeat(
+        &self,
+        _request: Request<proto::Instance>,
+    ) -> Result<GrpcResponse<proto::Response>, Status> {
+        Err(Status::unimplemented(
+            "Heartbeat is not served by batchreg yet",
+        ))
+    }
+}

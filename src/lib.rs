@@ -1,0 +1,200 @@
+//! batchreg: a service-registration server for very large fleets. It speaks the
+//! PolarisMesh v1 client API and turns each burst of registrations into a few large
+//! transactional writes.
+//!
+//! # Layout
+//!
+//! In the order a request passes through them:
+//!
+//! - [`api`]: transport adapters. gRPC `v1.PolarisGRPC` (wire types in, Polaris
+//!   `Response` out) and the HTTP port (`/metrics`, `/healthz`).
+//! - [`auth`]: the token check, off by default.
+//! - [`naming`]: validation, instance id, the Polaris answer; a plain async API.
+//! - [`batch`]: bounded queue → batcher thread → store workers, one answer per request.
+//! - [`store`]: one transaction per batch, multi-row statements; SQLite embedded.
+//!
+//! Beside the pipeline: [`config`] (TOML → validated settings), [`code`] (Polaris codes
+//! and the one error → code mapping), [`telemetry`] (every metric), [`proto`] (generated).
+
+pub mod api;
+pub mod auth;
+pub mod batch;
+pub mod code;
+pub mod config;
+pub mod naming;
+pub mod store;
+pub mod telemetry;
+
+pub mod proto {
+    //! The Polaris v1 wire types and service, generated from proto/ at build time.
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("v1");
+}
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::api::grpc::PolarisGrpcAdapter;
+use crate::api::http::HttpState;
+use crate::auth::Auth;
+use crate::config::Settings;
+use crate::naming::Naming;
+use crate::store::StoreError;
+
+/// Why the server could not start or stop cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot open the store: {0}")]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("gRPC server failed: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+    #[error("a server task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// Runs the server until `shutdown` completes, then stops it cleanly.
+pub async fn run(
+    settings: Settings,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
+    let server = Server::start(settings).await?;
+    tracing::info!(grpc = %server.grpc_addr(), http = %server.http_addr(), "batchreg serving");
+    shutdown.await;
+    server.shutdown().await
+}
+
+/// A started server: the listeners are bound, the batch controllers run.
+pub struct Server {
+    grpc_addr: SocketAddr,
+    http_addr: SocketAddr,
+    auth: Arc<Auth>,
+    ready: Arc<AtomicBool>,
+    stop: watch::Sender<bool>,
+    grpc: JoinHandle<Result<(), tonic::transport::Error>>,
+    http: JoinHandle<std::io::Result<()>>,
+    shutdown_timeout: std::time::Duration,
+}
+
+impl Server {
+    /// Opens the store (applying migrations), starts the pipeline and binds both ports
+    /// (port 0 picks a free one: see [`Server::grpc_addr`]).
+    pub async fn start(settings: Settings) -> Result<Server, ServerError> {
+        let metrics = settings.metrics.then(telemetry::install);
+        let store_options = settings.store.clone();
+        let naming_settings = settings.naming.clone();
+        let naming = tokio::task::spawn_blocking(move || {
+            let store = store::open(&store_options)?;
+            Naming::start(store.as_ref(), &naming_settings)
+        })
+        .await??;
+        let auth = Arc::new(Auth::new(naming, settings.auth.clone()));
+
+        let bind = |addr: SocketAddr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServerError::Bind { addr, source })
+        };
+        let grpc_listener = bind(settings.grpc_listen).await?;
+        let http_listener = bind(settings.http_listen).await?;
+        let grpc_addr = local_addr(&grpc_listener, settings.grpc_listen)?;
+        let http_addr = local_addr(&http_listener, settings.http_listen)?;
+
+        let (stop, stopped) = watch::channel(false);
+        let ready = Arc::new(AtomicBool::new(true));
+        let grpc = tokio::spawn(serve_grpc(
+            grpc_listener,
+            PolarisGrpcAdapter::new(Arc::clone(&auth)),
+            until_stopped(stopped.clone()),
+        ));
+        let router = api::http::router(HttpState {
+            metrics,
+            ready: Arc::clone(&ready),
+        });
+        let http = tokio::spawn(async move {
+            axum::serve(http_listener, router)
+                .with_graceful_shutdown(until_stopped(stopped))
+                .await
+        });
+        Ok(Server {
+            grpc_addr,
+            http_addr,
+            auth,
+            ready,
+            stop,
+            grpc,
+            http,
+            shutdown_timeout: settings.shutdown_timeout,
+        })
+    }
+
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// The registration API without the transport, for tests and embedding.
+    pub fn auth(&self) -> &Arc<Auth> {
+        &self.auth
+    }
+
+    /// Stops taking requests, lets in-flight ones be answered (up to the shutdown
+    /// timeout), writes everything still queued, then returns.
+    pub async fn shutdown(self) -> Result<(), ServerError> {
+        self.ready.store(false, Ordering::Release);
+        let _ = self.stop.send(true);
+        let grpc_result = match tokio::time::timeout(self.shutdown_timeout, self.grpc).await {
+            Ok(joined) => joined?.map_err(ServerError::from),
+            Err(_) => {
+                tracing::warn!("in-flight requests not finished within shutdown_timeout");
+                Ok(())
+            }
+        };
+        let auth = self.auth;
+        tokio::task::spawn_blocking(move || auth.naming().shutdown()).await?;
+        if let Ok(joined) = tokio::time::timeout(self.shutdown_timeout, self.http).await {
+            if let Err(err) = joined? {
+                tracing::warn!(error = %err, "HTTP server stopped with an error");
+            }
+        }
+        tracing::info!("batchreg stopped");
+        grpc_result
+    }
+}
+
+fn local_addr(listener: &TcpListener, addr: SocketAddr) -> Result<SocketAddr, ServerError> {
+    listener
+        .local_addr()
+        .map_err(|source| ServerError::Bind { addr, source })
+}
+
+async fn until_stopped(mut stopped: watch::Receiver<bool>) {
+    let _ = stopped.wait_for(|stop| *stop).await;
+}
+
+async fn serve_grpc(
+    listener: TcpListener,
+    adapter: PolarisGrpcAdapter,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), tonic::transport::Error> {
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(adapter.into_server())
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+}

@@ -1,0 +1,104 @@
+//! The batchreg binary: parses the command line and calls [`batchreg::run`].
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+#[command(
+    name = "batchreg",
+    version,
+    about = "Service-registration server for very large fleets (PolarisMesh v1 API)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (the default when no command is given).
+    Serve {
+        /// TOML configuration file; every key has a default.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Apply the store's pending migrations and exit.
+    Migrate {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Print the example configuration (every key at its default).
+    ConfigExample,
+}
+
+fn load_settings(
+    path: Option<&PathBuf>,
+) -> Result<batchreg::config::Settings, batchreg::config::ConfigError> {
+    let mut config = match path {
+        Some(path) => batchreg::config::Config::from_file(path)?,
+        None => batchreg::config::Config::default(),
+    };
+    config.apply_env(|key| std::env::var(key).ok());
+    config.validate()
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command.unwrap_or(Command::Serve { config: None }) {
+        Command::ConfigExample => {
+            print!("{}", batchreg::config::EXAMPLE);
+            Ok(())
+        }
+        Command::Migrate { config } => load_settings(config.as_ref())
+            .map_err(|e| e.to_string())
+            .and_then(|settings| {
+                batchreg::store::open(&settings.store)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }),
+        Command::Serve { config } => load_settings(config.as_ref())
+            .map_err(|e| e.to_string())
+            .and_then(|settings| {
+                let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+                runtime
+                    .block_on(batchreg::run(settings, shutdown_signal()))
+                    .map_err(|e| e.to_string())
+            }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("batchreg: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("install SIGTERM handler");
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+    tracing::info!("shutdown signal received: draining");
+}

@@ -1,0 +1,225 @@
+//! Request validation with Polaris's limits, and the step from a request to the record the
+//! store writes.
+
+use super::InstanceInput;
+use super::instance_id::instance_id;
+use crate::store::InstanceRecord;
+
+pub const MAX_NAMESPACE_LEN: usize = 64;
+pub const MAX_SERVICE_LEN: usize = 128;
+pub const MAX_ID_LEN: usize = 128;
+pub const MAX_HOST_LEN: usize = 128;
+pub const MAX_PROTOCOL_LEN: usize = 32;
+pub const MAX_VERSION_LEN: usize = 32;
+pub const MAX_LOGIC_SET_LEN: usize = 128;
+pub const MAX_LOCATION_LEN: usize = 128;
+pub const MAX_VPC_ID_LEN: usize = 64;
+pub const MAX_METADATA_ENTRIES: usize = 64;
+pub const MAX_METADATA_KEY_LEN: usize = 128;
+pub const MAX_METADATA_VALUE_LEN: usize = 4096;
+pub const MAX_PORT: u32 = 65_535;
+pub const MAX_WEIGHT: u32 = 65_535;
+pub const MAX_TTL_SECONDS: u32 = 60;
+pub const DEFAULT_TTL_SECONDS: u32 = 5;
+pub const DEFAULT_WEIGHT: u32 = 100;
+
+/// A request field that breaks a limit. The text says which and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ValidationError {
+    #[error("empty request")]
+    Empty,
+    #[error("invalid namespace: {0}")]
+    Namespace(&'static str),
+    #[error("invalid service name: {0}")]
+    Service(&'static str),
+    #[error("invalid instance id: {0}")]
+    Id(&'static str),
+    #[error("invalid instance host: {0}")]
+    Host(&'static str),
+    #[error("invalid instance port: {0}")]
+    Port(&'static str),
+    #[error("invalid instance protocol: {0}")]
+    Protocol(&'static str),
+    #[error("invalid instance version: {0}")]
+    Version(&'static str),
+    #[error("invalid instance logic_set: {0}")]
+    LogicSet(&'static str),
+    #[error("invalid instance metadata: {0}")]
+    Metadata(&'static str),
+    #[error("invalid parameter: {0}")]
+    Parameter(&'static str),
+}
+
+/// Whether a namespace or service name uses only `[0-9A-Za-z-./:_]`.
+fn is_name(text: &str) -> bool {
+    text.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'/' | b':' | b'_'))
+}
+
+fn check_names(input: &InstanceInput) -> Result<(&str, &str), ValidationError> {
+    let namespace = input.namespace.as_deref().unwrap_or("");
+    if namespace.is_empty() {
+        return Err(ValidationError::Namespace("namespace is required"));
+    }
+    if namespace.len() > MAX_NAMESPACE_LEN {
+        return Err(ValidationError::Namespace("longer than 64 characters"));
+    }
+    if !is_name(namespace) {
+        return Err(ValidationError::Namespace(
+            "only 0-9 A-Z a-z - . / : _ are allowed",
+        ));
+    }
+    let service = input.service.as_deref().unwrap_or("");
+    if service.is_empty() {
+        return Err(ValidationError::Service("service is required"));
+    }
+    if service.len() > MAX_SERVICE_LEN {
+        return Err(ValidationError::Service("longer than 128 characters"));
+    }
+    if !is_name(service) {
+        return Err(ValidationError::Service(
+            "only 0-9 A-Z a-z - . / : _ are allowed",
+        ));
+    }
+    Ok((namespace, service))
+}
+
+fn check_host_port(input: &InstanceInput) -> Result<(&str, u32), ValidationError> {
+    let host = input.host.as_deref().unwrap_or("");
+    if host.is_empty() {
+        return Err(ValidationError::Host("host is required"));
+    }
+    if host.len() > MAX_HOST_LEN {
+        return Err(ValidationError::Host("longer than 128 characters"));
+    }
+    let Some(port) = input.port else {
+        return Err(ValidationError::Port("port is required"));
+    };
+    if port > MAX_PORT {
+        return Err(ValidationError::Port("greater than 65535"));
+    }
+    Ok((host, port))
+}
+
+/// The client's id when it sent a non-empty one.
+fn given_id(input: &InstanceInput) -> Result<Option<&str>, ValidationError> {
+    match input.id.as_deref() {
+        None | Some("") => Ok(None),
+        Some(id) if id.len() > MAX_ID_LEN => Err(ValidationError::Id("longer than 128 characters")),
+        Some(id) => Ok(Some(id)),
+    }
+}
+
+fn at_most(value: &Option<String>, max: usize) -> bool {
+    value.as_deref().is_none_or(|v| v.len() <= max)
+}
+
+/// Validates a register request and builds the record to store.
+pub fn register_record(input: &InstanceInput) -> Result<InstanceRecord, ValidationError> {
+    if input.is_empty() {
+        return Err(ValidationError::Empty);
+    }
+    let (namespace, service) = check_names(input)?;
+    let id = given_id(input)?;
+    let (host, port) = check_host_port(input)?;
+    if !at_most(&input.protocol, MAX_PROTOCOL_LEN) {
+        return Err(ValidationError::Protocol("longer than 32 characters"));
+    }
+    if !at_most(&input.version, MAX_VERSION_LEN) {
+        return Err(ValidationError::Version("longer than 32 characters"));
+    }
+    if !at_most(&input.logic_set, MAX_LOGIC_SET_LEN) {
+        return Err(ValidationError::LogicSet("longer than 128 characters"));
+    }
+    if !at_most(&input.vpc_id, MAX_VPC_ID_LEN) {
+        return Err(ValidationError::Parameter(
+            "vpc_id longer than 64 characters",
+        ));
+    }
+    let weight = input.weight.unwrap_or(DEFAULT_WEIGHT);
+    if weight > MAX_WEIGHT {
+        return Err(ValidationError::Parameter("weight greater than 65535"));
+    }
+    let location = input.location.clone().unwrap_or_default();
+    if ![&location.region, &location.zone, &location.campus]
+        .into_iter()
+        .all(|part| at_most(part, MAX_LOCATION_LEN))
+    {
+        return Err(ValidationError::Parameter(
+            "location field longer than 128 characters",
+        ));
+    }
+    if input.metadata.len() > MAX_METADATA_ENTRIES {
+        return Err(ValidationError::Metadata("more than 64 entries"));
+    }
+    let mut metadata = Vec::with_capacity(input.metadata.len());
+    for (key, value) in &input.metadata {
+        if key.is_empty() {
+            return Err(ValidationError::Metadata("empty key"));
+        }
+        if key.len() > MAX_METADATA_KEY_LEN {
+            return Err(ValidationError::Metadata("key longer than 128 characters"));
+        }
+        if value.len() > MAX_METADATA_VALUE_LEN {
+            return Err(ValidationError::Metadata(
+                "value longer than 4096 characters",
+            ));
+        }
+        metadata.push((key.clone(), value.clone()));
+    }
+    metadata.sort_unstable();
+
+    let vpc_id = input.vpc_id.clone().unwrap_or_default();
+    let enable_health_check = input
+        .enable_health_check
+        .unwrap_or(input.health_check.is_some());
+    let health_check_ttl =
+        enable_health_check.then(|| match input.health_check.as_ref().and_then(|hc| hc.ttl) {
+            Some(ttl) if ttl > 0 && ttl <= MAX_TTL_SECONDS => ttl,
+            _ => DEFAULT_TTL_SECONDS,
+        });
+    Ok(InstanceRecord {
+        id: id.map_or_else(
+            || instance_id(namespace, service, &vpc_id, host, port),
+            str::to_owned,
+        ),
+        namespace: namespace.to_owned(),
+        service: service.to_owned(),
+        vpc_id,
+        host: host.to_owned(),
+        port,
+        protocol: input.protocol.clone().unwrap_or_default(),
+        version: input.version.clone().unwrap_or_default(),
+        priority: input.priority.unwrap_or(0),
+        weight,
+        healthy: input.healthy.unwrap_or(true),
+        isolate: input.isolate,
+        enable_health_check,
+        health_check_ttl,
+        logic_set: input.logic_set.clone().unwrap_or_default(),
+        region: location.region.unwrap_or_default(),
+        zone: location.zone.unwrap_or_default(),
+        campus: location.campus.unwrap_or_default(),
+        metadata,
+    })
+}
+
+/// Validates a deregister request: an id, or namespace, service, host and port to compute
+/// it from. Returns the instance id.
+pub fn deregister_id(input: &InstanceInput) -> Result<String, ValidationError> {
+    if input.is_empty() {
+        return Err(ValidationError::Empty);
+    }
+    if let Some(id) = given_id(input)? {
+        return Ok(id.to_owned());
+    }
+    let (namespace, service) = check_names(input)?;
+    let (host, port) = check_host_port(input)?;
+    if !at_most(&input.vpc_id, MAX_VPC_ID_LEN) {
+        return Err(ValidationError::Parameter(
+            "vpc_id longer than 64 characters",
+        ));
+    }
+    let vpc_id = input.vpc_id.as_deref().unwrap_or("");
+    Ok(instance_id(namespace, service, vpc_id, host, port))
+}

@@ -1,0 +1,117 @@
+//! Store: one trait, one writer per store worker, one transaction per batch.
+//!
+//! The SQLite store is the embedded default; the writer wrapper in `resilient` adds
+//! retries of transient errors and splitting of batches around rows that fail alone.
+
+pub mod migrate;
+pub mod model;
+mod plan;
+pub mod resilient;
+mod sql;
+pub mod sqlite;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub use model::{
+    DeregisterOutcome, InstanceRecord, RegisterOptions, RegisterOutcome, StoredInstance,
+};
+
+/// Errors of the store layer, with the driver's error kept as the source.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("sqlite error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("cannot open store at {path}: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("migration {name} failed: {source}")]
+    Migration {
+        name: &'static str,
+        #[source]
+        source: Box<StoreError>,
+    },
+    #[error("store URL {0:?} is not supported (use sqlite://PATH or mysql://…)")]
+    UnsupportedUrl(String),
+    #[error("store writer lock poisoned by a panic in another worker")]
+    Poisoned,
+}
+
+impl StoreError {
+    /// Whether the same write may succeed if tried again (a busy or locked database),
+    /// decided from the driver's error classes, never from message text.
+    pub fn is_retriable(&self) -> bool {
+        match self {
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(err, _)) => matches!(
+                err.code,
+                rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+            ),
+            _ => false,
+        }
+    }
+
+    /// A short class of the error, for metric labels.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(err, _)) => match err.code {
+                rusqlite::ErrorCode::DatabaseBusy => "busy",
+                rusqlite::ErrorCode::DatabaseLocked => "locked",
+                rusqlite::ErrorCode::ConstraintViolation => "constraint",
+                _ => "sqlite",
+            },
+            StoreError::Sqlite(_) => "sqlite",
+            StoreError::Open { .. } => "open",
+            StoreError::Migration { .. } => "migration",
+            StoreError::UnsupportedUrl(_) => "config",
+            StoreError::Poisoned => "poisoned",
+        }
+    }
+}
+
+/// One writer, owned by one store worker. Each call is one transaction.
+pub trait StoreWriter: Send {
+    /// Writes a batch of distinct instances (ids unique), returning one outcome per row,
+    /// in the order given. Fails as a whole: on `Err` nothing of the batch was written.
+    fn register(
+        &mut self,
+        rows: &[InstanceRecord],
+        options: RegisterOptions,
+    ) -> Result<Vec<RegisterOutcome>, StoreError>;
+
+    /// Deletes a batch of distinct instance ids with their health checks and metadata.
+    fn deregister(&mut self, ids: &[String]) -> Result<Vec<DeregisterOutcome>, StoreError>;
+
+    /// Reads one instance back.
+    fn instance(&mut self, id: &str) -> Result<Option<StoredInstance>, StoreError>;
+}
+
+/// A store: hands out writers and says how many of them it wants.
+pub trait Store: Send + Sync + 'static {
+    fn writer(&self) -> Result<Box<dyn StoreWriter>, StoreError>;
+
+    /// Store workers per batch controller when the config does not say.
+    fn default_concurrency(&self) -> usize;
+
+    /// The engine name, for logs and metrics.
+    fn engine(&self) -> &'static str;
+}
+
+/// Which store to open and how.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// `sqlite://PATH` or `mysql://user:pass@host:port/db`.
+    pub url: String,
+    pub sqlite_synchronous: sqlite::Synchronous,
+}
+
+/// Opens the store the URL names, applying its migrations.
+pub fn open(options: &StoreOptions) -> Result<Arc<dyn Store>, StoreError> {
+    if let Some(path) = options.url.strip_prefix("sqlite://") {
+        let store = sqlite::SqliteStore::open(path, options.sqlite_synchronous)?;
+        return Ok(Arc::new(store));
+    }
+    Err(StoreError::UnsupportedUrl(options.url.clone()))
+}

@@ -1,0 +1,115 @@
+//! What the store writes and reads: plain rows, no wire types.
+
+use sha1::{Digest, Sha1};
+
+/// One instance as it is stored, built by the naming layer from a validated request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceRecord {
+    pub id: String,
+    pub namespace: String,
+    pub service: String,
+    pub vpc_id: String,
+    pub host: String,
+    pub port: u32,
+    pub protocol: String,
+    pub version: String,
+    pub priority: u32,
+    pub weight: u32,
+    pub healthy: bool,
+    /// `None` when the request did not say: the stored flag is kept.
+    pub isolate: Option<bool>,
+    pub enable_health_check: bool,
+    /// Heartbeat ttl in seconds; `Some` exactly when a health_check row is stored.
+    pub health_check_ttl: Option<u32>,
+    pub logic_set: String,
+    pub region: String,
+    pub zone: String,
+    pub campus: String,
+    /// Sorted by key, keys unique.
+    pub metadata: Vec<(String, String)>,
+}
+
+impl InstanceRecord {
+    /// Content revision: a hash of everything stored for the instance, given the isolate
+    /// flag that will be stored. Equal revisions mean the write would change nothing.
+    pub fn revision(&self, isolate: bool) -> String {
+        let mut hash = Sha1::new();
+        let mut field = |bytes: &[u8]| {
+            hash.update((bytes.len() as u64).to_le_bytes());
+            hash.update(bytes);
+        };
+        for text in [
+            &self.namespace,
+            &self.service,
+            &self.vpc_id,
+            &self.host,
+            &self.protocol,
+            &self.version,
+            &self.logic_set,
+            &self.region,
+            &self.zone,
+            &self.campus,
+        ] {
+            field(text.as_bytes());
+        }
+        for number in [self.port, self.priority, self.weight] {
+            field(&number.to_le_bytes());
+        }
+        field(&[
+            u8::from(self.healthy),
+            u8::from(isolate),
+            u8::from(self.enable_health_check),
+        ]);
+        field(&self.health_check_ttl.unwrap_or(0).to_le_bytes());
+        for (key, value) in &self.metadata {
+            field(key.as_bytes());
+            field(value.as_bytes());
+        }
+        let digest = hash.finalize();
+        hex::encode(&digest[..16])
+    }
+}
+
+/// What a register write did to one instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RegisterOutcome {
+    Created,
+    Replaced,
+    /// The database already held this exact content; nothing was written.
+    Unchanged,
+    /// The service does not exist and the batch was not allowed to create it.
+    ServiceNotFound,
+}
+
+/// What a deregister write did to one instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeregisterOutcome {
+    Deleted,
+    /// There was no such instance: nothing to do.
+    Absent,
+}
+
+/// Policy the naming layer passes with a register batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RegisterOptions {
+    /// Create missing namespaces and services instead of answering `ServiceNotFound`.
+    pub create_services: bool,
+}
+
+/// An instance as read back from the store, for answers and tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredInstance {
+    pub record: InstanceRecord,
+    pub isolate: bool,
+    pub service_id: String,
+    pub revision: String,
+    pub ctime: String,
+    pub mtime: String,
+}
+
+/// The id a service gets when batchreg creates it: stable across replicas, so two that
+/// create the same service at once agree on its id.
+pub fn service_id(namespace: &str, service: &str) -> String {
+    let digest = Sha1::digest(format!("{namespace}##{service}").as_bytes());
+    hex::encode(&digest[..16])
+}

@@ -1,0 +1,76 @@
+//! Deciding what a register batch writes, from the rows already stored. Shared by every
+//! store so that "unchanged" means the same thing on each.
+
+use std::collections::HashMap;
+
+use super::model::{InstanceRecord, RegisterOutcome};
+
+/// `(namespace, service)`.
+pub type ServiceKey = (String, String);
+
+/// What the store holds now for an instance the batch names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Existing {
+    pub revision: String,
+    pub isolate: bool,
+}
+
+/// One instance row the batch will write.
+#[derive(Debug)]
+pub struct PlannedWrite<'a> {
+    pub record: &'a InstanceRecord,
+    pub service_id: &'a str,
+    pub isolate: bool,
+    pub revision: String,
+    /// The row existed before: its metadata and health check are replaced.
+    pub replaced: bool,
+}
+
+/// The outcome of every row, in input order, and the writes sorted by id (a stable lock
+/// order across concurrent batches).
+pub fn plan_register<'a>(
+    rows: &'a [InstanceRecord],
+    service_ids: &'a HashMap<ServiceKey, String>,
+    existing: &HashMap<String, Existing>,
+) -> (Vec<RegisterOutcome>, Vec<PlannedWrite<'a>>) {
+    let mut outcomes = Vec::with_capacity(rows.len());
+    let mut writes = Vec::with_capacity(rows.len());
+    for record in rows {
+        let key = (record.namespace.clone(), record.service.clone());
+        let Some(service_id) = service_ids.get(&key) else {
+            outcomes.push(RegisterOutcome::ServiceNotFound);
+            continue;
+        };
+        let prior = existing.get(&record.id);
+        let isolate = record.isolate.or(prior.map(|p| p.isolate)).unwrap_or(false);
+        let revision = record.revision(isolate);
+        let outcome = match prior {
+            None => RegisterOutcome::Created,
+            Some(p) if p.revision == revision => RegisterOutcome::Unchanged,
+            Some(_) => RegisterOutcome::Replaced,
+        };
+        outcomes.push(outcome);
+        if outcome != RegisterOutcome::Unchanged {
+            writes.push(PlannedWrite {
+                record,
+                service_id,
+                isolate,
+                revision,
+                replaced: outcome == RegisterOutcome::Replaced,
+            });
+        }
+    }
+    writes.sort_by(|a, b| a.record.id.cmp(&b.record.id));
+    (outcomes, writes)
+}
+
+/// The distinct services a batch names, in a stable order.
+pub fn distinct_services(rows: &[InstanceRecord]) -> Vec<ServiceKey> {
+    let mut keys: Vec<ServiceKey> = rows
+        .iter()
+        .map(|r| (r.namespace.clone(), r.service.clone()))
+        .collect();
+    keys.sort();
+    keys.dedup();
+    keys
+}
