@@ -12,11 +12,15 @@ const CONNECT_TIMEOUT_CAP: Duration = Duration::from_secs(10);
 
 /// A target that could not be reached, or was not a valid address.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot connect to {target}")]
-pub struct ConnectError {
-    pub target: String,
-    #[source]
-    pub source: tonic::transport::Error,
+pub enum ConnectError {
+    #[error("cannot connect to {target}")]
+    Transport {
+        target: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    #[error("cannot connect to {target}: no HTTP/2 connection after {waited:?}")]
+    TimedOut { target: String, waited: Duration },
 }
 
 /// Clients grouped by target; each client is its own HTTP/2 connection.
@@ -35,14 +39,23 @@ impl ClientPool {
         debug_assert!(!targets.is_empty());
         let mut by_target = Vec::with_capacity(targets.len());
         for (target_index, target) in targets.iter().enumerate() {
-            let endpoint = endpoint(target, request_timeout)?;
+            let connect_timeout = request_timeout.min(CONNECT_TIMEOUT_CAP);
+            let endpoint = endpoint(target, connect_timeout)?;
             let channel_count = channels_for_target(target_index, targets.len(), connections);
             let mut clients = Vec::with_capacity(channel_count);
             for _ in 0..channel_count {
-                let channel = endpoint.connect().await.map_err(|source| ConnectError {
-                    target: target.clone(),
-                    source,
-                })?;
+                // The endpoint's own timeout covers the TCP connect only; this one
+                // also covers a peer that accepts but never completes the handshake.
+                let channel = tokio::time::timeout(connect_timeout, endpoint.connect())
+                    .await
+                    .map_err(|_| ConnectError::TimedOut {
+                        target: target.clone(),
+                        waited: connect_timeout,
+                    })?
+                    .map_err(|source| ConnectError::Transport {
+                        target: target.clone(),
+                        source,
+                    })?;
                 clients.push(PolarisGrpcClient::new(channel));
             }
             by_target.push(clients);
@@ -65,19 +78,17 @@ impl ClientPool {
 }
 
 /// Accepts `host:port` or a full `http://` / `https://` URI.
-fn endpoint(target: &str, request_timeout: Duration) -> Result<Endpoint, ConnectError> {
+fn endpoint(target: &str, connect_timeout: Duration) -> Result<Endpoint, ConnectError> {
     let uri = if target.contains("://") {
         target.to_owned()
     } else {
         format!("http://{target}")
     };
-    let endpoint = Endpoint::from_shared(uri).map_err(|source| ConnectError {
+    let endpoint = Endpoint::from_shared(uri).map_err(|source| ConnectError::Transport {
         target: target.to_owned(),
         source,
     })?;
-    Ok(endpoint
-        .connect_timeout(request_timeout.min(CONNECT_TIMEOUT_CAP))
-        .tcp_nodelay(true))
+    Ok(endpoint.connect_timeout(connect_timeout).tcp_nodelay(true))
 }
 
 /// Connections given to target `target_index`: `total` dealt out in turn, at least one.
@@ -115,5 +126,16 @@ mod tests {
             .map(|i| (route_target(i, 2), route_connection(i, 2, 3)))
             .collect();
         assert_eq!(routes, [(0, 0), (1, 0), (0, 1), (1, 1), (0, 2), (1, 2)]);
+    }
+
+    #[tokio::test]
+    async fn refused_connection_is_a_transport_error() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        drop(listener);
+        let error = ClientPool::connect(&[address], 1, Duration::from_secs(2))
+            .await
+            .unwrap_err();
+        assert!(matches!(error, ConnectError::Transport { .. }), "{error:?}");
     }
 }

@@ -128,7 +128,7 @@ impl ProgressDisplay {
     fn start(total: u64, counters: Arc<LiveCounters>) -> Self {
         let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
         let style = ProgressStyle::with_template(
-            "{elapsed_precise} [{bar:40.cyan/blue}] {pos}/{len} {msg}",
+            "{elapsed_precise} [{wide_bar:.cyan/blue}] {pos}/{len} {msg}",
         )
         .expect("valid progress template")
         .progress_chars("=> ");

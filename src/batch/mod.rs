@@ -379,3 +379,265 @@ impl<W: BatchWrite> StoreWorker<W> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    /// Records every batch; a key `block` makes the write wait for the gate.
+    struct FakeWrite {
+        batches: Arc<Mutex<Vec<Vec<(String, u32)>>>>,
+        gate: Receiver<()>,
+        fail_key: Option<&'static str>,
+    }
+
+    impl BatchWrite for FakeWrite {
+        type Op = (String, u32);
+        type Outcome = u32;
+
+        fn key(op: &(String, u32)) -> &str {
+            &op.0
+        }
+
+        fn write(&mut self, ops: &[(String, u32)]) -> Vec<RowResult<u32>> {
+            if ops.iter().any(|(key, _)| key == "block") {
+                self.gate.recv().unwrap();
+            }
+            if ops.iter().any(|(key, _)| key == "panic") {
+                panic!("writer panicked");
+            }
+            self.batches.lock().unwrap().push(ops.to_vec());
+            ops.iter()
+                .map(|(key, value)| {
+                    if Some(key.as_str()) == self.fail_key {
+                        Err(Arc::new(StoreError::Poisoned))
+                    } else {
+                        Ok(*value)
+                    }
+                })
+                .collect()
+        }
+    }
+
+    struct Harness {
+        controller: BatchController<FakeWrite>,
+        batches: Arc<Mutex<Vec<Vec<(String, u32)>>>>,
+        gate: Sender<()>,
+    }
+
+    fn harness(
+        queue_size: usize,
+        max_batch: usize,
+        max_wait: Duration,
+        task_life: Duration,
+    ) -> Harness {
+        let (gate, gate_rx) = crossbeam_channel::unbounded();
+        let batches = Arc::new(Mutex::new(Vec::new()));
+        let writer = FakeWrite {
+            batches: Arc::clone(&batches),
+            gate: gate_rx,
+            fail_key: Some("bad"),
+        };
+        let settings = BatchSettings {
+            queue_size: NonZeroUsize::new(queue_size).unwrap(),
+            max_batch: NonZeroUsize::new(max_batch).unwrap(),
+            max_wait,
+            task_life,
+        };
+        Harness {
+            controller: BatchController::start("test", settings, vec![writer]),
+            batches,
+            gate,
+        }
+    }
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    fn op(key: &str, value: u32) -> (String, u32) {
+        (key.to_owned(), value)
+    }
+
+    /// Waits until the blocking op has reached the writer (the batcher has handed it over).
+    fn wait_until_queue_empty(controller: &BatchController<FakeWrite>) {
+        while controller.queue_depth() > 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    #[test]
+    fn a_lone_request_is_written_without_waiting_for_the_timer() {
+        // max_wait of an hour: only the idle flush can answer this request.
+        let h = harness(16, 16, HOUR, HOUR * 2);
+        let rx = h.controller.submit(op("a", 1)).unwrap();
+        assert_eq!(rx.blocking_recv().unwrap().unwrap(), 1);
+        assert_eq!(h.batches.lock().unwrap().clone(), vec![vec![op("a", 1)]]);
+    }
+
+    #[test]
+    fn same_key_requests_in_a_batch_are_coalesced_last_wins() {
+        let h = harness(64, 4, HOUR, HOUR * 2);
+        let blocker = h.controller.submit(op("block", 0)).unwrap();
+        wait_until_queue_empty(&h.controller);
+        // The worker is busy: these four fill one batch, flushed on size.
+        let answers: Vec<_> = [op("a", 1), op("a", 2), op("b", 3), op("a", 4)]
+            .into_iter()
+            .map(|o| h.controller.submit(o).unwrap())
+            .collect();
+        h.gate.send(()).unwrap();
+        assert_eq!(blocker.blocking_recv().unwrap().unwrap(), 0);
+        let values: Vec<u32> = answers
+            .into_iter()
+            .map(|rx| rx.blocking_recv().unwrap().unwrap())
+            .collect();
+        assert_eq!(
+            values,
+            vec![4, 4, 3, 4],
+            "every request gets the outcome of the single write"
+        );
+        let batches = h.batches.lock().unwrap().clone();
+        assert_eq!(batches[1], vec![op("a", 4), op("b", 3)]);
+    }
+
+    #[test]
+    fn a_full_queue_answers_at_once_and_enqueues_nothing() {
+        let h = harness(2, 1, HOUR, HOUR * 2);
+        let blocker = h.controller.submit(op("block", 0)).unwrap();
+        wait_until_queue_empty(&h.controller);
+        let mut accepted = Vec::new();
+        let mut refused = 0;
+        for i in 1..=10 {
+            match h.controller.submit(op(&format!("k{i}"), i)) {
+                Ok(rx) => accepted.push((i, rx)),
+                Err(BatchError::QueueFull) => refused += 1,
+                Err(other) => panic!("unexpected {other:?}"),
+            }
+        }
+        h.gate.send(()).unwrap();
+        // The queue holds 2; the batcher may also hold one batch of 1 waiting for the
+        // worker, depending on whether it took k1 before k2 and k3 arrived.
+        assert!(
+            (2..=3).contains(&accepted.len()),
+            "accepted {}",
+            accepted.len()
+        );
+        assert_eq!(refused, 10 - accepted.len());
+        blocker.blocking_recv().unwrap().unwrap();
+        let accepted_count = accepted.len();
+        for (i, rx) in accepted {
+            assert_eq!(rx.blocking_recv().unwrap().unwrap(), i);
+        }
+        let written: usize = h.batches.lock().unwrap().iter().map(Vec::len).sum();
+        assert_eq!(
+            written,
+            1 + accepted_count,
+            "refused requests were never written"
+        );
+    }
+
+    #[test]
+    fn stale_async_requests_are_dropped_not_written_late() {
+        let h = harness(64, 64, Duration::from_millis(5), Duration::from_millis(50));
+        let blocker = h.controller.submit(op("block", 0)).unwrap();
+        wait_until_queue_empty(&h.controller);
+        h.controller.submit_detached(op("late-1", 1)).unwrap();
+        h.controller.submit_detached(op("late-2", 2)).unwrap();
+        let waiting = h.controller.submit(op("sync", 3)).unwrap();
+        std::thread::sleep(Duration::from_millis(120));
+        h.gate.send(()).unwrap();
+        blocker.blocking_recv().unwrap().unwrap();
+        // A caller that waits is always written; async ones past task_life are not.
+        assert_eq!(waiting.blocking_recv().unwrap().unwrap(), 3);
+        let written: Vec<String> = h
+            .batches
+            .lock()
+            .unwrap()
+            .iter()
+            .flatten()
+            .map(|(k, _)| k.clone())
+            .collect();
+        assert_eq!(written, vec!["block", "sync"]);
+    }
+
+    #[test]
+    fn shutdown_writes_everything_queued_and_answers_every_request() {
+        let h = harness(1024, 1000, HOUR, HOUR * 2);
+        let blocker = h.controller.submit(op("block", 0)).unwrap();
+        wait_until_queue_empty(&h.controller);
+        let answers: Vec<_> = (1..=100)
+            .map(|i| h.controller.submit(op(&format!("k{i}"), i)).unwrap())
+            .collect();
+        let gate = h.gate.clone();
+        let releaser = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            gate.send(()).unwrap();
+        });
+        h.controller.shutdown();
+        releaser.join().unwrap();
+        blocker.blocking_recv().unwrap().unwrap();
+        for (i, rx) in (1..=100).zip(answers) {
+            assert_eq!(rx.blocking_recv().unwrap().unwrap(), i);
+        }
+        assert!(matches!(
+            h.controller.submit(op("after", 1)),
+            Err(BatchError::ShuttingDown)
+        ));
+    }
+
+    #[test]
+    fn a_failed_row_gets_the_store_error_and_its_batch_mates_succeed() {
+        let h = harness(64, 4, HOUR, HOUR * 2);
+        let blocker = h.controller.submit(op("block", 0)).unwrap();
+        wait_until_queue_empty(&h.controller);
+        let good = h.controller.submit(op("good", 1)).unwrap();
+        let bad = h.controller.submit(op("bad", 2)).unwrap();
+        h.gate.send(()).unwrap();
+        blocker.blocking_recv().unwrap().unwrap();
+        assert_eq!(good.blocking_recv().unwrap().unwrap(), 1);
+        assert!(matches!(
+            bad.blocking_recv().unwrap(),
+            Err(BatchError::Store(_))
+        ));
+    }
+
+    #[test]
+    fn a_panicking_write_answers_abandoned_and_the_worker_goes_on() {
+        let h = harness(64, 64, HOUR, HOUR * 2);
+        let panicked = h.controller.submit(op("panic", 1)).unwrap();
+        assert!(matches!(
+            panicked.blocking_recv().unwrap(),
+            Err(BatchError::Abandoned)
+        ));
+        let next = h.controller.submit(op("after", 2)).unwrap();
+        assert_eq!(next.blocking_recv().unwrap().unwrap(), 2);
+    }
+
+    #[test]
+    fn many_submitters_each_get_their_own_answer() {
+        let h = harness(10_240, 128, Duration::from_millis(2), HOUR);
+        let controller = Arc::new(h.controller);
+        let mismatches = Arc::new(AtomicUsize::new(0));
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let controller = Arc::clone(&controller);
+                let mismatches = Arc::clone(&mismatches);
+                std::thread::spawn(move || {
+                    for i in 0..2_000u32 {
+                        let value = t * 10_000 + i;
+                        let rx = controller.submit(op(&value.to_string(), value)).unwrap();
+                        if rx.blocking_recv().unwrap().unwrap() != value {
+                            mismatches.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        assert_eq!(mismatches.load(Ordering::Relaxed), 0);
+        let written: usize = h.batches.lock().unwrap().iter().map(Vec::len).sum();
+        assert_eq!(written, 8_000);
+    }
+}

@@ -111,6 +111,23 @@ pub async fn run(args: StormArgs) -> Result<ScenarioRun, SetupError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
+    use std::collections::BTreeMap;
+
+    /// `StormArgs` as a stand-alone command, for parsing in tests.
+    #[derive(Debug, Parser)]
+    struct StormCommand {
+        #[command(flatten)]
+        args: StormArgs,
+    }
+
+    impl StormArgs {
+        fn try_parse_from<'a>(
+            words: impl IntoIterator<Item = &'a str>,
+        ) -> Result<Self, clap::Error> {
+            StormCommand::try_parse_from(words).map(|command| command.args)
+        }
+    }
 
     #[test]
     fn headers_carry_token_async_flag_and_request_id() {
@@ -145,5 +162,45 @@ mod tests {
         assert!(EXPECTATION.accepts(Outcome::Answered(Some(200000))));
         assert!(EXPECTATION.accepts(Outcome::Answered(Some(400201))));
         assert!(!EXPECTATION.accepts(Outcome::Answered(Some(500001))));
+    }
+
+    #[tokio::test]
+    async fn a_silent_server_ends_in_timeouts_not_a_hang() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let silent_server = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        let args = StormArgs::try_parse_from([
+            "storm",
+            "--target",
+            &address,
+            "--count",
+            "5",
+            "--connections",
+            "2",
+            "--timeout",
+            "300ms",
+            "--no-progress",
+        ])
+        .unwrap();
+        let outcome = tokio::time::timeout(std::time::Duration::from_secs(10), run(args))
+            .await
+            .expect("the storm returns");
+        silent_server.abort();
+        match outcome {
+            Ok(run) => {
+                assert_eq!(
+                    run.report.codes,
+                    BTreeMap::from([("timeout".to_owned(), 5)])
+                );
+                assert!(!run.report.is_success());
+            }
+            // Some h2 versions wait for the server's SETTINGS before the channel is up.
+            Err(error) => assert!(matches!(error, SetupError::Connect(_)), "{error:?}"),
+        }
     }
 }
