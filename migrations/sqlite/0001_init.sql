@@ -51,14 +51,12 @@ CREATE TABLE instance (
     mtime               TEXT    NOT NULL
 );
 CREATE INDEX instance_service_id ON instance (service_id);
-CREATE INDEX instance_mtime ON instance (mtime);
-CREATE INDEX instance_host ON instance (host);
 
 CREATE TABLE health_check (
     id   TEXT    NOT NULL PRIMARY KEY,
     type INTEGER NOT NULL DEFAULT 0,
     ttl  INTEGER NOT NULL
-);
+) WITHOUT ROWID;
 
 CREATE TABLE instance_metadata (
     id     TEXT NOT NULL,
