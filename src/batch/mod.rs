@@ -640,4 +640,34 @@ mod tests {
         let written: usize = h.batches.lock().unwrap().iter().map(Vec::len).sum();
         assert_eq!(written, 8_000);
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(32))]
+        #[test]
+        fn coalescing_keeps_the_last_op_per_key_and_answers_everyone(
+            ops in proptest::collection::vec((0u8..6, 0u32..1000), 1..40),
+        ) {
+            let h = harness(64, ops.len(), HOUR, HOUR * 2);
+            let blocker = h.controller.submit(op("block", 0)).unwrap();
+            wait_until_queue_empty(&h.controller);
+            let answers: Vec<_> = ops
+                .iter()
+                .map(|(k, v)| h.controller.submit(op(&format!("k{k}"), *v)).unwrap())
+                .collect();
+            h.gate.send(()).unwrap();
+            blocker.blocking_recv().unwrap().unwrap();
+            let mut last: HashMap<u8, u32> = HashMap::new();
+            let mut order: Vec<u8> = Vec::new();
+            for (k, v) in &ops {
+                if last.insert(*k, *v).is_none() {
+                    order.push(*k);
+                }
+            }
+            for ((k, _), rx) in ops.iter().zip(answers) {
+                proptest::prop_assert_eq!(rx.blocking_recv().unwrap().unwrap(), last[k]);
+            }
+            let expected: Vec<(String, u32)> = order.iter().map(|k| (format!("k{k}"), last[k])).collect();
+            proptest::prop_assert_eq!(&h.batches.lock().unwrap()[1], &expected);
+        }
+    }
 }

@@ -223,3 +223,134 @@ pub fn deregister_id(input: &InstanceInput) -> Result<String, ValidationError> {
     let vpc_id = input.vpc_id.as_deref().unwrap_or("");
     Ok(instance_id(namespace, service, vpc_id, host, port))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn good() -> InstanceInput {
+        InstanceInput {
+            namespace: Some("default".into()),
+            service: Some("echo".into()),
+            host: Some("10.0.0.1".into()),
+            port: Some(8080),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn defaults() {
+        let record = register_record(&good()).unwrap();
+        assert_eq!(record.weight, 100);
+        assert!(record.healthy);
+        assert_eq!(record.isolate, None);
+        assert!(!record.enable_health_check);
+        assert_eq!(record.health_check_ttl, None);
+        assert_eq!(
+            record.id,
+            instance_id("default", "echo", "", "10.0.0.1", 8080)
+        );
+    }
+
+    #[test]
+    fn health_check_enabled_without_ttl_gets_five_seconds() {
+        let mut input = good();
+        input.enable_health_check = Some(true);
+        assert_eq!(register_record(&input).unwrap().health_check_ttl, Some(5));
+        input.health_check = Some(super::super::HealthCheckInput {
+            heartbeat: true,
+            ttl: Some(30),
+        });
+        assert_eq!(register_record(&input).unwrap().health_check_ttl, Some(30));
+        input.enable_health_check = Some(false);
+        assert_eq!(register_record(&input).unwrap().health_check_ttl, None);
+    }
+
+    #[test]
+    fn deregister_needs_an_id_or_the_address() {
+        let by_id = InstanceInput {
+            id: Some("x".into()),
+            ..Default::default()
+        };
+        assert_eq!(deregister_id(&by_id).unwrap(), "x");
+        assert_eq!(
+            deregister_id(&good()).unwrap(),
+            instance_id("default", "echo", "", "10.0.0.1", 8080)
+        );
+        let mut no_port = good();
+        no_port.port = None;
+        assert!(matches!(
+            deregister_id(&no_port),
+            Err(ValidationError::Port(_))
+        ));
+        assert_eq!(
+            deregister_id(&InstanceInput::default()),
+            Err(ValidationError::Empty)
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn names_of_the_allowed_alphabet_pass(
+            namespace in "[0-9A-Za-z./:_-]{1,64}",
+            service in "[0-9A-Za-z./:_-]{1,128}",
+        ) {
+            let mut input = good();
+            input.namespace = Some(namespace.clone());
+            input.service = Some(service.clone());
+            let record = register_record(&input).unwrap();
+            prop_assert_eq!(record.namespace, namespace);
+            prop_assert_eq!(record.service, service);
+        }
+
+        #[test]
+        fn a_name_with_any_other_character_fails(
+            prefix in "[a-z]{0,10}", bad in "[^0-9A-Za-z./:_-]", suffix in "[a-z]{0,10}",
+        ) {
+            let name = format!("{prefix}{bad}{suffix}");
+            let mut input = good();
+            input.namespace = Some(name.clone());
+            prop_assert!(matches!(register_record(&input), Err(ValidationError::Namespace(_))));
+            let mut input = good();
+            input.service = Some(name);
+            prop_assert!(matches!(register_record(&input), Err(ValidationError::Service(_))));
+        }
+
+        #[test]
+        fn ports_and_weights_are_checked_at_their_limits(port in 0u32..200_000, weight in 0u32..200_000) {
+            let mut input = good();
+            input.port = Some(port);
+            input.weight = Some(weight);
+            let result = register_record(&input);
+            if port > MAX_PORT {
+                prop_assert!(matches!(result, Err(ValidationError::Port(_))));
+            } else if weight > MAX_WEIGHT {
+                prop_assert!(matches!(result, Err(ValidationError::Parameter(_))));
+            } else {
+                prop_assert_eq!(result.unwrap().weight, weight);
+            }
+        }
+
+        #[test]
+        fn ttl_is_kept_in_range_else_five(ttl in proptest::option::of(0u32..1_000)) {
+            let mut input = good();
+            input.health_check = Some(super::super::HealthCheckInput { heartbeat: true, ttl });
+            let stored = register_record(&input).unwrap().health_check_ttl.unwrap();
+            match ttl {
+                Some(t) if (1..=60).contains(&t) => prop_assert_eq!(stored, t),
+                _ => prop_assert_eq!(stored, 5),
+            }
+        }
+
+        #[test]
+        fn metadata_is_stored_sorted(entries in proptest::collection::hash_map("[a-z]{1,8}", "[a-z]{0,8}", 0..64)) {
+            let mut input = good();
+            input.metadata = entries.clone();
+            let record = register_record(&input).unwrap();
+            let mut expected: Vec<_> = entries.into_iter().collect();
+            expected.sort();
+            prop_assert_eq!(record.metadata, expected);
+        }
+    }
+}

@@ -1,0 +1,253 @@
+//! The store contract: every store implementation must pass these, through the `Store`
+//! trait alone. Run here against SQLite.
+
+use std::sync::Arc;
+
+use batchreg::store::resilient::{ResilientWriter, RetryPolicy};
+use batchreg::store::{
+    DeregisterOutcome, InstanceRecord, RegisterOptions, RegisterOutcome, Store, StoreOptions,
+};
+
+const CREATE: RegisterOptions = RegisterOptions {
+    create_services: true,
+};
+
+fn record(service: &str, host: &str, port: u32) -> InstanceRecord {
+    InstanceRecord {
+        id: format!("id-{service}-{host}-{port}"),
+        namespace: "contract".to_owned(),
+        service: service.to_owned(),
+        vpc_id: String::new(),
+        host: host.to_owned(),
+        port,
+        protocol: "grpc".to_owned(),
+        version: "1.0".to_owned(),
+        priority: 0,
+        weight: 100,
+        healthy: true,
+        isolate: None,
+        enable_health_check: true,
+        health_check_ttl: Some(5),
+        logic_set: String::new(),
+        region: "r".to_owned(),
+        zone: "z".to_owned(),
+        campus: "c".to_owned(),
+        metadata: vec![
+            ("a".to_owned(), "1".to_owned()),
+            ("b".to_owned(), "2".to_owned()),
+        ],
+    }
+}
+
+/// Every contract case, against one store.
+pub fn run_contract(open: &dyn Fn() -> Arc<dyn Store>) {
+    new_instances_are_created_and_read_back(open().as_ref());
+    unchanged_writes_nothing_changed_replaces_in_place(open().as_ref());
+    omitted_isolate_keeps_the_stored_flag(open().as_ref());
+    missing_services_are_not_created_when_not_allowed(open().as_ref());
+    a_bad_row_does_not_fail_its_batch_mates(open().as_ref());
+    deregister_deletes_every_row(open().as_ref());
+    batches_larger_than_one_statement_are_chunked(open().as_ref());
+}
+
+fn new_instances_are_created_and_read_back(store: &dyn Store) {
+    let mut writer = store.writer().unwrap();
+    let rows = vec![
+        record("a", "10.0.0.1", 1),
+        record("a", "10.0.0.2", 2),
+        record("b", "10.0.0.1", 3),
+    ];
+    let outcomes = writer.register(&rows, CREATE).unwrap();
+    assert_eq!(outcomes, vec![RegisterOutcome::Created; 3]);
+    for row in &rows {
+        let stored = writer.instance(&row.id).unwrap().expect("stored");
+        let mut expected = row.clone();
+        expected.isolate = Some(false);
+        assert_eq!(stored.record, expected);
+        assert!(!stored.isolate);
+        assert_eq!(stored.revision, row.revision(false));
+        assert_eq!(stored.ctime, stored.mtime);
+    }
+    let service_a = writer.instance(&rows[0].id).unwrap().unwrap().service_id;
+    assert_eq!(
+        writer.instance(&rows[1].id).unwrap().unwrap().service_id,
+        service_a
+    );
+    assert_ne!(
+        writer.instance(&rows[2].id).unwrap().unwrap().service_id,
+        service_a
+    );
+}
+
+fn unchanged_writes_nothing_changed_replaces_in_place(store: &dyn Store) {
+    let mut writer = store.writer().unwrap();
+    let original = record("a", "10.0.0.1", 1);
+    writer
+        .register(std::slice::from_ref(&original), CREATE)
+        .unwrap();
+    let before = writer.instance(&original.id).unwrap().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(5));
+
+    let outcomes = writer
+        .register(std::slice::from_ref(&original), CREATE)
+        .unwrap();
+    assert_eq!(outcomes, vec![RegisterOutcome::Unchanged]);
+    assert_eq!(
+        writer.instance(&original.id).unwrap().unwrap(),
+        before,
+        "nothing rewritten"
+    );
+
+    let mut changed = original.clone();
+    changed.weight = 5;
+    changed.metadata = vec![("c".to_owned(), "3".to_owned())];
+    changed.enable_health_check = false;
+    changed.health_check_ttl = None;
+    let outcomes = writer
+        .register(std::slice::from_ref(&changed), CREATE)
+        .unwrap();
+    assert_eq!(outcomes, vec![RegisterOutcome::Replaced]);
+    let after = writer.instance(&original.id).unwrap().unwrap();
+    assert_eq!(after.ctime, before.ctime);
+    assert_ne!(after.mtime, before.mtime);
+    assert_eq!(after.record.weight, 5);
+    assert_eq!(
+        after.record.metadata, changed.metadata,
+        "metadata replaced as a whole"
+    );
+    assert_eq!(after.record.health_check_ttl, None);
+}
+
+fn omitted_isolate_keeps_the_stored_flag(store: &dyn Store) {
+    let mut writer = store.writer().unwrap();
+    let mut isolated = record("a", "10.0.0.9", 9);
+    isolated.isolate = Some(true);
+    writer
+        .register(std::slice::from_ref(&isolated), CREATE)
+        .unwrap();
+    let mut omitted = isolated.clone();
+    omitted.isolate = None;
+    // Same content with the stored flag: unchanged.
+    assert_eq!(
+        writer
+            .register(std::slice::from_ref(&omitted), CREATE)
+            .unwrap(),
+        vec![RegisterOutcome::Unchanged]
+    );
+    omitted.version = "2.0".to_owned();
+    assert_eq!(
+        writer
+            .register(std::slice::from_ref(&omitted), CREATE)
+            .unwrap(),
+        vec![RegisterOutcome::Replaced]
+    );
+    assert!(writer.instance(&isolated.id).unwrap().unwrap().isolate);
+}
+
+fn missing_services_are_not_created_when_not_allowed(store: &dyn Store) {
+    let mut writer = store.writer().unwrap();
+    writer
+        .register(&[record("known", "10.0.0.1", 1)], CREATE)
+        .unwrap();
+    let rows = vec![
+        record("known", "10.0.0.1", 2),
+        record("unknown", "10.0.0.1", 3),
+    ];
+    let outcomes = writer
+        .register(
+            &rows,
+            RegisterOptions {
+                create_services: false,
+            },
+        )
+        .unwrap();
+    assert_eq!(
+        outcomes,
+        vec![RegisterOutcome::Created, RegisterOutcome::ServiceNotFound]
+    );
+    assert!(writer.instance(&rows[1].id).unwrap().is_none());
+}
+
+fn a_bad_row_does_not_fail_its_batch_mates(store: &dyn Store) {
+    let mut writer = ResilientWriter::new(store.writer().unwrap(), RetryPolicy::default());
+    let mut rows: Vec<InstanceRecord> = (0..10).map(|i| record("split", "10.0.1.1", i)).collect();
+    // Past the host column's limit: only validation in front of the store would stop it.
+    rows[6].host = "h".repeat(200);
+    let results = writer.register(&rows, CREATE);
+    assert_eq!(results.len(), 10);
+    for (i, result) in results.iter().enumerate() {
+        if i == 6 {
+            assert!(result.is_err(), "the bad row fails");
+            assert!(writer.inner().instance(&rows[i].id).unwrap().is_none());
+        } else {
+            assert_eq!(
+                result.as_ref().ok(),
+                Some(&RegisterOutcome::Created),
+                "row {i}"
+            );
+            assert!(writer.inner().instance(&rows[i].id).unwrap().is_some());
+        }
+    }
+}
+
+fn deregister_deletes_every_row(store: &dyn Store) {
+    let mut writer = store.writer().unwrap();
+    let rows = vec![record("d", "10.0.0.1", 1), record("d", "10.0.0.1", 2)];
+    writer.register(&rows, CREATE).unwrap();
+    let ids = vec![rows[0].id.clone(), "never-registered".to_owned()];
+    let outcomes = writer.deregister(&ids).unwrap();
+    assert_eq!(
+        outcomes,
+        vec![DeregisterOutcome::Deleted, DeregisterOutcome::Absent]
+    );
+    assert!(writer.instance(&rows[0].id).unwrap().is_none());
+    assert!(writer.instance(&rows[1].id).unwrap().is_some());
+    // Registered again after a deregister: a new instance, no stale metadata.
+    let outcomes = writer.register(&rows[..1], CREATE).unwrap();
+    assert_eq!(outcomes, vec![RegisterOutcome::Created]);
+    assert_eq!(
+        writer
+            .instance(&rows[0].id)
+            .unwrap()
+            .unwrap()
+            .record
+            .metadata,
+        rows[0].metadata
+    );
+}
+
+fn batches_larger_than_one_statement_are_chunked(store: &dyn Store) {
+    let mut writer = store.writer().unwrap();
+    // 5,000 rows × 19 columns is past any engine's placeholder limit for one statement.
+    let rows: Vec<InstanceRecord> = (0..5_000).map(|i| record("big", "10.9.0.1", i)).collect();
+    let outcomes = writer.register(&rows, CREATE).unwrap();
+    assert!(outcomes.iter().all(|o| *o == RegisterOutcome::Created));
+    for i in [0, 1_234, 4_999] {
+        let stored = writer.instance(&rows[i].id).unwrap().unwrap();
+        assert_eq!(stored.record.metadata.len(), 2);
+        assert_eq!(stored.record.health_check_ttl, Some(5));
+    }
+    let outcomes = writer.register(&rows, CREATE).unwrap();
+    assert!(outcomes.iter().all(|o| *o == RegisterOutcome::Unchanged));
+    let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
+    let outcomes = writer.deregister(&ids).unwrap();
+    assert!(outcomes.iter().all(|o| *o == DeregisterOutcome::Deleted));
+}
+
+#[test]
+fn sqlite_store_meets_the_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    let counter = std::sync::atomic::AtomicUsize::new(0);
+    run_contract(&|| {
+        let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let url = format!(
+            "sqlite://{}",
+            dir.path().join(format!("contract-{n}.db")).display()
+        );
+        batchreg::store::open(&StoreOptions {
+            url,
+            sqlite_synchronous: batchreg::store::sqlite::Synchronous::Normal,
+        })
+        .unwrap()
+    });
+}
