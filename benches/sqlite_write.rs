@@ -42,6 +42,7 @@ fn batch_write(c: &mut Criterion) {
     let store = batchreg::store::open(&StoreOptions {
         url: format!("sqlite://{}", dir.path().join("bench.db").display()),
         sqlite_synchronous: Synchronous::Full,
+        concurrency: None,
     })
     .unwrap();
     let mut writer = store.writer().unwrap();

@@ -293,13 +293,13 @@ impl Config {
             store: StoreOptions {
                 url: self.store.url.clone(),
                 sqlite_synchronous: self.store.sqlite_synchronous,
+                concurrency: NonZeroUsize::new(self.store.concurrency),
             },
             naming: NamingSettings {
                 auto_create_services: self.naming.auto_create_services,
                 existed_as_success: self.naming.existed_as_success,
                 register,
                 deregister,
-                concurrency: NonZeroUsize::new(self.store.concurrency),
                 retry: RetryPolicy {
                     attempts: self.store.retry_attempts,
                     first_backoff: self.store.retry_first_backoff,

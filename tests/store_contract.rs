@@ -1,5 +1,8 @@
 //! The store contract: every store implementation must pass these, through the `Store`
-//! trait alone. Run here against SQLite.
+//! trait alone. Run against SQLite and MySQL.
+
+#[path = "common/mysql.rs"]
+mod mysql;
 
 use std::sync::Arc;
 
@@ -247,6 +250,25 @@ fn sqlite_store_meets_the_contract() {
         batchreg::store::open(&StoreOptions {
             url,
             sqlite_synchronous: batchreg::store::sqlite::Synchronous::Normal,
+            concurrency: None,
+        })
+        .unwrap()
+    });
+}
+
+#[test]
+fn mysql_store_meets_the_contract() {
+    let counter = std::sync::atomic::AtomicUsize::new(0);
+    if mysql::fresh_database("contract_probe").is_none() {
+        return;
+    }
+    run_contract(&|| {
+        let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let url = mysql::fresh_database(&format!("contract_{n}")).unwrap();
+        batchreg::store::open(&StoreOptions {
+            url,
+            sqlite_synchronous: batchreg::store::sqlite::Synchronous::Normal,
+            concurrency: None,
         })
         .unwrap()
     });

@@ -104,8 +104,6 @@ pub struct NamingSettings {
     pub existed_as_success: bool,
     pub register: BatchSettings,
     pub deregister: BatchSettings,
-    /// Store workers per controller; `None`: the store's default.
-    pub concurrency: Option<std::num::NonZeroUsize>,
     pub retry: RetryPolicy,
 }
 
@@ -129,9 +127,7 @@ impl Naming {
                 Arc::new(move |err: &StoreError| telemetry::record_store_retry(engine, api, err));
             Ok(ResilientWriter::new(store.writer()?, settings.retry).on_retry(observer))
         };
-        let concurrency = settings
-            .concurrency
-            .map_or_else(|| store.default_concurrency(), |n| n.get());
+        let concurrency = store.concurrency();
         let mut registers = Vec::with_capacity(concurrency);
         let mut deregisters = Vec::with_capacity(concurrency);
         for _ in 0..concurrency {

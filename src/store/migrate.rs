@@ -20,6 +20,37 @@ pub const SQLITE: &[Migration] = &[Migration {
     sql: include_str!("../../migrations/sqlite/0001_init.sql"),
 }];
 
+/// The MySQL migrations, in the order they apply.
+pub const MYSQL: &[Migration] = &[Migration {
+    version: 1,
+    name: "0001_init.sql",
+    sql: include_str!("../../migrations/mysql/0001_init.sql"),
+}];
+
+/// The statements of a migration file: separated by lines ending in `;`, comment lines
+/// dropped. For engines whose drivers take one statement at a time.
+pub fn statements(sql: &str) -> Vec<String> {
+    let mut statements = Vec::new();
+    let mut current = String::new();
+    for line in sql.lines() {
+        let trimmed = line.trim();
+        if trimmed.starts_with("--") || trimmed.is_empty() {
+            continue;
+        }
+        current.push_str(line);
+        current.push('\n');
+        if trimmed.ends_with(';') {
+            let statement = current.trim().trim_end_matches(';').to_owned();
+            statements.push(statement);
+            current.clear();
+        }
+    }
+    if !current.trim().is_empty() {
+        statements.push(current.trim().to_owned());
+    }
+    statements
+}
+
 /// Applies the SQLite migrations not yet recorded, in one immediate transaction so two
 /// processes starting at once apply each file once. Returns the names applied now.
 pub fn apply_sqlite(conn: &mut Connection) -> Result<Vec<&'static str>, StoreError> {
@@ -73,6 +104,20 @@ mod tests {
 
     #[test]
     fn versions_are_increasing() {
-        assert!(SQLITE.windows(2).all(|w| w[0].version < w[1].version));
+        for list in [SQLITE, MYSQL] {
+            assert!(list.windows(2).all(|w| w[0].version < w[1].version));
+        }
+    }
+
+    #[test]
+    fn mysql_file_splits_into_its_statements() {
+        let statements = statements(MYSQL[0].sql);
+        assert_eq!(statements.len(), 5);
+        assert!(
+            statements
+                .iter()
+                .all(|s| s.starts_with("CREATE TABLE IF NOT EXISTS"))
+        );
+        assert!(statements.iter().all(|s| !s.ends_with(';')));
     }
 }

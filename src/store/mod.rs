@@ -5,6 +5,7 @@
 
 pub mod migrate;
 pub mod model;
+pub mod mysql;
 mod plan;
 pub mod resilient;
 mod sql;
@@ -38,6 +39,42 @@ pub enum StoreError {
     UnsupportedUrl(String),
     #[error("store writer lock poisoned by a panic in another worker")]
     Poisoned,
+    #[error("mysql error: {0}")]
+    Mysql(#[from] mysql_async::Error),
+    #[error("cannot connect to the database at {target}: {reason}")]
+    Connect { target: String, reason: String },
+    #[error("no database connection free in time")]
+    PoolTimeout,
+    #[error("cannot start the database I/O runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+    #[error("another replica held the migration lock for too long")]
+    MigrationLock,
+}
+
+/// MySQL server errors worth another try: deadlock, lock wait timeout, a connection killed
+/// or lost, the server going away or too busy to connect.
+const MYSQL_TRANSIENT: &[u16] = &[
+    1213, // ER_LOCK_DEADLOCK
+    1205, // ER_LOCK_WAIT_TIMEOUT
+    1040, // ER_CON_COUNT_ERROR
+    1053, // ER_SERVER_SHUTDOWN
+    1158, 1159, 1160, 1161, // network read/write errors and timeouts
+    1317, // ER_QUERY_INTERRUPTED
+    1927, // ER_CONNECTION_KILLED (MariaDB)
+    2006, // CR_SERVER_GONE_ERROR
+    2013, // CR_SERVER_LOST
+];
+
+fn mysql_transient(err: &mysql_async::Error) -> bool {
+    match err {
+        mysql_async::Error::Server(server) => MYSQL_TRANSIENT.contains(&server.code),
+        mysql_async::Error::Io(_) => true,
+        mysql_async::Error::Driver(driver) => matches!(
+            driver,
+            mysql_async::DriverError::ConnectionClosed | mysql_async::DriverError::PacketOutOfOrder
+        ),
+        _ => false,
+    }
 }
 
 impl StoreError {
@@ -49,6 +86,8 @@ impl StoreError {
                 err.code,
                 rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
             ),
+            StoreError::Mysql(err) => mysql_transient(err),
+            StoreError::PoolTimeout => true,
             _ => false,
         }
     }
@@ -67,6 +106,18 @@ impl StoreError {
             StoreError::Migration { .. } => "migration",
             StoreError::UnsupportedUrl(_) => "config",
             StoreError::Poisoned => "poisoned",
+            StoreError::Mysql(mysql_async::Error::Server(server)) => match server.code {
+                1213 => "deadlock",
+                1205 => "lock_wait_timeout",
+                code if MYSQL_TRANSIENT.contains(&code) => "connection",
+                _ => "mysql",
+            },
+            StoreError::Mysql(err) if mysql_transient(err) => "connection",
+            StoreError::Mysql(_) => "mysql",
+            StoreError::Connect { .. } => "connect",
+            StoreError::PoolTimeout => "pool_timeout",
+            StoreError::Runtime(_) => "runtime",
+            StoreError::MigrationLock => "migration",
         }
     }
 }
@@ -92,8 +143,8 @@ pub trait StoreWriter: Send {
 pub trait Store: Send + Sync + 'static {
     fn writer(&self) -> Result<Box<dyn StoreWriter>, StoreError>;
 
-    /// Store workers per batch controller when the config does not say.
-    fn default_concurrency(&self) -> usize;
+    /// Store workers (writers) per batch controller.
+    fn concurrency(&self) -> usize;
 
     /// The engine name, for logs and metrics.
     fn engine(&self) -> &'static str;
@@ -105,6 +156,9 @@ pub struct StoreOptions {
     /// `sqlite://PATH` or `mysql://user:pass@host:port/db`.
     pub url: String,
     pub sqlite_synchronous: sqlite::Synchronous,
+    /// Store workers per batch controller; `None`: the engine's default (SQLite 1,
+    /// MySQL 4).
+    pub concurrency: Option<std::num::NonZeroUsize>,
 }
 
 /// Opens the store the URL names, applying its migrations.
@@ -112,6 +166,13 @@ pub fn open(options: &StoreOptions) -> Result<Arc<dyn Store>, StoreError> {
     if let Some(path) = options.url.strip_prefix("sqlite://") {
         let store = sqlite::SqliteStore::open(path, options.sqlite_synchronous)?;
         return Ok(Arc::new(store));
+    }
+    if options.url.starts_with("mysql://") {
+        let concurrency = options.concurrency.map(|n| n.get());
+        return Ok(Arc::new(mysql::MysqlStore::open(
+            &options.url,
+            concurrency,
+        )?));
     }
     Err(StoreError::UnsupportedUrl(options.url.clone()))
 }

@@ -164,7 +164,9 @@ impl Store for SqliteStore {
         }))
     }
 
-    fn default_concurrency(&self) -> usize {
+    fn concurrency(&self) -> usize {
+        // Workers share the one writer connection: more than one only overlaps the
+        // coalescing and answering of one batch with the write of another.
         1
     }
 

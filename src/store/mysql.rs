@@ -1,0 +1,610 @@
+//! Cluster mode: a MySQL-compatible database (MySQL 8, MariaDB 10.11, TiDB) shared by
+//! several batchreg replicas. Correctness comes from the database: one READ COMMITTED
+//! transaction per batch that locks the batch's rows in id order, multi-row
+//! `INSERT … ON DUPLICATE KEY UPDATE`, and unique keys.
+//!
+//! The store owns a small tokio runtime that drives mysql_async's I/O; the store workers
+//! (plain threads) block on it, one transaction at a time each.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mysql_async::prelude::Queryable;
+use mysql_async::{
+    IsolationLevel, Opts, OptsBuilder, Params, Pool, PoolConstraints, PoolOpts, Transaction,
+    TxOpts, Value,
+};
+
+use super::migrate::{self, Migration};
+use super::model::{self, DeregisterOutcome, InstanceRecord, RegisterOptions, RegisterOutcome};
+use super::plan::{self, Existing, PlannedWrite, ServiceKey};
+use super::sql::{list_placeholders, row_placeholders, statement_chunks};
+use super::{Store, StoreError, StoreWriter, StoredInstance};
+
+/// The server's limit of bound values in one prepared statement.
+const MAX_PARAMS: usize = 65_535;
+/// How long start-up waits for the first connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a store worker waits for a pooled connection before the try counts as failed.
+const POOL_WAIT: Duration = Duration::from_secs(10);
+/// Store workers per batch controller when the config does not say.
+pub const DEFAULT_CONCURRENCY: usize = 4;
+
+/// The MySQL store.
+pub struct MysqlStore {
+    shared: Arc<Shared>,
+    concurrency: usize,
+}
+
+struct Shared {
+    pool: Pool,
+    runtime: Option<tokio::runtime::Runtime>,
+    /// Bytes of values per statement: well below the server's max_allowed_packet.
+    max_statement_bytes: usize,
+}
+
+impl Shared {
+    fn block_on<F: Future>(&self, future: F) -> F::Output {
+        self.runtime
+            .as_ref()
+            .expect("runtime lives as long as the store")
+            .block_on(future)
+    }
+
+    /// Runs `work` in one transaction on a pooled connection.
+    fn transaction<T>(
+        &self,
+        work: impl AsyncFnOnce(&mut Transaction<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.block_on(async {
+            let mut conn = tokio::time::timeout(POOL_WAIT, self.pool.get_conn())
+                .await
+                .map_err(|_| StoreError::PoolTimeout)??;
+            let mut options = TxOpts::default();
+            options.with_isolation_level(IsolationLevel::ReadCommitted);
+            let mut tx = conn.start_transaction(options).await?;
+            let result = work(&mut tx).await?;
+            tx.commit().await?;
+            Ok(result)
+        })
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            // Never blocks, also when the last owner is dropped inside async code.
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl MysqlStore {
+    /// Connects (failing fast with a clear message when the database is unreachable or
+    /// refuses the credentials) and applies the migrations not yet recorded.
+    /// `concurrency`: store workers per controller; the pool is sized from it.
+    pub fn open(url: &str, concurrency: Option<usize>) -> Result<Self, StoreError> {
+        let concurrency = concurrency.unwrap_or(DEFAULT_CONCURRENCY);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("mysql-io")
+            .enable_all()
+            .build()
+            .map_err(StoreError::Runtime)?;
+        let opts = Opts::from_url(url).map_err(|e| StoreError::Mysql(e.into()))?;
+        // Two controllers' workers, plus one for migrations and reads.
+        let max = 2 * concurrency + 1;
+        let builder = OptsBuilder::from_opts(opts)
+            .pool_opts(
+                PoolOpts::default()
+                    .with_constraints(PoolConstraints::new(1, max).expect("1 <= max")),
+            )
+            .stmt_cache_size(256);
+        let _entered = runtime.enter();
+        let pool = Pool::new(builder);
+        let max_packet = runtime.block_on(async {
+            let mut conn = tokio::time::timeout(CONNECT_TIMEOUT, pool.get_conn())
+                .await
+                .map_err(|_| StoreError::Connect {
+                    target: redact(url),
+                    reason: format!("no answer within {CONNECT_TIMEOUT:?}"),
+                })?
+                .map_err(|e| StoreError::Connect {
+                    target: redact(url),
+                    reason: e.to_string(),
+                })?;
+            apply_migrations(&mut conn).await?;
+            let max_packet: Option<u64> = conn.query_first("SELECT @@max_allowed_packet").await?;
+            Ok::<_, StoreError>(max_packet.unwrap_or(4 << 20))
+        })?;
+        drop(_entered);
+        let max_statement_bytes = usize::try_from(max_packet / 2)
+            .unwrap_or(usize::MAX)
+            .clamp(64 << 10, 16 << 20);
+        Ok(MysqlStore {
+            shared: Arc::new(Shared {
+                pool,
+                runtime: Some(runtime),
+                max_statement_bytes,
+            }),
+            concurrency,
+        })
+    }
+}
+
+/// The URL without its password, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &url[scheme + 3..at];
+            let user = credentials.split(':').next().unwrap_or("");
+            format!("{}{}@{}", &url[..scheme + 3], user, &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// Applies the MySQL migrations under a named lock, so that of several replicas starting
+/// at once one applies each file and the others wait, then see it recorded.
+async fn apply_migrations(conn: &mut mysql_async::Conn) -> Result<(), StoreError> {
+    let locked: Option<i64> = conn
+        .query_first("SELECT GET_LOCK('batchreg_migrate', 60)")
+        .await?;
+    if locked != Some(1) {
+        return Err(StoreError::MigrationLock);
+    }
+    let result = apply_unlocked(conn, migrate::MYSQL).await;
+    conn.query_drop("DO RELEASE_LOCK('batchreg_migrate')")
+        .await?;
+    result
+}
+
+async fn apply_unlocked(
+    conn: &mut mysql_async::Conn,
+    migrations: &[Migration],
+) -> Result<(), StoreError> {
+    conn.query_drop(
+        "CREATE TABLE IF NOT EXISTS batchreg_migrations (
+             version    INT UNSIGNED NOT NULL PRIMARY KEY,
+             name       VARCHAR(255) NOT NULL,
+             applied_at TIMESTAMP(3) NOT NULL DEFAULT CURRENT_TIMESTAMP(3)
+         ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4",
+    )
+    .await?;
+    let applied: Vec<u32> = conn
+        .query("SELECT version FROM batchreg_migrations")
+        .await?;
+    for migration in migrations {
+        if applied.contains(&migration.version) {
+            continue;
+        }
+        for statement in migrate::statements(migration.sql) {
+            conn.query_drop(statement)
+                .await
+                .map_err(|e| StoreError::Migration {
+                    name: migration.name,
+                    source: Box::new(e.into()),
+                })?;
+        }
+        conn.exec_drop(
+            "INSERT INTO batchreg_migrations (version, name) VALUES (?, ?)",
+            (migration.version, migration.name),
+        )
+        .await?;
+        tracing::info!(migration = migration.name, "applied MySQL migration");
+    }
+    Ok(())
+}
+
+impl Store for MysqlStore {
+    fn writer(&self) -> Result<Box<dyn StoreWriter>, StoreError> {
+        Ok(Box::new(MysqlWriter {
+            shared: Arc::clone(&self.shared),
+        }))
+    }
+
+    fn concurrency(&self) -> usize {
+        self.concurrency
+    }
+
+    fn engine(&self) -> &'static str {
+        "mysql"
+    }
+}
+
+struct MysqlWriter {
+    shared: Arc<Shared>,
+}
+
+impl StoreWriter for MysqlWriter {
+    fn register(
+        &mut self,
+        rows: &[InstanceRecord],
+        options: RegisterOptions,
+    ) -> Result<Vec<RegisterOutcome>, StoreError> {
+        let max_bytes = self.shared.max_statement_bytes;
+        self.shared
+            .transaction(async |tx| register_in(tx, rows, options, max_bytes).await)
+    }
+
+    fn deregister(&mut self, ids: &[String]) -> Result<Vec<DeregisterOutcome>, StoreError> {
+        self.shared
+            .transaction(async |tx| deregister_in(tx, ids).await)
+    }
+
+    fn instance(&mut self, id: &str) -> Result<Option<StoredInstance>, StoreError> {
+        self.shared
+            .transaction(async |tx| read_instance(tx, id).await)
+    }
+}
+
+async fn register_in(
+    tx: &mut Transaction<'_>,
+    rows: &[InstanceRecord],
+    options: RegisterOptions,
+    max_bytes: usize,
+) -> Result<Vec<RegisterOutcome>, StoreError> {
+    let now: String = tx
+        .query_first("SELECT CAST(NOW(3) AS CHAR)")
+        .await?
+        .unwrap_or_default();
+    let service_ids = resolve_services(tx, &plan::distinct_services(rows), options, &now).await?;
+    let existing = lock_existing(tx, rows).await?;
+    let (outcomes, writes) = plan::plan_register(rows, &service_ids, &existing);
+    if writes.is_empty() {
+        return Ok(outcomes);
+    }
+    upsert_instances(tx, &writes, &now, max_bytes).await?;
+    // Metadata and health checks of every written row are replaced: a row another replica
+    // inserted since this batch looked may already have some.
+    let written: Vec<&str> = writes.iter().map(|w| w.record.id.as_str()).collect();
+    delete_where_id_in(tx, "instance_metadata", &written).await?;
+    let unchecked: Vec<&str> = writes
+        .iter()
+        .filter(|w| w.record.health_check_ttl.is_none())
+        .map(|w| w.record.id.as_str())
+        .collect();
+    delete_where_id_in(tx, "health_check", &unchecked).await?;
+    upsert_health_checks(tx, &writes).await?;
+    insert_metadata(tx, &writes, &now, max_bytes).await?;
+    Ok(outcomes)
+}
+
+async fn resolve_services(
+    tx: &mut Transaction<'_>,
+    services: &[ServiceKey],
+    options: RegisterOptions,
+    now: &str,
+) -> Result<HashMap<ServiceKey, String>, StoreError> {
+    const SELECT: &str = "SELECT id FROM service WHERE namespace = ? AND name = ?";
+    let mut ids = HashMap::with_capacity(services.len());
+    for key in services {
+        let (namespace, service) = key;
+        let mut found: Option<String> = tx.exec_first(SELECT, (namespace, service)).await?;
+        if found.is_none() && options.create_services {
+            tx.exec_drop(
+                "INSERT INTO namespace (name, ctime, mtime) VALUES (?, ?, ?)
+                 ON DUPLICATE KEY UPDATE name = name",
+                (namespace, now, now),
+            )
+            .await?;
+            tx.exec_drop(
+                "INSERT INTO service (id, name, namespace, ctime, mtime) VALUES (?, ?, ?, ?, ?)
+                 ON DUPLICATE KEY UPDATE id = id",
+                (
+                    model::service_id(namespace, service),
+                    service,
+                    namespace,
+                    now,
+                    now,
+                ),
+            )
+            .await?;
+            found = tx.exec_first(SELECT, (namespace, service)).await?;
+        }
+        if let Some(id) = found {
+            ids.insert(key.clone(), id);
+        }
+    }
+    Ok(ids)
+}
+
+/// Reads and locks the rows the batch names, in id order (a stable lock order across
+/// replicas). Under READ COMMITTED this takes no gap locks, so fresh inserts of different
+/// batches do not deadlock each other.
+async fn lock_existing(
+    tx: &mut Transaction<'_>,
+    rows: &[InstanceRecord],
+) -> Result<HashMap<String, Existing>, StoreError> {
+    let mut ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
+    ids.sort_unstable();
+    let mut existing = HashMap::with_capacity(ids.len());
+    for chunk in ids.chunks(MAX_PARAMS) {
+        let sql = format!(
+            "SELECT id, revision, isolate FROM instance WHERE id IN ({}) ORDER BY id FOR UPDATE",
+            list_placeholders(chunk.len())
+        );
+        let found: Vec<(String, String, bool)> =
+            tx.exec(sql, params(chunk.iter().copied())).await?;
+        for (id, revision, isolate) in found {
+            existing.insert(id, Existing { revision, isolate });
+        }
+    }
+    Ok(existing)
+}
+
+fn params<V: Into<Value>>(values: impl IntoIterator<Item = V>) -> Params {
+    Params::Positional(values.into_iter().map(Into::into).collect())
+}
+
+const INSTANCE_COLUMNS: usize = 19;
+
+fn instance_bytes(w: &PlannedWrite<'_>) -> usize {
+    let r = w.record;
+    128 + r.id.len()
+        + r.host.len()
+        + r.vpc_id.len()
+        + r.protocol.len()
+        + r.version.len()
+        + r.logic_set.len()
+        + r.region.len()
+        + r.zone.len()
+        + r.campus.len()
+}
+
+async fn upsert_instances(
+    tx: &mut Transaction<'_>,
+    writes: &[PlannedWrite<'_>],
+    now: &str,
+    max_bytes: usize,
+) -> Result<(), StoreError> {
+    let row = "(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,0,?,?)";
+    for chunk in statement_chunks(
+        writes,
+        INSTANCE_COLUMNS,
+        MAX_PARAMS,
+        max_bytes,
+        instance_bytes,
+    ) {
+        let sql = format!(
+            "INSERT INTO instance (id, service_id, vpc_id, host, port, protocol, version,
+                 health_status, isolate, weight, enable_health_check, logic_set, cmdb_region,
+                 cmdb_zone, cmdb_idc, priority, revision, flag, ctime, mtime)
+             VALUES {}
+             ON DUPLICATE KEY UPDATE
+                 service_id = VALUES(service_id), vpc_id = VALUES(vpc_id),
+                 host = VALUES(host), port = VALUES(port), protocol = VALUES(protocol),
+                 version = VALUES(version), health_status = VALUES(health_status),
+                 isolate = VALUES(isolate), weight = VALUES(weight),
+                 enable_health_check = VALUES(enable_health_check),
+                 logic_set = VALUES(logic_set), cmdb_region = VALUES(cmdb_region),
+                 cmdb_zone = VALUES(cmdb_zone), cmdb_idc = VALUES(cmdb_idc),
+                 priority = VALUES(priority), revision = VALUES(revision),
+                 flag = 0, mtime = VALUES(mtime)",
+            row_placeholders(chunk.len(), row)
+        );
+        let mut values: Vec<Value> = Vec::with_capacity(chunk.len() * INSTANCE_COLUMNS);
+        for w in chunk {
+            let r = w.record;
+            values.extend([
+                Value::from(&r.id),
+                Value::from(w.service_id),
+                Value::from(&r.vpc_id),
+                Value::from(&r.host),
+                Value::from(r.port),
+                Value::from(&r.protocol),
+                Value::from(&r.version),
+                Value::from(r.healthy),
+                Value::from(w.isolate),
+                Value::from(r.weight),
+                Value::from(r.enable_health_check),
+                Value::from(&r.logic_set),
+                Value::from(&r.region),
+                Value::from(&r.zone),
+                Value::from(&r.campus),
+                Value::from(r.priority),
+                Value::from(&w.revision),
+                Value::from(now),
+                Value::from(now),
+            ]);
+        }
+        debug_assert_eq!(values.len(), chunk.len() * INSTANCE_COLUMNS);
+        tx.exec_drop(sql, Params::Positional(values)).await?;
+    }
+    Ok(())
+}
+
+async fn upsert_health_checks(
+    tx: &mut Transaction<'_>,
+    writes: &[PlannedWrite<'_>],
+) -> Result<(), StoreError> {
+    let checked: Vec<(&str, u32)> = writes
+        .iter()
+        .filter_map(|w| {
+            w.record
+                .health_check_ttl
+                .map(|ttl| (w.record.id.as_str(), ttl))
+        })
+        .collect();
+    for chunk in checked.chunks(MAX_PARAMS / 2) {
+        let sql = format!(
+            "INSERT INTO health_check (id, type, ttl) VALUES {}
+             ON DUPLICATE KEY UPDATE type = VALUES(type), ttl = VALUES(ttl)",
+            row_placeholders(chunk.len(), "(?,1,?)")
+        );
+        let values = chunk
+            .iter()
+            .flat_map(|(id, ttl)| [Value::from(*id), Value::from(*ttl)])
+            .collect();
+        tx.exec_drop(sql, Params::Positional(values)).await?;
+    }
+    Ok(())
+}
+
+async fn insert_metadata(
+    tx: &mut Transaction<'_>,
+    writes: &[PlannedWrite<'_>],
+    now: &str,
+    max_bytes: usize,
+) -> Result<(), StoreError> {
+    let entries: Vec<(&str, &str, &str)> = writes
+        .iter()
+        .flat_map(|w| {
+            w.record
+                .metadata
+                .iter()
+                .map(move |(k, v)| (w.record.id.as_str(), k.as_str(), v.as_str()))
+        })
+        .collect();
+    let bytes = |(id, k, v): &(&str, &str, &str)| 64 + id.len() + k.len() + v.len();
+    for chunk in statement_chunks(&entries, 5, MAX_PARAMS, max_bytes, bytes) {
+        let sql = format!(
+            "INSERT INTO instance_metadata (id, mkey, mvalue, ctime, mtime) VALUES {}",
+            row_placeholders(chunk.len(), "(?,?,?,?,?)")
+        );
+        let values = chunk
+            .iter()
+            .flat_map(|(id, k, v)| {
+                [
+                    Value::from(*id),
+                    Value::from(*k),
+                    Value::from(*v),
+                    Value::from(now),
+                    Value::from(now),
+                ]
+            })
+            .collect();
+        tx.exec_drop(sql, Params::Positional(values)).await?;
+    }
+    Ok(())
+}
+
+/// `table` is one of this module's table names, never request data.
+async fn delete_where_id_in(
+    tx: &mut Transaction<'_>,
+    table: &str,
+    ids: &[&str],
+) -> Result<(), StoreError> {
+    for chunk in ids.chunks(MAX_PARAMS) {
+        let sql = format!(
+            "DELETE FROM {table} WHERE id IN ({})",
+            list_placeholders(chunk.len())
+        );
+        tx.exec_drop(sql, params(chunk.iter().copied())).await?;
+    }
+    Ok(())
+}
+
+async fn deregister_in(
+    tx: &mut Transaction<'_>,
+    ids: &[String],
+) -> Result<Vec<DeregisterOutcome>, StoreError> {
+    let mut sorted: Vec<&str> = ids.iter().map(String::as_str).collect();
+    sorted.sort_unstable();
+    let mut present = HashSet::new();
+    for chunk in sorted.chunks(MAX_PARAMS) {
+        let sql = format!(
+            "SELECT id FROM instance WHERE id IN ({}) ORDER BY id FOR UPDATE",
+            list_placeholders(chunk.len())
+        );
+        let found: Vec<String> = tx.exec(sql, params(chunk.iter().copied())).await?;
+        present.extend(found);
+    }
+    delete_where_id_in(tx, "instance_metadata", &sorted).await?;
+    delete_where_id_in(tx, "health_check", &sorted).await?;
+    delete_where_id_in(tx, "instance", &sorted).await?;
+    Ok(ids
+        .iter()
+        .map(|id| {
+            if present.contains(id) {
+                DeregisterOutcome::Deleted
+            } else {
+                DeregisterOutcome::Absent
+            }
+        })
+        .collect())
+}
+
+async fn read_instance(
+    tx: &mut Transaction<'_>,
+    id: &str,
+) -> Result<Option<StoredInstance>, StoreError> {
+    let row: Option<mysql_async::Row> = tx
+        .exec_first(
+            "SELECT i.id, s.namespace, s.name, i.vpc_id, i.host, i.port, i.protocol, i.version,
+                    i.priority, i.weight, i.health_status, i.isolate, i.enable_health_check,
+                    h.ttl, i.logic_set, i.cmdb_region, i.cmdb_zone, i.cmdb_idc,
+                    i.service_id, i.revision, CAST(i.ctime AS CHAR), CAST(i.mtime AS CHAR)
+             FROM instance i
+             JOIN service s ON s.id = i.service_id
+             LEFT JOIN health_check h ON h.id = i.id
+             WHERE i.id = ?",
+            (id,),
+        )
+        .await?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let get = |i: usize| {
+        row.get_opt::<Value, usize>(i)
+            .and_then(Result::ok)
+            .unwrap_or(Value::NULL)
+    };
+    let text = |i: usize| mysql_async::from_value_opt::<String>(get(i)).unwrap_or_default();
+    let number = |i: usize| mysql_async::from_value_opt::<u32>(get(i)).unwrap_or_default();
+    let flag = |i: usize| number(i) != 0;
+    let isolate = flag(11);
+    let mut stored = StoredInstance {
+        record: InstanceRecord {
+            id: text(0),
+            namespace: text(1),
+            service: text(2),
+            vpc_id: text(3),
+            host: text(4),
+            port: number(5),
+            protocol: text(6),
+            version: text(7),
+            priority: number(8),
+            weight: number(9),
+            healthy: flag(10),
+            isolate: Some(isolate),
+            enable_health_check: flag(12),
+            health_check_ttl: mysql_async::from_value_opt::<Option<u32>>(get(13))
+                .unwrap_or_default(),
+            logic_set: text(14),
+            region: text(15),
+            zone: text(16),
+            campus: text(17),
+            metadata: Vec::new(),
+        },
+        isolate,
+        service_id: text(18),
+        revision: text(19),
+        ctime: text(20),
+        mtime: text(21),
+    };
+    stored.record.metadata = tx
+        .exec(
+            "SELECT mkey, mvalue FROM instance_metadata WHERE id = ? ORDER BY mkey",
+            (id,),
+        )
+        .await?;
+    Ok(Some(stored))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact("mysql://root:s3cret@db:3306/x"),
+            "mysql://root@db:3306/x"
+        );
+        assert_eq!(redact("mysql://root@db:3306/x"), "mysql://root@db:3306/x");
+        assert_eq!(redact("mysql://db/x"), "mysql://db/x");
+    }
+}
