@@ -1,0 +1,266 @@
+//! Cluster mode on MySQL: several servers on one database, and the store's behaviour when
+//! its connection is killed in the middle of a batch. Skipped (saying so) without
+//! `BATCHREG_TEST_MYSQL_URL`.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use batchreg::store::resilient::{ResilientWriter, RetryPolicy};
+use batchreg::store::{InstanceRecord, RegisterOptions, RegisterOutcome, StoreOptions};
+use common::mysql::{admin, fresh_database, scalar};
+use common::{TestServer, code, expected_id, instance};
+
+const SUCCESS: u32 = 200_000;
+const EXISTED: u32 = 400_201;
+
+async fn replica(url: &str) -> TestServer {
+    let url = url.to_owned();
+    TestServer::start(move |c| c.store.url = url).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_on_one_database_agree() {
+    let Some(url) = fresh_database("cluster") else {
+        return;
+    };
+    let (a, b) = (replica(&url).await, replica(&url).await);
+    let (client_a, client_b) = (a.client().await, b.client().await);
+
+    // 3,000 instances: 0..2000 through A, 1000..3000 through B, so 1,000 are sent to both
+    // at the same moment: 4,000 requests.
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..3_000u32 {
+        let targets: &[(&str, _)] = match i {
+            0..1_000 => &[("a", &client_a)],
+            1_000..2_000 => &[("a", &client_a), ("b", &client_b)],
+            _ => &[("b", &client_b)],
+        };
+        for (name, client) in targets {
+            let (name, mut client) = (*name, (*client).clone());
+            tasks.spawn(async move {
+                let sent = instance("cluster", &format!("svc-{}", i % 5), "10.3.0.1", i);
+                let answer = client
+                    .register_instance(sent)
+                    .await
+                    .expect("gRPC OK")
+                    .into_inner();
+                (i, name, answer)
+            });
+        }
+    }
+    let mut answers: std::collections::HashMap<u32, Vec<u32>> = Default::default();
+    let mut count = 0;
+    while let Some(joined) = tasks.join_next().await {
+        let (i, _, answer) = joined.unwrap();
+        let id = expected_id("cluster", &format!("svc-{}", i % 5), "10.3.0.1", i);
+        answers.entry(i).or_default().push(code(&answer));
+        assert_eq!(answer.instance.unwrap().id.as_deref(), Some(id.as_str()));
+        count += 1;
+    }
+    assert_eq!(count, 4_000);
+    for (i, codes) in &answers {
+        for c in codes {
+            assert!(*c == SUCCESS || *c == EXISTED, "instance {i}: {codes:?}");
+        }
+        // The database held nothing before: at least one replica created it.
+        assert!(codes.contains(&SUCCESS), "instance {i}: {codes:?}");
+    }
+    assert_eq!(scalar(&url, "SELECT count(*) FROM instance"), 3_000);
+    assert_eq!(scalar(&url, "SELECT count(*) FROM health_check"), 3_000);
+    assert_eq!(
+        scalar(&url, "SELECT count(*) FROM instance_metadata"),
+        9_000
+    );
+    assert_eq!(scalar(&url, "SELECT count(*) FROM service"), 5);
+    assert_eq!(scalar(&url, "SELECT count(*) FROM namespace"), 1);
+
+    // Re-registering through the other replica: the database holds this exact content.
+    let mut client_b2 = client_b.clone();
+    let again = client_b2
+        .register_instance(instance("cluster", "svc-0", "10.3.0.1", 0))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(code(&again), EXISTED);
+
+    // Deregister through A is seen by B: registering through B creates it anew.
+    let mut client_a2 = client_a.clone();
+    let gone = client_a2
+        .deregister_instance(instance("cluster", "svc-0", "10.3.0.1", 0))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(code(&gone), SUCCESS);
+    assert_eq!(scalar(&url, "SELECT count(*) FROM instance"), 2_999);
+    let back = client_b2
+        .register_instance(instance("cluster", "svc-0", "10.3.0.1", 0))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(code(&back), SUCCESS);
+    assert_eq!(scalar(&url, "SELECT count(*) FROM instance"), 3_000);
+    assert_eq!(
+        scalar(&url, "SELECT count(*) FROM instance_metadata"),
+        9_000
+    );
+
+    a.server.shutdown().await.unwrap();
+    b.server.shutdown().await.unwrap();
+}
+
+fn record(port: u32, weight: u32) -> InstanceRecord {
+    InstanceRecord {
+        id: format!("killed-{port}"),
+        namespace: "faults".to_owned(),
+        service: "svc".to_owned(),
+        vpc_id: String::new(),
+        host: "10.4.0.1".to_owned(),
+        port,
+        protocol: String::new(),
+        version: String::new(),
+        priority: 0,
+        weight,
+        healthy: true,
+        isolate: None,
+        enable_health_check: false,
+        health_check_ttl: None,
+        logic_set: String::new(),
+        region: String::new(),
+        zone: String::new(),
+        campus: String::new(),
+        metadata: vec![("k".to_owned(), weight.to_string())],
+    }
+}
+
+#[test]
+fn a_batch_whose_connection_is_killed_is_retried_and_fully_written() {
+    let Some(url) = fresh_database("killed") else {
+        return;
+    };
+    let store = batchreg::store::open(&StoreOptions {
+        url: url.clone(),
+        sqlite_synchronous: Default::default(),
+        concurrency: None,
+    })
+    .unwrap();
+    let create = RegisterOptions {
+        create_services: true,
+    };
+    let mut writer = store.writer().unwrap();
+    assert_eq!(
+        writer.register(&[record(1, 10)], create).unwrap(),
+        vec![RegisterOutcome::Created]
+    );
+
+    // A second session holds instance 1's row lock: the batch will wait on it.
+    let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let holder_url = url.clone();
+    let holder = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            use mysql_async::prelude::Queryable;
+            let pool = mysql_async::Pool::new(holder_url.as_str());
+            let mut conn = pool.get_conn().await.unwrap();
+            conn.query_drop("BEGIN").await.unwrap();
+            conn.query_drop("SELECT id FROM instance WHERE id = 'killed-1' FOR UPDATE")
+                .await
+                .unwrap();
+            locked_tx.send(()).unwrap();
+            release_rx.recv().unwrap();
+            conn.query_drop("ROLLBACK").await.unwrap();
+            drop(conn);
+            pool.disconnect().await.unwrap();
+        });
+    });
+    locked_rx.recv().unwrap();
+
+    let retries = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&retries);
+    let mut resilient = ResilientWriter::new(store.writer().unwrap(), RetryPolicy::default())
+        .on_retry(Arc::new(move |_| {
+            counted.fetch_add(1, Ordering::Relaxed);
+        }));
+    let batch = vec![record(1, 20), record(2, 20), record(3, 20)];
+    let writing = std::thread::spawn(move || {
+        let results = resilient.register(&batch, create);
+        (results, resilient)
+    });
+
+    // Find the batch's connection waiting on the lock, and kill it.
+    let database = url.rsplit('/').next().unwrap().to_owned();
+    let waiting = format!(
+        "SELECT COALESCE(MAX(id), 0) FROM information_schema.processlist
+         WHERE db = '{database}' AND info LIKE 'SELECT id, revision, isolate FROM instance%'"
+    );
+    let mut victim = 0;
+    for _ in 0..500 {
+        victim = scalar(&url, &waiting);
+        if victim != 0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_ne!(victim, 0, "the batch is waiting on the held lock");
+    admin(&url, &[format!("KILL {victim}")]);
+    release_tx.send(()).unwrap();
+    holder.join().unwrap();
+
+    let (results, mut resilient) = writing.join().unwrap();
+    assert!(
+        retries.load(Ordering::Relaxed) >= 1,
+        "the killed transaction was retried"
+    );
+    assert_eq!(
+        results
+            .iter()
+            .map(|r| *r.as_ref().expect("every row written"))
+            .collect::<Vec<_>>(),
+        vec![
+            RegisterOutcome::Replaced,
+            RegisterOutcome::Created,
+            RegisterOutcome::Created
+        ]
+    );
+    for port in 1..=3 {
+        let stored = resilient
+            .inner()
+            .instance(&format!("killed-{port}"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(stored.record.weight, 20);
+        assert_eq!(
+            stored.record.metadata,
+            vec![("k".to_owned(), "20".to_owned())]
+        );
+    }
+    assert_eq!(scalar(&url, "SELECT count(*) FROM instance"), 3);
+    assert_eq!(scalar(&url, "SELECT count(*) FROM instance_metadata"), 3);
+}
+
+#[test]
+fn unreachable_database_fails_start_fast_with_a_clear_message() {
+    if fresh_database("unreachable_probe").is_none() {
+        return;
+    }
+    let started = std::time::Instant::now();
+    let err = batchreg::store::open(&StoreOptions {
+        url: "mysql://root:wrong-password@127.0.0.1:1/nothing".to_owned(),
+        sqlite_synchronous: Default::default(),
+        concurrency: None,
+    })
+    .err()
+    .expect("no database there");
+    let message = err.to_string();
+    assert!(
+        message.contains("cannot connect to the database at mysql://root@127.0.0.1:1/nothing"),
+        "{message}"
+    );
+    assert!(!message.contains("wrong-password"), "{message}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(15));
+}
