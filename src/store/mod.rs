@@ -157,7 +157,7 @@ pub struct StoreOptions {
     pub url: String,
     pub sqlite_synchronous: sqlite::Synchronous,
     /// Store workers per batch controller; `None`: the engine's default (SQLite 1,
-    /// MySQL 4).
+    /// MySQL 2).
     pub concurrency: Option<std::num::NonZeroUsize>,
 }
 

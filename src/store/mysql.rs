@@ -30,7 +30,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a store worker waits for a pooled connection before the try counts as failed.
 const POOL_WAIT: Duration = Duration::from_secs(10);
 /// Store workers per batch controller when the config does not say.
-pub const DEFAULT_CONCURRENCY: usize = 4;
+pub const DEFAULT_CONCURRENCY: usize = 2;
 
 /// The MySQL store.
 pub struct MysqlStore {
@@ -278,34 +278,48 @@ async fn resolve_services(
     options: RegisterOptions,
     now: &str,
 ) -> Result<HashMap<ServiceKey, String>, StoreError> {
-    const SELECT: &str = "SELECT id FROM service WHERE namespace = ? AND name = ?";
+    let mut ids = select_services(tx, services).await?;
+    let missing: Vec<&ServiceKey> = services.iter().filter(|k| !ids.contains_key(*k)).collect();
+    if missing.is_empty() || !options.create_services {
+        return Ok(ids);
+    }
+    for (namespace, service) in &missing {
+        tx.exec_drop(
+            "INSERT INTO namespace (name, ctime, mtime) VALUES (?, ?, ?)
+             ON DUPLICATE KEY UPDATE name = name",
+            (namespace, now, now),
+        )
+        .await?;
+        tx.exec_drop(
+            "INSERT INTO service (id, name, namespace, ctime, mtime) VALUES (?, ?, ?, ?, ?)
+             ON DUPLICATE KEY UPDATE id = id",
+            (model::service_id(namespace, service), service, namespace, now, now),
+        )
+        .await?;
+    }
+    // Another replica may have created a service first, under another id.
+    let created: Vec<ServiceKey> = missing.into_iter().cloned().collect();
+    ids.extend(select_services(tx, &created).await?);
+    Ok(ids)
+}
+
+/// The ids of the services that exist, in one query.
+async fn select_services(
+    tx: &mut Transaction<'_>,
+    services: &[ServiceKey],
+) -> Result<HashMap<ServiceKey, String>, StoreError> {
     let mut ids = HashMap::with_capacity(services.len());
-    for key in services {
-        let (namespace, service) = key;
-        let mut found: Option<String> = tx.exec_first(SELECT, (namespace, service)).await?;
-        if found.is_none() && options.create_services {
-            tx.exec_drop(
-                "INSERT INTO namespace (name, ctime, mtime) VALUES (?, ?, ?)
-                 ON DUPLICATE KEY UPDATE name = name",
-                (namespace, now, now),
-            )
-            .await?;
-            tx.exec_drop(
-                "INSERT INTO service (id, name, namespace, ctime, mtime) VALUES (?, ?, ?, ?, ?)
-                 ON DUPLICATE KEY UPDATE id = id",
-                (
-                    model::service_id(namespace, service),
-                    service,
-                    namespace,
-                    now,
-                    now,
-                ),
-            )
-            .await?;
-            found = tx.exec_first(SELECT, (namespace, service)).await?;
-        }
-        if let Some(id) = found {
-            ids.insert(key.clone(), id);
+    for chunk in services.chunks(MAX_PARAMS / 2) {
+        let sql = format!(
+            "SELECT id, namespace, name FROM service WHERE (namespace, name) IN ({})",
+            row_placeholders(chunk.len(), "(?,?)")
+        );
+        let values = chunk
+            .iter()
+            .flat_map(|(namespace, service)| [Value::from(namespace), Value::from(service)]);
+        let found: Vec<(String, String, String)> = tx.exec(sql, params(values)).await?;
+        for (id, namespace, service) in found {
+            ids.insert((namespace, service), id);
         }
     }
     Ok(ids)
