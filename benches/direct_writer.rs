@@ -35,7 +35,12 @@ fn placeholders(rows: usize, row: &str) -> String {
     vec![row; rows].join(",")
 }
 
-async fn write_share(pool: mysql_async::Pool, ids: Vec<usize>, args_batch: usize, metadata: usize) -> mysql_async::Result<()> {
+async fn write_share(
+    pool: mysql_async::Pool,
+    ids: Vec<usize>,
+    args_batch: usize,
+    metadata: usize,
+) -> mysql_async::Result<()> {
     let mut conn = pool.get_conn().await?;
     for chunk in ids.chunks(args_batch) {
         let mut tx = conn.start_transaction(Default::default()).await?;
@@ -47,7 +52,12 @@ async fn write_share(pool: mysql_async::Pool, ids: Vec<usize>, args_batch: usize
             instance.extend([
                 Value::from(&id),
                 Value::from(format!("{:032x}", n % 10)),
-                Value::from(format!("10.{}.{}.{}", (n >> 16) & 0xff, (n >> 8) & 0xff, n & 0xff)),
+                Value::from(format!(
+                    "10.{}.{}.{}",
+                    (n >> 16) & 0xff,
+                    (n >> 8) & 0xff,
+                    n & 0xff
+                )),
                 Value::from(8080u32),
                 Value::from("grpc"),
                 Value::from("1.0.0"),
@@ -56,7 +66,11 @@ async fn write_share(pool: mysql_async::Pool, ids: Vec<usize>, args_batch: usize
             ]);
             checks.extend([Value::from(&id), Value::from(5u32)]);
             for k in 0..metadata {
-                meta.extend([Value::from(&id), Value::from(format!("k{k}")), Value::from(format!("value-{n:08}-{k}"))]);
+                meta.extend([
+                    Value::from(&id),
+                    Value::from(format!("k{k}")),
+                    Value::from(format!("value-{n:08}-{k}")),
+                ]);
             }
         }
         tx.exec_drop(
@@ -68,7 +82,10 @@ async fn write_share(pool: mysql_async::Pool, ids: Vec<usize>, args_batch: usize
         )
         .await?;
         tx.exec_drop(
-            format!("INSERT INTO health_check (id, type, ttl) VALUES {}", placeholders(chunk.len(), "(?,1,?)")),
+            format!(
+                "INSERT INTO health_check (id, type, ttl) VALUES {}",
+                placeholders(chunk.len(), "(?,1,?)")
+            ),
             Params::Positional(checks),
         )
         .await?;

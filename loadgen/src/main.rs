@@ -4,9 +4,10 @@
 //! - `options`: command-line option groups shared by the scenarios
 //! - `fleet`: deterministic instances (address, placement, metadata) from a seed
 //! - `pool`: gRPC connections to the targets, round-robin per request
-//! - `runner`: bounded closed-loop driver, per-worker histograms, progress bar
+//! - `schedule`: when requests are due (open-loop rate and ramp, closed-loop ramp)
+//! - `runner`: bounded closed- or open-loop driver, per-worker histograms, progress bar
 //! - `report`: outcome counting, percentiles, table / JSON / .hgrm output
-//! - `scenario`: one module per scenario (`storm`)
+//! - `scenario`: one module per scenario (`storm`, `restart`, `churn`, `open-loop`)
 
 mod fleet;
 mod options;
@@ -14,6 +15,7 @@ mod pool;
 mod report;
 mod runner;
 mod scenario;
+mod schedule;
 
 /// Polaris v1 wire types and the gRPC client, compiled from ../proto by build.rs.
 #[allow(clippy::all, clippy::pedantic)]
@@ -21,13 +23,14 @@ pub mod proto {
     tonic::include_proto!("v1");
 }
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
 use crate::options::OutputOptions;
 use crate::report::write_percentile_distribution;
-use crate::scenario::{ScenarioRun, storm};
+use crate::scenario::{ScenarioRun, churn, open_loop, restart, storm};
 
 /// Exit status when the load could not be run at all (connection, arguments, files).
 const EXIT_SETUP_FAILED: u8 = 2;
@@ -49,6 +52,29 @@ struct Cli {
 enum Scenario {
     /// Register a whole fleet at once, as after a mass (re)start.
     Storm(storm::StormArgs),
+    /// Register the same fleet as `storm` again, unchanged.
+    ///
+    /// The same fleet options and seed give the same instances, so after a storm the
+    /// server should find every one already stored: ExistedResource is expected, or
+    /// ExecuteSuccess from a server set to answer success for unchanged instances.
+    Restart(storm::StormArgs),
+    /// Register instances and deregister each once its register is answered.
+    ///
+    /// --count pairs; each deregister names the same namespace, service, host and
+    /// port as its register, over the same connection. ExecuteSuccess is expected of
+    /// both, and their counts and latencies are reported apart. The instances are
+    /// never those of a storm with the same seed, so a churn leaves a storm's fleet
+    /// in place.
+    Churn(churn::ChurnArgs),
+    /// Register at a constant arrival rate, latency counted from each intended start.
+    ///
+    /// Request i is due i/R seconds after the start (after a --ramp, during which the
+    /// rate grows from 0 to R), whether or not earlier requests are answered. At most
+    /// --in-flight requests are outstanding: a request due while all are busy waits
+    /// for one, and the wait counts in its latency, so a stalled server cannot hide
+    /// its queue (coordinated omission). The report gives the offered and the
+    /// achieved rate, and the latency both from the intended start and from the send.
+    OpenLoop(open_loop::OpenLoopArgs),
 }
 
 #[tokio::main]
@@ -58,6 +84,18 @@ async fn main() -> ExitCode {
         Scenario::Storm(args) => {
             let output = args.output.clone();
             (storm::run(args).await, output)
+        }
+        Scenario::Restart(args) => {
+            let output = args.output.clone();
+            (restart::run(args).await, output)
+        }
+        Scenario::Churn(args) => {
+            let output = args.output.clone();
+            (churn::run(args).await, output)
+        }
+        Scenario::OpenLoop(args) => {
+            let output = args.output.clone();
+            (open_loop::run(args).await, output)
         }
     };
     match result {
@@ -78,29 +116,44 @@ fn emit(run: &ScenarioRun, output: &OutputOptions) -> ExitCode {
         print!("{}", report.to_table());
     }
     if let Some(path) = &output.hdr_out {
-        let written = std::fs::File::create(path).and_then(|file| {
-            let mut writer = std::io::BufWriter::new(file);
-            write_percentile_distribution(&run.latency, &mut writer)?;
-            std::io::Write::flush(&mut writer)
-        });
-        if let Err(error) = written {
-            eprintln!("batchreg-loadgen: cannot write {}: {error}", path.display());
-            return ExitCode::from(EXIT_SETUP_FAILED);
+        let several = run.operations.len() > 1;
+        for measured in &run.operations {
+            let path = if several {
+                path_for_operation(path, measured.operation.name)
+            } else {
+                path.clone()
+            };
+            let written = std::fs::File::create(&path).and_then(|file| {
+                let mut writer = std::io::BufWriter::new(file);
+                write_percentile_distribution(&measured.latency, &mut writer)?;
+                std::io::Write::flush(&mut writer)
+            });
+            if let Err(error) = written {
+                eprintln!("batchreg-loadgen: cannot write {}: {error}", path.display());
+                return ExitCode::from(EXIT_SETUP_FAILED);
+            }
         }
     }
     if report.is_success() {
         return ExitCode::SUCCESS;
     }
-    let unexpected: Vec<_> = report
-        .unexpected
-        .iter()
-        .map(|(label, count)| format!("{label} x{count}"))
-        .collect();
     eprintln!(
         "batchreg-loadgen: unexpected answers: {}",
-        unexpected.join(", ")
+        report.unexpected_summary()
     );
     ExitCode::from(EXIT_UNEXPECTED_ANSWERS)
+}
+
+/// `--hdr-out` file of one of several operations: `run.hgrm` → `run.register.hgrm`.
+fn path_for_operation(path: &Path, operation: &str) -> PathBuf {
+    let mut name = path.file_stem().unwrap_or_default().to_os_string();
+    name.push(".");
+    name.push(operation);
+    if let Some(extension) = path.extension() {
+        name.push(".");
+        name.push(extension);
+    }
+    path.with_file_name(name)
 }
 
 /// An error and its causes on one line.
@@ -129,10 +182,16 @@ mod tests {
         Cli::command().debug_assert();
     }
 
+    fn parse(words: &[&str]) -> Scenario {
+        let words = std::iter::once("batchreg-loadgen").chain(words.iter().copied());
+        Cli::try_parse_from(words).unwrap().scenario
+    }
+
     #[test]
     fn storm_defaults_match_the_documented_ones() {
-        let cli = Cli::try_parse_from(["batchreg-loadgen", "storm"]).unwrap();
-        let Scenario::Storm(args) = cli.scenario;
+        let Scenario::Storm(args) = parse(&["storm"]) else {
+            panic!("storm");
+        };
         assert_eq!(args.connection.targets, ["127.0.0.1:8091"]);
         assert_eq!(args.connection.connections, 8);
         assert_eq!(args.connection.in_flight, 512);
@@ -160,7 +219,9 @@ mod tests {
             "250ms",
         ])
         .unwrap();
-        let Scenario::Storm(args) = cli.scenario;
+        let Scenario::Storm(args) = cli.scenario else {
+            panic!("storm");
+        };
         assert_eq!(args.connection.targets, ["a:1", "b:2", "c:3"]);
         assert_eq!(
             args.connection.timeout,
@@ -171,5 +232,123 @@ mod tests {
     #[test]
     fn zero_in_flight_is_refused() {
         assert!(Cli::try_parse_from(["batchreg-loadgen", "storm", "--in-flight", "0"]).is_err());
+    }
+
+    #[test]
+    fn restart_registers_the_same_fleet_as_storm() {
+        let fleet_words = [
+            "--count",
+            "5000",
+            "--seed",
+            "31",
+            "--namespaces",
+            "3",
+            "--services",
+            "4",
+            "--metadata",
+            "5",
+            "--metadata-size",
+            "40",
+            "--ttl",
+            "9",
+        ];
+        let Scenario::Storm(storm_args) = parse(&[&["storm"], &fleet_words[..]].concat()) else {
+            panic!("storm");
+        };
+        let Scenario::Restart(restart_args) = parse(&[&["restart"], &fleet_words[..]].concat())
+        else {
+            panic!("restart");
+        };
+        let (storm_fleet, restart_fleet) =
+            (storm::fleet_of(&storm_args), storm::fleet_of(&restart_args));
+        assert_eq!(restart_fleet.count(), 5000);
+        for index in 0..5000 {
+            assert_eq!(storm_fleet.instance(index), restart_fleet.instance(index));
+        }
+        // The defaults agree too, and another seed is another fleet.
+        let (Scenario::Storm(storm_default), Scenario::Restart(restart_default)) =
+            (parse(&["storm"]), parse(&["restart"]))
+        else {
+            panic!("storm and restart");
+        };
+        let (storm_default, restart_default) = (
+            storm::fleet_of(&storm_default),
+            storm::fleet_of(&restart_default),
+        );
+        assert_eq!(storm_default.count(), restart_default.count());
+        for index in [0, 1, 77, 99_999] {
+            assert_eq!(
+                storm_default.instance(index),
+                restart_default.instance(index)
+            );
+        }
+        let Scenario::Restart(reseeded) = parse(&["restart", "--count", "5000", "--seed", "32"])
+        else {
+            panic!("restart");
+        };
+        assert_ne!(
+            storm::fleet_of(&reseeded).instance(0),
+            storm_fleet.instance(0)
+        );
+    }
+
+    #[test]
+    fn every_scenario_takes_the_shared_options() {
+        let shared = [
+            "--target",
+            "h:1",
+            "--in-flight",
+            "7",
+            "--count",
+            "9",
+            "--json",
+            "--no-progress",
+        ];
+        for (scenario, extra) in [
+            ("storm", &["--ramp", "2s"][..]),
+            ("restart", &["--ramp", "2s"][..]),
+            ("churn", &["--ramp", "2s"][..]),
+            ("open-loop", &["--rate", "50", "--ramp", "2s"][..]),
+        ] {
+            let words = [&["batchreg-loadgen", scenario], &shared[..], extra].concat();
+            let cli = Cli::try_parse_from(words);
+            assert!(cli.is_ok(), "{scenario}: {:?}", cli.err());
+        }
+        assert!(
+            Cli::try_parse_from(["batchreg-loadgen", "churn", "--async-regis"]).is_err(),
+            "churn must wait for its registers"
+        );
+    }
+
+    #[test]
+    fn open_loop_reads_rate_duration_ramp_and_unchanged() {
+        let Scenario::OpenLoop(args) = parse(&[
+            "open-loop",
+            "--rate",
+            "200",
+            "--duration",
+            "10s",
+            "--ramp",
+            "500ms",
+            "--unchanged",
+        ]) else {
+            panic!("open-loop");
+        };
+        assert_eq!(args.rate, 200.0);
+        assert_eq!(args.duration, Some(std::time::Duration::from_secs(10)));
+        assert_eq!(args.ramp, std::time::Duration::from_millis(500));
+        assert!(args.unchanged);
+    }
+
+    #[test]
+    fn each_operation_gets_its_own_histogram_file() {
+        assert_eq!(
+            path_for_operation(Path::new("out/churn.hgrm"), "register"),
+            Path::new("out/churn.register.hgrm")
+        );
+        assert_eq!(
+            path_for_operation(Path::new("latency"), "deregister"),
+            Path::new("latency.deregister")
+        );
     }
 }

@@ -25,7 +25,8 @@ pub struct ConnectionOptions {
     #[arg(long, value_name = "K", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub connections: u32,
 
-    /// Requests outstanding at once, over all connections.
+    /// Requests outstanding at once, over all connections. In open-loop, a request
+    /// due while all are busy waits for one, and the wait counts in its latency.
     #[arg(long = "in-flight", value_name = "C", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub in_flight: u32,
 
@@ -41,7 +42,8 @@ pub struct ConnectionOptions {
 /// The fleet of instances a scenario registers; see [`crate::fleet::Fleet`].
 #[derive(Debug, Clone, Args)]
 pub struct FleetOptions {
-    /// Distinct instances.
+    /// Distinct instances (churn: register/deregister pairs; open-loop: requests,
+    /// unless --duration is given).
     #[arg(long, value_name = "N", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..=MAX_FLEET_SIZE))]
     pub count: u64,
 
@@ -77,7 +79,8 @@ pub struct OutputOptions {
     #[arg(long)]
     pub json: bool,
 
-    /// Save the latency percentile distribution (HdrHistogram .hgrm text, ms) to FILE.
+    /// Save the latency percentile distribution (HdrHistogram .hgrm text, ms) to FILE;
+    /// churn writes one per operation (x.hgrm → x.register.hgrm, x.deregister.hgrm).
     #[arg(long = "hdr-out", value_name = "FILE")]
     pub hdr_out: Option<PathBuf>,
 

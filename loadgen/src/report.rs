@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::io;
+use std::time::Duration;
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -130,6 +131,56 @@ impl Tally {
     }
 }
 
+/// One kind of request a scenario sends, and the answers it accepts.
+#[derive(Debug, Clone, Copy)]
+pub struct Operation {
+    /// `register`, `deregister`: the label of its rows in the report.
+    pub name: &'static str,
+    pub expectation: Expectation,
+}
+
+/// Answers and latencies of one operation; one per worker, merged when the run ends.
+#[derive(Debug, Clone)]
+pub struct Measurements {
+    pub operation: Operation,
+    pub tally: Tally,
+    /// From the request's intended start to its answer, in µs. In a closed loop the
+    /// intended start is the send; in an open loop it is the scheduled time, so time
+    /// spent waiting for a free in-flight slot counts too.
+    pub latency: Histogram<u64>,
+    /// From the actual send to the answer, in µs.
+    pub service: Histogram<u64>,
+}
+
+impl Measurements {
+    pub fn new(operation: Operation) -> Self {
+        Measurements {
+            operation,
+            tally: Tally::default(),
+            latency: new_latency_histogram(),
+            service: new_latency_histogram(),
+        }
+    }
+
+    pub fn record(&mut self, outcome: Outcome, latency: Duration, service: Duration) {
+        self.tally.record(outcome);
+        self.latency.saturating_record(latency.as_micros() as u64);
+        self.service.saturating_record(service.as_micros() as u64);
+    }
+
+    /// Adds `other`, which measured the same operation.
+    pub fn merge(&mut self, other: &Measurements) {
+        debug_assert_eq!(self.operation.name, other.operation.name);
+        self.tally.merge(&other.tally);
+        self.latency
+            .add(&other.latency)
+            .expect("histograms share bounds");
+        self.service
+            .add(&other.service)
+            .expect("histograms share bounds");
+    }
+}
+
 /// Latency histogram of a run, in microseconds.
 pub fn new_latency_histogram() -> Histogram<u64> {
     // 1 µs to 1 hour at 3 significant digits; larger values saturate.
@@ -169,37 +220,117 @@ fn micros_to_millis(micros: u64) -> f64 {
 pub struct Report {
     pub scenario: &'static str,
     pub targets: Vec<String>,
+    /// Requests sent, over all operations.
     pub count: u64,
     pub in_flight: u32,
     pub connections: usize,
+    /// Length of the gradual start; 0 without one.
+    pub ramp_s: f64,
     pub elapsed_s: f64,
+    /// Answers per second over the whole run, ramp included.
     pub rate_per_s: f64,
-    /// Count per outcome label.
+    /// Only for open-loop runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub open_loop: Option<OpenLoopReport>,
+    /// Count per outcome label, over all operations.
+    pub codes: BTreeMap<String, u64>,
+    /// Over all operations; from the intended start in an open loop.
+    pub latency_ms: LatencySummary,
+    /// Count per outcome label the scenario does not accept, over all operations;
+    /// empty on success.
+    pub unexpected: BTreeMap<String, u64>,
+    /// The same figures for each operation, in the order the scenario sends them.
+    pub operations: Vec<OperationReport>,
+}
+
+/// Counts and latencies of one operation.
+#[derive(Debug, Clone, Serialize)]
+pub struct OperationReport {
+    pub op: &'static str,
+    pub count: u64,
     pub codes: BTreeMap<String, u64>,
     pub latency_ms: LatencySummary,
-    /// Count per outcome label the scenario does not accept; empty on success.
     pub unexpected: BTreeMap<String, u64>,
     #[serde(skip)]
     pub rows: Vec<(Outcome, u64)>,
 }
 
-/// Everything a report is made from, besides the counts and latencies.
+/// What an open-loop run offered and what it got.
+#[derive(Debug, Clone, Serialize)]
+pub struct OpenLoopReport {
+    /// The steady rate asked for (`--rate`), reached at the end of the ramp.
+    pub offered_rate_per_s: f64,
+    /// Answers per second over the run: below the offered rate when the server
+    /// (or the in-flight bound) did not keep up, or during a ramp.
+    pub achieved_rate_per_s: f64,
+    /// When the last request was due, from the start.
+    pub schedule_s: f64,
+    /// From the actual send to the answer, without the wait for the due time's
+    /// in-flight slot; the top-level `latency_ms` counts from the due time.
+    pub service_latency_ms: LatencySummary,
+}
+
+/// The load an open-loop run offered.
+#[derive(Debug, Clone, Copy)]
+pub struct OfferedLoad {
+    pub rate_per_s: f64,
+    /// When the last request was due, from the start.
+    pub schedule: Duration,
+}
+
+/// Everything a report is made from, besides the measurements.
 #[derive(Debug, Clone)]
 pub struct RunSetup {
     pub scenario: &'static str,
     pub targets: Vec<String>,
     pub in_flight: u32,
     pub connections: usize,
-    pub expectation: Expectation,
+    pub ramp: Duration,
+    /// `Some` for an open-loop run.
+    pub offered: Option<OfferedLoad>,
+}
+
+/// Outcome labels with their counts.
+fn labelled(rows: &[(Outcome, u64)]) -> BTreeMap<String, u64> {
+    rows.iter()
+        .map(|(outcome, count)| (outcome.label(), *count))
+        .collect()
+}
+
+impl OperationReport {
+    fn new(measured: &Measurements) -> Self {
+        let rows = measured.tally.sorted();
+        OperationReport {
+            op: measured.operation.name,
+            count: measured.tally.total(),
+            codes: labelled(&rows),
+            latency_ms: LatencySummary::from_micros(&measured.latency),
+            unexpected: labelled(&measured.tally.unexpected(measured.operation.expectation)),
+            rows,
+        }
+    }
 }
 
 impl Report {
-    pub fn new(
-        setup: RunSetup,
-        elapsed: std::time::Duration,
-        tally: &Tally,
-        latency: &Histogram<u64>,
-    ) -> Self {
+    /// `operations` holds one entry per operation, each merged over the workers.
+    pub fn new(setup: RunSetup, elapsed: Duration, operations: &[Measurements]) -> Self {
+        debug_assert!(!operations.is_empty());
+        let mut tally = Tally::default();
+        let mut unexpected = BTreeMap::new();
+        let mut latency = new_latency_histogram();
+        let mut service = new_latency_histogram();
+        for measured in operations {
+            tally.merge(&measured.tally);
+            for (outcome, count) in measured.tally.unexpected(measured.operation.expectation) {
+                *unexpected.entry(outcome.label()).or_default() += count;
+            }
+            latency
+                .add(&measured.latency)
+                .expect("histograms share bounds");
+            service
+                .add(&measured.service)
+                .expect("histograms share bounds");
+        }
         let count = tally.total();
         let elapsed_s = elapsed.as_secs_f64();
         let rate_per_s = if elapsed_s > 0.0 {
@@ -207,24 +338,26 @@ impl Report {
         } else {
             0.0
         };
-        let labelled = |rows: &[(Outcome, u64)]| {
-            rows.iter()
-                .map(|(outcome, count)| (outcome.label(), *count))
-                .collect::<BTreeMap<_, _>>()
-        };
-        let rows = tally.sorted();
+        let open_loop = setup.offered.map(|offered| OpenLoopReport {
+            offered_rate_per_s: offered.rate_per_s,
+            achieved_rate_per_s: rate_per_s,
+            schedule_s: offered.schedule.as_secs_f64(),
+            service_latency_ms: LatencySummary::from_micros(&service),
+        });
         Report {
             scenario: setup.scenario,
             targets: setup.targets,
             count,
             in_flight: setup.in_flight,
             connections: setup.connections,
+            ramp_s: setup.ramp.as_secs_f64(),
             elapsed_s,
             rate_per_s,
-            codes: labelled(&rows),
-            latency_ms: LatencySummary::from_micros(latency),
-            unexpected: labelled(&tally.unexpected(setup.expectation)),
-            rows,
+            open_loop,
+            codes: labelled(&tally.sorted()),
+            latency_ms: LatencySummary::from_micros(&latency),
+            unexpected,
+            operations: operations.iter().map(OperationReport::new).collect(),
         }
     }
 
@@ -232,50 +365,132 @@ impl Report {
         self.unexpected.is_empty()
     }
 
+    /// The unexpected answers on one line, named by operation when there are several.
+    pub fn unexpected_summary(&self) -> String {
+        let named = self.operations.len() > 1;
+        let mut parts = Vec::new();
+        for operation in &self.operations {
+            for (label, count) in &operation.unexpected {
+                if named {
+                    parts.push(format!("{} {label} x{count}", operation.op));
+                } else {
+                    parts.push(format!("{label} x{count}"));
+                }
+            }
+        }
+        parts.join(", ")
+    }
+
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).expect("report serialises")
     }
 
-    /// The report as an aligned plain-text table.
+    /// The report as an aligned plain-text table; with several operations the code
+    /// and latency rows are named by operation.
     pub fn to_table(&self) -> String {
+        let named = self.operations.len() > 1;
         let mut out = String::new();
         let _ = writeln!(out, "scenario     {}", self.scenario);
         let _ = writeln!(out, "targets      {}", self.targets.join(", "));
         let _ = writeln!(out, "count        {}", self.count);
         let _ = writeln!(out, "in-flight    {}", self.in_flight);
         let _ = writeln!(out, "connections  {}", self.connections);
+        if self.ramp_s > 0.0 {
+            let _ = writeln!(out, "ramp         {:.3} s", self.ramp_s);
+        }
         let _ = writeln!(out, "elapsed      {:.3} s", self.elapsed_s);
-        let _ = writeln!(out, "rate         {:.1} req/s", self.rate_per_s);
+        match &self.open_loop {
+            Some(open_loop) => {
+                let _ = writeln!(
+                    out,
+                    "offered      {:.1} req/s",
+                    open_loop.offered_rate_per_s
+                );
+                let _ = writeln!(
+                    out,
+                    "achieved     {:.1} req/s",
+                    open_loop.achieved_rate_per_s
+                );
+                let _ = writeln!(out, "schedule     {:.3} s", open_loop.schedule_s);
+            }
+            None => {
+                let _ = writeln!(out, "rate         {:.1} req/s", self.rate_per_s);
+            }
+        }
         let _ = writeln!(out);
-        let label_width = self
-            .rows
+
+        let rows: Vec<(&str, &Outcome, u64)> = self
+            .operations
             .iter()
-            .map(|(outcome, _)| outcome.label().len())
+            .flat_map(|operation| {
+                let op = if named { operation.op } else { "" };
+                operation.rows.iter().map(move |(o, count)| (op, o, *count))
+            })
+            .collect();
+        let op_width = rows.iter().map(|(op, ..)| op.len()).max().unwrap_or(0);
+        let op_column = |op: &str| {
+            if named {
+                format!("{op:<op_width$}  ")
+            } else {
+                String::new()
+            }
+        };
+        let label_width = rows
+            .iter()
+            .map(|(_, outcome, _)| outcome.label().len())
             .chain([4])
             .max()
             .unwrap_or(4);
-        let _ = writeln!(out, "{:<label_width$}  {:>12}  name", "code", "count");
-        for (outcome, count) in &self.rows {
+        let _ = writeln!(
+            out,
+            "{}{:<label_width$}  {:>12}  name",
+            op_column("op"),
+            "code",
+            "count"
+        );
+        for (op, outcome, count) in rows {
             let _ = writeln!(
                 out,
-                "{:<label_width$}  {:>12}  {}",
+                "{}{:<label_width$}  {:>12}  {}",
+                op_column(op),
                 outcome.label(),
                 count,
                 outcome.description()
             );
         }
         let _ = writeln!(out);
-        let latency = self.latency_ms;
+
+        let latency_rows: Vec<(&str, LatencySummary)> = if named {
+            self.operations
+                .iter()
+                .map(|operation| (operation.op, operation.latency_ms))
+                .collect()
+        } else if let Some(open_loop) = &self.open_loop {
+            vec![
+                ("from intended start", self.latency_ms),
+                ("from send", open_loop.service_latency_ms),
+            ]
+        } else {
+            vec![("", self.latency_ms)]
+        };
+        let width = latency_rows
+            .iter()
+            .map(|(label, _)| label.len() + 2)
+            .chain([13])
+            .max()
+            .unwrap_or(13);
         let _ = writeln!(
             out,
-            "latency ms   {:>10} {:>10} {:>10} {:>10} {:>10}",
-            "p50", "p90", "p99", "p99.9", "max"
+            "{:<width$}{:>10} {:>10} {:>10} {:>10} {:>10}",
+            "latency ms", "p50", "p90", "p99", "p99.9", "max"
         );
-        let _ = writeln!(
-            out,
-            "             {:>10.3} {:>10.3} {:>10.3} {:>10.3} {:>10.3}",
-            latency.p50, latency.p90, latency.p99, latency.p999, latency.max
-        );
+        for (label, latency) in latency_rows {
+            let _ = writeln!(
+                out,
+                "{label:<width$}{:>10.3} {:>10.3} {:>10.3} {:>10.3} {:>10.3}",
+                latency.p50, latency.p90, latency.p99, latency.p999, latency.max
+            );
+        }
         out
     }
 }
@@ -324,10 +539,20 @@ pub fn write_percentile_distribution(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     const STORM: Expectation = Expectation {
         codes: &[EXECUTE_SUCCESS, EXISTED_RESOURCE],
+    };
+
+    const REGISTER: Operation = Operation {
+        name: "register",
+        expectation: STORM,
+    };
+    const DEREGISTER: Operation = Operation {
+        name: "deregister",
+        expectation: Expectation {
+            codes: &[EXECUTE_SUCCESS],
+        },
     };
 
     fn setup() -> RunSetup {
@@ -336,8 +561,32 @@ mod tests {
             targets: vec!["127.0.0.1:8091".to_owned()],
             in_flight: 512,
             connections: 8,
-            expectation: STORM,
+            ramp: Duration::ZERO,
+            offered: None,
         }
+    }
+
+    /// Measurements of `operation` from a tally and latencies (µs, also the service times).
+    fn measured(
+        operation: Operation,
+        tally: Tally,
+        latencies: impl IntoIterator<Item = u64>,
+    ) -> Measurements {
+        let mut measurements = Measurements::new(operation);
+        measurements.tally = tally;
+        measurements.latency = histogram_of(latencies);
+        measurements.service = measurements.latency.clone();
+        measurements
+    }
+
+    fn tally_of(outcomes: impl IntoIterator<Item = (Outcome, u64)>) -> Tally {
+        let mut tally = Tally::default();
+        for (outcome, count) in outcomes {
+            for _ in 0..count {
+                tally.record(outcome);
+            }
+        }
+        tally
     }
 
     fn histogram_of(values: impl IntoIterator<Item = u64>) -> Histogram<u64> {
@@ -428,8 +677,7 @@ mod tests {
         let report = Report::new(
             setup(),
             Duration::from_secs(2),
-            &tally,
-            &histogram_of([1500, 2000]),
+            &[measured(REGISTER, tally, [1500, 2000])],
         );
         assert_eq!(report.count, 100);
         assert_eq!(report.rate_per_s, 50.0);
@@ -457,6 +705,151 @@ mod tests {
         assert_eq!(json["latency_ms"]["max"], 2.0);
         assert!(json["latency_ms"]["p999"].is_number());
         assert!(json.get("rows").is_none());
+        assert!(json.get("open_loop").is_none());
+        assert_eq!(json["ramp_s"], 0.0);
+        assert_eq!(json["operations"][0]["op"], "register");
+        assert_eq!(json["operations"][0]["count"], 100);
+        assert_eq!(report.unexpected_summary(), "grpc:Unavailable x1");
+    }
+
+    #[test]
+    fn a_single_closed_loop_operation_keeps_the_plain_table() {
+        let tally = tally_of([(Outcome::Answered(Some(EXECUTE_SUCCESS)), 3)]);
+        let report = Report::new(
+            setup(),
+            Duration::from_secs(1),
+            &[measured(REGISTER, tally, [1000, 2000, 3000])],
+        );
+        let table = report.to_table();
+        assert!(table.contains("\ncode           count  name\n"), "{table}");
+        assert!(
+            table.contains("\nlatency ms          p50"),
+            "no op column: {table}"
+        );
+        assert!(!table.contains("ramp"), "{table}");
+        assert!(!table.contains("offered"), "{table}");
+    }
+
+    #[test]
+    fn several_operations_are_reported_apart_and_together() {
+        let registered = measured(
+            REGISTER,
+            tally_of([(Outcome::Answered(Some(EXECUTE_SUCCESS)), 4)]),
+            [1000, 1000, 1000, 1000],
+        );
+        let deregistered = measured(
+            DEREGISTER,
+            tally_of([
+                (Outcome::Answered(Some(EXECUTE_SUCCESS)), 3),
+                (Outcome::Answered(Some(EXISTED_RESOURCE)), 1),
+            ]),
+            [1500, 1500, 1500, 2000],
+        );
+        let report = Report::new(
+            RunSetup {
+                scenario: "churn",
+                ramp: Duration::from_secs(2),
+                ..setup()
+            },
+            Duration::from_secs(1),
+            &[registered, deregistered],
+        );
+        assert_eq!(report.count, 8);
+        assert_eq!(report.codes["200000"], 7);
+        // ExistedResource is fine for a register but not for a deregister.
+        assert_eq!(
+            report.unexpected,
+            BTreeMap::from([("400201".to_owned(), 1)])
+        );
+        assert_eq!(report.unexpected_summary(), "deregister 400201 x1");
+        assert_eq!(report.operations[0].latency_ms.max, 1.0);
+        assert_eq!(report.operations[1].latency_ms.max, 2.0);
+        assert_eq!(report.latency_ms.max, 2.0);
+        assert_eq!(report.ramp_s, 2.0);
+
+        let table = report.to_table();
+        assert!(table.contains("ramp         2.000 s"), "{table}");
+        assert!(table.contains("op          code"), "{table}");
+        assert!(
+            table.contains("register    200000             4  ExecuteSuccess"),
+            "{table}"
+        );
+        assert!(
+            table.contains("deregister  400201             1  ExistedResource"),
+            "{table}"
+        );
+        assert!(table.contains("\nregister          1.000"), "{table}");
+        assert!(table.contains("\nderegister        1.500"), "{table}");
+
+        let json: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
+        assert_eq!(json["operations"][1]["op"], "deregister");
+        assert_eq!(json["operations"][1]["unexpected"]["400201"], 1);
+        assert_eq!(json["operations"][0]["unexpected"], serde_json::json!({}));
+    }
+
+    #[test]
+    fn open_loop_reports_offered_and_achieved_rates_and_both_latencies() {
+        let mut register = measured(
+            REGISTER,
+            tally_of([(Outcome::Answered(Some(EXECUTE_SUCCESS)), 150)]),
+            (0..150).map(|i| 40_000 + i * 100),
+        );
+        register.service = histogram_of((0..150).map(|_| 2_000));
+        let report = Report::new(
+            RunSetup {
+                scenario: "open-loop",
+                offered: Some(OfferedLoad {
+                    rate_per_s: 200.0,
+                    schedule: Duration::from_millis(745),
+                }),
+                ..setup()
+            },
+            Duration::from_secs(1),
+            &[register],
+        );
+        let open_loop = report.open_loop.as_ref().expect("open-loop section");
+        assert_eq!(open_loop.offered_rate_per_s, 200.0);
+        assert_eq!(open_loop.achieved_rate_per_s, 150.0);
+        assert_eq!(open_loop.service_latency_ms.max, 2.0);
+        assert!(report.latency_ms.p50 > 40.0);
+
+        let table = report.to_table();
+        assert!(table.contains("offered      200.0 req/s"), "{table}");
+        assert!(table.contains("achieved     150.0 req/s"), "{table}");
+        assert!(table.contains("schedule     0.745 s"), "{table}");
+        assert!(table.contains("\nfrom intended start"), "{table}");
+        assert!(
+            table.contains("\nfrom send                 2.000"),
+            "{table}"
+        );
+
+        let json: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
+        assert_eq!(json["scenario"], "open-loop");
+        assert_eq!(json["open_loop"]["offered_rate_per_s"], 200.0);
+        assert_eq!(json["open_loop"]["achieved_rate_per_s"], 150.0);
+        assert_eq!(json["open_loop"]["service_latency_ms"]["p99"], 2.0);
+    }
+
+    #[test]
+    fn measurements_merge_per_operation() {
+        let mut first = Measurements::new(REGISTER);
+        first.record(
+            Outcome::Answered(Some(EXECUTE_SUCCESS)),
+            Duration::from_millis(30),
+            Duration::from_millis(2),
+        );
+        let mut second = Measurements::new(REGISTER);
+        second.record(
+            Outcome::Timeout,
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+        );
+        first.merge(&second);
+        assert_eq!(first.tally.total(), 2);
+        assert_eq!(first.latency.len(), 2);
+        assert!(first.latency.equivalent(first.latency.min(), 30_000));
+        assert!(first.service.equivalent(first.service.min(), 2_000));
+        assert!(first.service.equivalent(first.service.max(), 1_000_000));
     }
 
     #[test]
@@ -467,8 +860,7 @@ mod tests {
         let report = Report::new(
             setup(),
             Duration::from_secs(1),
-            &tally,
-            &histogram_of([100]),
+            &[measured(REGISTER, tally, [100])],
         );
         assert!(report.is_success());
     }

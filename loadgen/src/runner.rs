@@ -1,33 +1,64 @@
-//! Closed-loop driver: `in_flight` workers pull request indices from one counter
-//! until all are taken, so at most `in_flight` requests are outstanding however
-//! large the run. Each worker keeps its own tally and histogram (no shared locks on
-//! the hot path); they are merged when the run ends.
+//! Load driver: `in_flight` workers pull request indices from one counter until all
+//! are taken, so at most `in_flight` requests are outstanding however large the run.
+//! In a closed loop a worker sends its next request once the previous one is
+//! answered; in an open loop request `i` is due at a fixed time and its latency counts
+//! from then, so a stalled server cannot hide its queue (coordinated omission). Each
+//! worker keeps its own tallies and histograms (no shared locks on the hot path);
+//! they are merged when the run ends.
 
 use std::future::Future;
 use std::io::IsTerminal;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
 
-use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use tokio::sync::{Semaphore, watch};
+use tokio::time::Instant;
 
-use crate::report::{Expectation, Outcome, Tally, new_latency_histogram};
+use crate::report::{Measurements, Operation, Outcome};
+use crate::schedule::{Schedule, worker_join_offset};
 
 /// How often the progress bar is redrawn.
 const PROGRESS_TICK: Duration = Duration::from_millis(200);
 /// The "current rate" shown is measured over this many recent ticks.
 const RATE_WINDOW_TICKS: usize = 5;
 
-/// What to run: `total` requests, indices `0..total`.
+/// When each request starts.
+#[derive(Debug, Clone, Copy)]
+pub enum Pacing {
+    /// A worker sends its next request when its previous one is answered. Workers join
+    /// one by one over `ramp` ([`worker_join_offset`]), so the allowed in-flight grows
+    /// linearly from 1 to `in_flight`.
+    ClosedLoop { ramp: Duration },
+    /// Request `i` is due at `schedule.offset(i)` from the start, answered or not the
+    /// ones before; when all `in_flight` slots are busy it waits for one, and its
+    /// latency counts from the due time all the same.
+    OpenLoop { schedule: Schedule, pacer: Pacer },
+}
+
+/// What releases open-loop requests at their due times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pacer {
+    /// A thread of its own sleeping to each due time: late by tens of µs. A tokio
+    /// timer fires on the next millisecond tick after the runtime wakes, 1 to 2 ms
+    /// late, and that lateness would count as server latency.
+    Thread,
+    /// A task on tokio's timer: follows `tokio::time::pause`, for tests.
+    #[cfg(test)]
+    Timer,
+}
+
+/// What to run: `total` requests, indices `0..total`; each request sends the plan's
+/// operations in order (a register, then its deregister).
 #[derive(Debug, Clone, Copy)]
 pub struct RunPlan {
     pub total: u64,
     pub in_flight: u32,
-    /// Deadline of one request; a request not answered in time is a `Timeout`.
+    pub pacing: Pacing,
+    pub operations: &'static [Operation],
+    /// Deadline of one operation from its send; a late one is a `Timeout`.
     pub request_timeout: Duration,
-    /// Answers not accepted here count as errors in the progress bar.
-    pub expectation: Expectation,
     pub show_progress: bool,
 }
 
@@ -35,81 +66,224 @@ pub struct RunPlan {
 #[derive(Debug)]
 pub struct RunOutcome {
     pub elapsed: Duration,
-    pub tally: Tally,
-    /// Latency of every request, answered or not, in microseconds.
-    pub latency: Histogram<u64>,
+    /// One entry per operation of the plan, in its order.
+    pub operations: Vec<Measurements>,
 }
 
 /// Counters the progress bar reads while the workers run.
 #[derive(Debug, Default)]
 struct LiveCounters {
+    /// Requests with all their operations done.
     done: AtomicU64,
+    /// Answers the operation's expectation does not accept.
     errors: AtomicU64,
 }
 
-/// Runs `request(index)` for every index in `0..plan.total` with at most
-/// `plan.in_flight` outstanding.
-pub async fn run_closed_loop<Request, Answer>(plan: RunPlan, request: Request) -> RunOutcome
+/// What every worker shares.
+struct Shared<Request> {
+    plan: RunPlan,
+    started: Instant,
+    request: Request,
+    next_index: AtomicU64,
+    counters: Arc<LiveCounters>,
+    /// Set once every index is taken, so workers still waiting to join stop waiting.
+    exhausted: watch::Sender<bool>,
+    /// Open loop: one permit per request, released in order at its due time, so
+    /// index `i` is never taken before it is due.
+    released: Arc<Semaphore>,
+}
+
+/// Runs `request(index, op)` for every index in `0..plan.total` and, within an index,
+/// every operation `op` of `plan.operations` in order, with at most `plan.in_flight`
+/// requests outstanding.
+pub async fn run_load<Request, Answer>(plan: RunPlan, request: Request) -> RunOutcome
 where
-    Request: Fn(u64) -> Answer + Send + Sync + 'static,
+    Request: Fn(u64, usize) -> Answer + Send + Sync + 'static,
     Answer: Future<Output = Outcome> + Send + 'static,
 {
-    let request = Arc::new(request);
-    let next_index = Arc::new(AtomicU64::new(0));
+    debug_assert!(!plan.operations.is_empty());
     let counters = Arc::new(LiveCounters::default());
     let progress = plan
         .show_progress
         .then(|| ProgressDisplay::start(plan.total, Arc::clone(&counters)));
 
-    let started = Instant::now();
-    let workers: Vec<_> = (0..plan
+    let shared = Arc::new(Shared {
+        plan,
+        started: Instant::now(),
+        request,
+        next_index: AtomicU64::new(0),
+        counters,
+        exhausted: watch::Sender::new(false),
+        released: Arc::new(Semaphore::new(0)),
+    });
+    let worker_count = plan
         .in_flight
-        .min(plan.total.try_into().unwrap_or(u32::MAX)))
-        .map(|_| {
-            let request = Arc::clone(&request);
-            let next_index = Arc::clone(&next_index);
-            let counters = Arc::clone(&counters);
-            tokio::spawn(async move {
-                let mut tally = Tally::default();
-                let mut latency = new_latency_histogram();
-                loop {
-                    let index = next_index.fetch_add(1, Ordering::Relaxed);
-                    if index >= plan.total {
-                        break;
-                    }
-                    let sent = Instant::now();
-                    let outcome = tokio::time::timeout(plan.request_timeout, request(index))
-                        .await
-                        .unwrap_or(Outcome::Timeout);
-                    latency.saturating_record(sent.elapsed().as_micros() as u64);
-                    tally.record(outcome);
-                    if !plan.expectation.accepts(outcome) {
-                        counters.errors.fetch_add(1, Ordering::Relaxed);
-                    }
-                    counters.done.fetch_add(1, Ordering::Relaxed);
-                }
-                (tally, latency)
-            })
-        })
+        .min(plan.total.try_into().unwrap_or(u32::MAX));
+    if let Pacing::OpenLoop { schedule, pacer } = plan.pacing {
+        let release = Release {
+            schedule,
+            total: plan.total,
+            workers: worker_count,
+            permits: Arc::downgrade(&shared.released),
+        };
+        match pacer {
+            Pacer::Thread => {
+                let started = shared.started.into_std();
+                std::thread::Builder::new()
+                    .name("loadgen-pacer".to_owned())
+                    .spawn(move || release.on_thread(started))
+                    .expect("spawn the pacer thread");
+            }
+            #[cfg(test)]
+            Pacer::Timer => {
+                tokio::spawn(release.on_timer(shared.started));
+            }
+        }
+    }
+    let workers: Vec<_> = (0..worker_count)
+        .map(|worker| tokio::spawn(run_worker(worker, Arc::clone(&shared))))
         .collect();
 
-    let mut tally = Tally::default();
-    let mut latency = new_latency_histogram();
+    let mut operations: Vec<_> = plan
+        .operations
+        .iter()
+        .map(|op| Measurements::new(*op))
+        .collect();
     for worker in workers {
-        let (worker_tally, worker_latency) = worker.await.expect("load worker panicked");
-        tally.merge(&worker_tally);
-        latency
-            .add(&worker_latency)
-            .expect("histograms share bounds");
+        let measured = worker.await.expect("load worker panicked");
+        for (total, part) in operations.iter_mut().zip(&measured) {
+            total.merge(part);
+        }
     }
-    let elapsed = started.elapsed();
+    let elapsed = shared.started.elapsed();
     if let Some(progress) = progress {
         progress.finish().await;
     }
     RunOutcome {
         elapsed,
-        tally,
-        latency,
+        operations,
+    }
+}
+
+/// One worker: joins (after its ramp offset in a closed loop), then takes indices
+/// until none is left.
+async fn run_worker<Request, Answer>(worker: u32, shared: Arc<Shared<Request>>) -> Vec<Measurements>
+where
+    Request: Fn(u64, usize) -> Answer + Send + Sync + 'static,
+    Answer: Future<Output = Outcome> + Send + 'static,
+{
+    let plan = shared.plan;
+    let mut measured: Vec<_> = plan
+        .operations
+        .iter()
+        .map(|op| Measurements::new(*op))
+        .collect();
+    if let Pacing::ClosedLoop { ramp } = plan.pacing {
+        let join_at = shared.started + worker_join_offset(worker, plan.in_flight, ramp);
+        let mut exhausted = shared.exhausted.subscribe();
+        tokio::select! {
+            () = tokio::time::sleep_until(join_at) => {}
+            _ = exhausted.wait_for(|&done| done) => {}
+        }
+    }
+    loop {
+        if let Pacing::OpenLoop { .. } = plan.pacing {
+            let Ok(permit) = shared.released.acquire().await else {
+                break;
+            };
+            permit.forget();
+        }
+        let index = shared.next_index.fetch_add(1, Ordering::Relaxed);
+        if index >= plan.total {
+            shared.exhausted.send_replace(true);
+            break;
+        }
+        // The first operation is due now in a closed loop, at its scheduled time in an
+        // open loop (already passed: its permit is out); each later one when the one
+        // before it is answered.
+        let mut due = match plan.pacing {
+            Pacing::ClosedLoop { .. } => Instant::now(),
+            Pacing::OpenLoop { schedule, .. } => shared.started + schedule.offset(index),
+        };
+        for (op, measurements) in measured.iter_mut().enumerate() {
+            let sent = Instant::now();
+            let outcome = tokio::time::timeout(plan.request_timeout, (shared.request)(index, op))
+                .await
+                .unwrap_or(Outcome::Timeout);
+            let answered = Instant::now();
+            measurements.record(outcome, answered - due, answered - sent);
+            if !measurements.operation.expectation.accepts(outcome) {
+                shared.counters.errors.fetch_add(1, Ordering::Relaxed);
+            }
+            due = answered;
+        }
+        shared.counters.done.fetch_add(1, Ordering::Relaxed);
+    }
+    measured
+}
+
+/// Releases the permits of an open-loop run: one per request at its due time, then
+/// one per worker so that every worker wakes to find the indices gone. Stops early
+/// if the run is gone.
+struct Release {
+    schedule: Schedule,
+    total: u64,
+    workers: u32,
+    permits: Weak<Semaphore>,
+}
+
+impl Release {
+    /// Requests due within `elapsed` of the start, counting on from `released`.
+    fn due_within(&self, released: u64, elapsed: Duration) -> u64 {
+        let mut due = released;
+        while due < self.total && self.schedule.offset(due) <= elapsed {
+            due += 1;
+        }
+        due
+    }
+
+    /// Adds `count` permits; false when the run is gone.
+    fn add(&self, count: u64) -> bool {
+        let Some(permits) = self.permits.upgrade() else {
+            return false;
+        };
+        permits.add_permits(usize::try_from(count).unwrap_or(Semaphore::MAX_PERMITS));
+        true
+    }
+
+    fn on_thread(self, started: std::time::Instant) {
+        let mut released = 0;
+        while released < self.total {
+            let elapsed = started.elapsed();
+            let due = self.due_within(released, elapsed);
+            if due == released {
+                std::thread::sleep(self.schedule.offset(released).saturating_sub(elapsed));
+                continue;
+            }
+            if !self.add(due - released) {
+                return;
+            }
+            released = due;
+        }
+        self.add(u64::from(self.workers));
+    }
+
+    #[cfg(test)]
+    async fn on_timer(self, started: Instant) {
+        let mut released = 0;
+        while released < self.total {
+            let elapsed = started.elapsed();
+            let due = self.due_within(released, elapsed);
+            if due == released {
+                tokio::time::sleep_until(started + self.schedule.offset(released)).await;
+                continue;
+            }
+            if !self.add(due - released) {
+                return;
+            }
+            released = due;
+        }
+        self.add(u64::from(self.workers));
     }
 }
 
@@ -183,20 +357,114 @@ impl RecentRate {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::EXECUTE_SUCCESS;
+    use crate::report::{EXECUTE_SUCCESS, Expectation};
+    use std::sync::Mutex;
     use std::sync::atomic::AtomicUsize;
 
     const ACCEPT_SUCCESS: Expectation = Expectation {
         codes: &[EXECUTE_SUCCESS],
     };
+    const REGISTER_ONLY: &[Operation] = &[Operation {
+        name: "register",
+        expectation: ACCEPT_SUCCESS,
+    }];
+    const REGISTER_THEN_DEREGISTER: &[Operation] = &[
+        Operation {
+            name: "register",
+            expectation: ACCEPT_SUCCESS,
+        },
+        Operation {
+            name: "deregister",
+            expectation: ACCEPT_SUCCESS,
+        },
+    ];
 
     fn plan(total: u64, in_flight: u32) -> RunPlan {
         RunPlan {
             total,
             in_flight,
+            pacing: Pacing::ClosedLoop {
+                ramp: Duration::ZERO,
+            },
+            operations: REGISTER_ONLY,
             request_timeout: Duration::from_secs(5),
-            expectation: ACCEPT_SUCCESS,
             show_progress: false,
+        }
+    }
+
+    /// An open loop paced on tokio's timer, which `start_paused` tests control.
+    fn open_loop(total: u64, in_flight: u32, schedule: Schedule) -> RunPlan {
+        RunPlan {
+            pacing: Pacing::OpenLoop {
+                schedule,
+                pacer: Pacer::Timer,
+            },
+            ..plan(total, in_flight)
+        }
+    }
+
+    fn millis(value: u64) -> Duration {
+        Duration::from_millis(value)
+    }
+
+    /// Whether a µs histogram holds exactly these values, up to its precision.
+    fn holds(histogram: &hdrhistogram::Histogram<u64>, millis: &[u64]) -> bool {
+        let mut expected: Vec<_> = millis.iter().map(|ms| ms * 1000).collect();
+        expected.sort_unstable();
+        let recorded: Vec<_> = histogram
+            .iter_recorded()
+            .flat_map(|step| {
+                let value = step.value_iterated_to();
+                std::iter::repeat_n(value, step.count_at_value() as usize)
+            })
+            .collect();
+        recorded.len() == expected.len()
+            && recorded
+                .iter()
+                .zip(&expected)
+                .all(|(got, want)| histogram.equivalent(*got, *want))
+    }
+
+    /// Answers success after `delay`, logging when each request was sent and how many
+    /// were outstanding then.
+    #[derive(Clone)]
+    struct SlowServer {
+        started: Instant,
+        delay: Duration,
+        outstanding: Arc<AtomicUsize>,
+        /// (index, sent since the start, outstanding including this one)
+        sends: Arc<Mutex<Vec<(u64, Duration, usize)>>>,
+    }
+
+    impl SlowServer {
+        fn new(delay: Duration) -> Self {
+            SlowServer {
+                started: Instant::now(),
+                delay,
+                outstanding: Arc::default(),
+                sends: Arc::default(),
+            }
+        }
+
+        fn answer(&self, index: u64) -> impl Future<Output = Outcome> + Send + use<> {
+            let server = self.clone();
+            async move {
+                let now = server.outstanding.fetch_add(1, Ordering::SeqCst) + 1;
+                let sent = server.started.elapsed();
+                server.sends.lock().unwrap().push((index, sent, now));
+                // A zero sleep may still wait for the timer's next tick.
+                if !server.delay.is_zero() {
+                    tokio::time::sleep(server.delay).await;
+                }
+                server.outstanding.fetch_sub(1, Ordering::SeqCst);
+                Outcome::Answered(Some(EXECUTE_SUCCESS))
+            }
+        }
+
+        fn sends(&self) -> Vec<(u64, Duration, usize)> {
+            let mut sends = self.sends.lock().unwrap().clone();
+            sends.sort_by_key(|(index, ..)| *index);
+            sends
         }
     }
 
@@ -204,13 +472,13 @@ mod tests {
     async fn runs_every_index_once_within_the_bound() {
         let outstanding = Arc::new(AtomicUsize::new(0));
         let peak = Arc::new(AtomicUsize::new(0));
-        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = Arc::new(Mutex::new(Vec::new()));
         let (outstanding_in, peak_in, seen_in) = (
             Arc::clone(&outstanding),
             Arc::clone(&peak),
             Arc::clone(&seen),
         );
-        let outcome = run_closed_loop(plan(1000, 16), move |index| {
+        let outcome = run_load(plan(1000, 16), move |index, _| {
             let outstanding = Arc::clone(&outstanding_in);
             let peak = Arc::clone(&peak_in);
             let seen = Arc::clone(&seen_in);
@@ -228,9 +496,12 @@ mod tests {
             }
         })
         .await;
-        assert_eq!(outcome.tally.total(), 1000);
-        assert_eq!(outcome.latency.len(), 1000);
-        assert_eq!(outcome.tally.unexpected(ACCEPT_SUCCESS).len(), 1);
+        let [register] = &outcome.operations[..] else {
+            panic!("one operation");
+        };
+        assert_eq!(register.tally.total(), 1000);
+        assert_eq!(register.latency.len(), 1000);
+        assert_eq!(register.tally.unexpected(ACCEPT_SUCCESS).len(), 1);
         assert!(peak.load(Ordering::SeqCst) <= 16);
         let mut seen = seen.lock().unwrap().clone();
         seen.sort_unstable();
@@ -239,7 +510,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_request_past_its_deadline_is_a_timeout() {
-        let outcome = run_closed_loop(plan(3, 3), |index| async move {
+        let outcome = run_load(plan(3, 3), |index, _| async move {
             if index == 1 {
                 std::future::pending::<()>().await;
             }
@@ -247,12 +518,244 @@ mod tests {
         })
         .await;
         assert_eq!(
-            outcome.tally.sorted(),
+            outcome.operations[0].tally.sorted(),
             [
                 (Outcome::Answered(Some(EXECUTE_SUCCESS)), 2),
                 (Outcome::Timeout, 1)
             ]
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn closed_loop_latency_is_the_service_time() {
+        let server = SlowServer::new(millis(250));
+        let requests = server.clone();
+        let outcome = run_load(plan(5, 1), move |index, _| requests.answer(index)).await;
+        let register = &outcome.operations[0];
+        assert!(holds(&register.latency, &[250; 5]));
+        assert!(holds(&register.service, &[250; 5]));
+        assert_eq!(outcome.elapsed, millis(1250));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn open_loop_latency_counts_from_the_intended_start() {
+        // Due every 100 ms, but one slot and a server taking 250 ms: request i waits
+        // 150 ms longer than the one before for its slot, and that wait is latency.
+        let server = SlowServer::new(millis(250));
+        let requests = server.clone();
+        let schedule = Schedule::new(10.0, Duration::ZERO);
+        let outcome = run_load(open_loop(5, 1, schedule), move |index, _| {
+            requests.answer(index)
+        })
+        .await;
+        let register = &outcome.operations[0];
+        assert!(
+            holds(&register.latency, &[250, 400, 550, 700, 850]),
+            "{:?}",
+            register
+                .latency
+                .iter_recorded()
+                .map(|s| s.value_iterated_to())
+                .collect::<Vec<_>>()
+        );
+        assert!(holds(&register.service, &[250; 5]));
+        let sent: Vec<_> = server.sends().iter().map(|(_, at, _)| *at).collect();
+        assert_eq!(sent, [0, 250, 500, 750, 1000].map(millis));
+        assert_eq!(outcome.elapsed, millis(1250));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn open_loop_sends_on_schedule_when_slots_are_free() {
+        let server = SlowServer::new(millis(250));
+        let requests = server.clone();
+        let schedule = Schedule::new(10.0, Duration::ZERO);
+        let outcome = run_load(open_loop(10, 8, schedule), move |index, _| {
+            requests.answer(index)
+        })
+        .await;
+        let register = &outcome.operations[0];
+        assert!(holds(&register.latency, &[250; 10]));
+        let sends = server.sends();
+        let sent: Vec<_> = sends.iter().map(|(_, at, _)| *at).collect();
+        assert_eq!(sent, (0..10).map(|i| millis(100 * i)).collect::<Vec<_>>());
+        // 250 ms answers at 10/s: never more than 3 outstanding, though 8 may be.
+        assert_eq!(sends.iter().map(|(.., now)| *now).max(), Some(3));
+        assert_eq!(outcome.elapsed, millis(900 + 250));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn open_loop_follows_the_ramp() {
+        let server = SlowServer::new(millis(1));
+        let requests = server.clone();
+        let schedule = Schedule::new(100.0, Duration::from_secs(2));
+        let total = 150;
+        run_load(open_loop(total, 16, schedule), move |index, _| {
+            requests.answer(index)
+        })
+        .await;
+        let sends = server.sends();
+        assert_eq!(sends.len(), total as usize);
+        for (index, sent, _) in sends {
+            // The timer fires on the first millisecond tick at or after the due time.
+            let due = schedule.offset(index);
+            assert!(
+                sent >= due && sent - due < millis(1),
+                "{index}: due {due:?}, sent {sent:?}"
+            );
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_pacer_thread_releases_requests_on_time_never_early() {
+        // Real time: 2000/s for 0.25 s, answered at once, so the latency from the due
+        // time is how late the request left.
+        let server = SlowServer::new(Duration::ZERO);
+        let requests = server.clone();
+        let schedule = Schedule::new(2000.0, Duration::ZERO);
+        let plan = RunPlan {
+            pacing: Pacing::OpenLoop {
+                schedule,
+                pacer: Pacer::Thread,
+            },
+            ..plan(500, 64)
+        };
+        let outcome = run_load(plan, move |index, _| requests.answer(index)).await;
+        let register = &outcome.operations[0];
+        assert_eq!(register.tally.total(), 500);
+        for (index, sent, _) in server.sends() {
+            assert!(sent >= schedule.offset(index), "{index} left at {sent:?}");
+        }
+        // A tokio timer alone would be about 1.5 ms late; leave room for a busy host.
+        let median_late = register.latency.value_at_quantile(0.5);
+        assert!(median_late < 1000, "median {median_late} µs late");
+        assert!(outcome.elapsed >= schedule.offset(499));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_open_loop_ends_when_the_last_request_is_answered() {
+        // 64 slots, 3 requests: the idle workers must not wait for more permits.
+        let server = SlowServer::new(millis(20));
+        let requests = server.clone();
+        let schedule = Schedule::new(100.0, Duration::ZERO);
+        let outcome = run_load(open_loop(3, 64, schedule), move |index, _| {
+            requests.answer(index)
+        })
+        .await;
+        assert_eq!(outcome.operations[0].tally.total(), 3);
+        assert_eq!(outcome.elapsed, millis(20 + 20));
+    }
+
+    #[test]
+    fn release_counts_what_is_due_from_where_it_stopped() {
+        let release = Release {
+            schedule: Schedule::new(1000.0, Duration::ZERO),
+            total: 10,
+            workers: 2,
+            permits: Weak::new(),
+        };
+        assert_eq!(release.due_within(0, Duration::ZERO), 1);
+        assert_eq!(release.due_within(1, Duration::from_micros(999)), 1);
+        assert_eq!(release.due_within(1, millis(3)), 4);
+        assert_eq!(release.due_within(4, Duration::from_secs(60)), 10);
+        assert!(!release.add(1), "no run to release into");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn closed_loop_ramp_grows_the_in_flight_from_one() {
+        // Four workers join at 0, 1, 2 and 3 s; each request takes 100 ms.
+        let server = SlowServer::new(millis(100));
+        let requests = server.clone();
+        let ramp = Duration::from_secs(3);
+        let plan = RunPlan {
+            pacing: Pacing::ClosedLoop { ramp },
+            ..plan(200, 4)
+        };
+        let outcome = run_load(plan, move |index, _| requests.answer(index)).await;
+        assert_eq!(outcome.operations[0].tally.total(), 200);
+        let sends = server.sends();
+        for (index, sent, outstanding) in &sends {
+            let allowed = 1 + (sent.as_millis() / 1000).min(3) as usize;
+            assert!(
+                *outstanding <= allowed,
+                "{index} at {sent:?}: {outstanding} outstanding, {allowed} allowed"
+            );
+        }
+        let peak_before = |second: u64| {
+            sends
+                .iter()
+                .filter(|(_, sent, _)| *sent < Duration::from_secs(second))
+                .map(|(.., outstanding)| *outstanding)
+                .max()
+        };
+        assert_eq!(
+            [1, 2, 3, 4].map(peak_before),
+            [Some(1), Some(2), Some(3), Some(4)]
+        );
+        // 10 + 20 + 30 requests during the ramp, then 4 every 100 ms: 140 more in 3.5 s.
+        assert_eq!(outcome.elapsed, millis(6500));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_short_run_does_not_wait_for_the_ramp_to_end() {
+        let plan = RunPlan {
+            pacing: Pacing::ClosedLoop {
+                ramp: Duration::from_secs(600),
+            },
+            ..plan(20, 100)
+        };
+        let outcome = run_load(plan, |_, _| async {
+            tokio::time::sleep(millis(10)).await;
+            Outcome::Answered(Some(EXECUTE_SUCCESS))
+        })
+        .await;
+        assert_eq!(outcome.operations[0].tally.total(), 20);
+        assert!(
+            outcome.elapsed < Duration::from_secs(600),
+            "{:?}",
+            outcome.elapsed
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn operations_of_a_request_run_in_order_and_are_measured_apart() {
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let events_in = Arc::clone(&events);
+        let plan = RunPlan {
+            operations: REGISTER_THEN_DEREGISTER,
+            ..plan(50, 8)
+        };
+        let outcome = run_load(plan, move |index, op| {
+            let events = Arc::clone(&events_in);
+            async move {
+                events.lock().unwrap().push((index, op, "sent"));
+                // Registers take 30 ms, deregisters 10 ms.
+                tokio::time::sleep(millis(if op == 0 { 30 } else { 10 })).await;
+                events.lock().unwrap().push((index, op, "answered"));
+                Outcome::Answered(Some(EXECUTE_SUCCESS))
+            }
+        })
+        .await;
+        let events = events.lock().unwrap().clone();
+        for index in 0..50 {
+            let own: Vec<_> = events
+                .iter()
+                .filter(|(i, ..)| *i == index)
+                .map(|(_, op, what)| (*op, *what))
+                .collect();
+            assert_eq!(
+                own,
+                [(0, "sent"), (0, "answered"), (1, "sent"), (1, "answered")]
+            );
+        }
+        let [register, deregister] = &outcome.operations[..] else {
+            panic!("two operations");
+        };
+        assert_eq!(register.operation.name, "register");
+        assert_eq!(deregister.operation.name, "deregister");
+        assert_eq!(register.tally.total(), 50);
+        assert_eq!(deregister.tally.total(), 50);
+        assert!(holds(&register.latency, &[30; 50]));
+        assert!(holds(&deregister.latency, &[10; 50]));
     }
 
     #[test]

@@ -293,7 +293,13 @@ async fn resolve_services(
         tx.exec_drop(
             "INSERT INTO service (id, name, namespace, ctime, mtime) VALUES (?, ?, ?, ?, ?)
              ON DUPLICATE KEY UPDATE id = id",
-            (model::service_id(namespace, service), service, namespace, now, now),
+            (
+                model::service_id(namespace, service),
+                service,
+                namespace,
+                now,
+                now,
+            ),
         )
         .await?;
     }

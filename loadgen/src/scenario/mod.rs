@@ -1,19 +1,37 @@
 //! Scenarios: each builds its requests, runs them through [`crate::runner`] and
-//! returns a [`ScenarioRun`]; printing and the exit code are shared.
+//! returns a [`ScenarioRun`]; connecting, headers, printing and the exit code are
+//! shared.
+//!
+//! - `storm`: the whole fleet registers once, closed loop
+//! - `restart`: the same fleet registers again, unchanged
+//! - `churn`: each instance registers, then deregisters
+//! - `open_loop`: registrations at a fixed arrival rate
 
+pub mod churn;
+pub mod open_loop;
+pub mod restart;
 pub mod storm;
 
-use hdrhistogram::Histogram;
+use std::time::Duration;
 
-use crate::pool::ConnectError;
-use crate::report::Report;
+use tonic::metadata::{AsciiMetadataValue, MetadataValue};
+
+use crate::fleet::MAX_FLEET_SIZE;
+use crate::options::ConnectionOptions;
+use crate::pool::{ClientPool, ConnectError};
+use crate::proto;
+use crate::report::{Measurements, OfferedLoad, Outcome, Report, RunSetup};
+use crate::runner::RunOutcome;
+
+/// Name of the register operation in reports.
+pub const REGISTER: &str = "register";
 
 /// What a finished scenario hands back for output.
 #[derive(Debug)]
 pub struct ScenarioRun {
     pub report: Report,
-    /// Latency of every request in microseconds, for `--hdr-out`.
-    pub latency: Histogram<u64>,
+    /// Counts and latency histograms (µs) of each operation, for `--hdr-out`.
+    pub operations: Vec<Measurements>,
 }
 
 /// A scenario that could not start; the run exits with status 2.
@@ -23,4 +41,164 @@ pub enum SetupError {
     Connect(#[from] ConnectError),
     #[error("--token is not a valid gRPC metadata value")]
     InvalidToken(#[source] tonic::metadata::errors::InvalidMetadataValue),
+    #[error("no request is due within --duration {duration:?} at this --rate and --ramp")]
+    NothingScheduled { duration: Duration },
+    #[error(
+        "{requests} fresh instances asked for; a fleet has at most {MAX_FLEET_SIZE} distinct ones"
+    )]
+    FleetTooLarge { requests: u64 },
+}
+
+/// gRPC metadata sent with every request.
+#[derive(Debug, Clone)]
+pub struct RequestHeaders {
+    token: Option<AsciiMetadataValue>,
+    async_regis: bool,
+}
+
+impl RequestHeaders {
+    pub fn new(token: Option<&str>, async_regis: bool) -> Result<Self, SetupError> {
+        let token = token
+            .map(|value| value.parse().map_err(SetupError::InvalidToken))
+            .transpose()?;
+        Ok(RequestHeaders { token, async_regis })
+    }
+
+    /// Sets `request-id` (`loadgen-{request_id}`), the token and `async-regis`.
+    pub fn apply<T>(&self, request: &mut tonic::Request<T>, request_id: &str) {
+        let metadata = request.metadata_mut();
+        if let Ok(request_id) = format!("loadgen-{request_id}").parse() {
+            metadata.insert("request-id", request_id);
+        }
+        if let Some(token) = &self.token {
+            metadata.insert("x-polaris-token", token.clone());
+        }
+        if self.async_regis {
+            metadata.insert("async-regis", MetadataValue::from_static("true"));
+        }
+    }
+}
+
+/// Opens the connections and checks the headers before any load is sent.
+async fn connect(
+    connection: &ConnectionOptions,
+    async_regis: bool,
+) -> Result<(ClientPool, RequestHeaders), SetupError> {
+    let headers = RequestHeaders::new(connection.token.as_deref(), async_regis)?;
+    let pool = ClientPool::connect(
+        &connection.targets,
+        connection.connections as usize,
+        connection.timeout,
+    )
+    .await?;
+    Ok((pool, headers))
+}
+
+/// What the report says about the run besides its measurements.
+fn run_setup(
+    scenario: &'static str,
+    connection: &ConnectionOptions,
+    pool: &ClientPool,
+    ramp: Duration,
+    offered: Option<OfferedLoad>,
+) -> RunSetup {
+    RunSetup {
+        scenario,
+        targets: connection.targets.clone(),
+        in_flight: connection.in_flight,
+        connections: pool.connection_count(),
+        ramp,
+        offered,
+    }
+}
+
+/// Builds the report of a finished run.
+fn finish(setup: RunSetup, measured: RunOutcome) -> ScenarioRun {
+    let report = Report::new(setup, measured.elapsed, &measured.operations);
+    ScenarioRun {
+        report,
+        operations: measured.operations,
+    }
+}
+
+/// The outcome of one unary call.
+fn outcome_of(answer: Result<tonic::Response<proto::Response>, tonic::Status>) -> Outcome {
+    match answer {
+        Ok(response) => Outcome::Answered(response.into_inner().code),
+        Err(status) => Outcome::Grpc(status.code()),
+    }
+}
+
+/// Parses one scenario's options alone, as its subcommand would.
+#[cfg(test)]
+pub(crate) fn parse_args<'a, A: clap::Args>(
+    words: impl IntoIterator<Item = &'a str>,
+) -> Result<A, clap::Error> {
+    #[derive(Debug, clap::Parser)]
+    struct ScenarioCommand<A: clap::Args> {
+        #[command(flatten)]
+        args: A,
+    }
+    let words = std::iter::once("loadgen").chain(words);
+    <ScenarioCommand<A> as clap::Parser>::try_parse_from(words).map(|command| command.args)
+}
+
+/// A 127.0.0.1 listener that accepts connections and never answers; its address.
+#[cfg(test)]
+pub(crate) async fn silent_server() -> (String, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let server = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    (address, server)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_carry_token_async_flag_and_request_id() {
+        let headers = RequestHeaders::new(Some("secret"), true).unwrap();
+        let mut request = tonic::Request::new(());
+        headers.apply(&mut request, "7");
+        let metadata = request.metadata();
+        assert_eq!(metadata.get("x-polaris-token").unwrap(), "secret");
+        assert_eq!(metadata.get("async-regis").unwrap(), "true");
+        assert_eq!(metadata.get("request-id").unwrap(), "loadgen-7");
+    }
+
+    #[test]
+    fn plain_headers_carry_only_the_request_id() {
+        let headers = RequestHeaders::new(None, false).unwrap();
+        let mut request = tonic::Request::new(());
+        headers.apply(&mut request, "0");
+        assert!(request.metadata().get("x-polaris-token").is_none());
+        assert!(request.metadata().get("async-regis").is_none());
+    }
+
+    #[test]
+    fn a_token_with_a_newline_is_refused() {
+        assert!(matches!(
+            RequestHeaders::new(Some("bad\ntoken"), false),
+            Err(SetupError::InvalidToken(_))
+        ));
+    }
+
+    #[test]
+    fn answers_and_failures_become_outcomes() {
+        let answered = tonic::Response::new(proto::Response {
+            code: Some(400201),
+            ..Default::default()
+        });
+        assert_eq!(outcome_of(Ok(answered)), Outcome::Answered(Some(400201)));
+        assert_eq!(
+            outcome_of(Err(tonic::Status::unavailable("down"))),
+            Outcome::Grpc(tonic::Code::Unavailable)
+        );
+    }
 }

@@ -1,22 +1,27 @@
 //! Startup storm: every instance of the fleet registers once, as fast as the
 //! in-flight bound allows, the way a fleet does when it (re)starts at once.
 
+use std::time::Duration;
+
 use clap::Args;
-use tonic::metadata::{AsciiMetadataValue, MetadataValue};
 
 use crate::fleet::Fleet;
 use crate::options::{ConnectionOptions, FleetOptions, OutputOptions};
-use crate::pool::ClientPool;
-use crate::report::{EXECUTE_SUCCESS, EXISTED_RESOURCE, Expectation, Outcome, Report, RunSetup};
-use crate::runner::{RunPlan, progress_wanted, run_closed_loop};
-use crate::scenario::{ScenarioRun, SetupError};
+use crate::report::{EXECUTE_SUCCESS, EXISTED_RESOURCE, Expectation, Operation};
+use crate::runner::{Pacing, RunPlan, progress_wanted, run_load};
+use crate::scenario::{REGISTER, ScenarioRun, SetupError, connect, finish, outcome_of, run_setup};
 
 /// A first registration succeeds; a repeated one (same content) is `ExistedResource`.
 pub const EXPECTATION: Expectation = Expectation {
     codes: &[EXECUTE_SUCCESS, EXISTED_RESOURCE],
 };
 
-/// Options of the `storm` scenario.
+const OPERATIONS: &[Operation] = &[Operation {
+    name: REGISTER,
+    expectation: EXPECTATION,
+}];
+
+/// Options of the `storm` scenario, and of `restart`, which registers the same fleet.
 #[derive(Debug, Clone, Args)]
 pub struct StormArgs {
     #[command(flatten)]
@@ -29,136 +34,75 @@ pub struct StormArgs {
     #[arg(long = "async-regis")]
     pub async_regis: bool,
 
+    /// Gradual start: the allowed in-flight grows linearly from 1 to --in-flight
+    /// over DURATION (e.g. 10s); 0 starts at full in-flight.
+    #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = humantime::parse_duration)]
+    pub ramp: Duration,
+
     #[command(flatten)]
     pub output: OutputOptions,
 }
 
-/// gRPC metadata sent with every register request.
-#[derive(Debug, Clone)]
-struct RequestHeaders {
-    token: Option<AsciiMetadataValue>,
-    async_regis: bool,
-}
-
-impl RequestHeaders {
-    fn new(token: Option<&str>, async_regis: bool) -> Result<Self, SetupError> {
-        let token = token
-            .map(|value| value.parse().map_err(SetupError::InvalidToken))
-            .transpose()?;
-        Ok(RequestHeaders { token, async_regis })
-    }
-
-    fn apply<T>(&self, request: &mut tonic::Request<T>, index: u64) {
-        let metadata = request.metadata_mut();
-        if let Ok(request_id) = format!("loadgen-{index}").parse() {
-            metadata.insert("request-id", request_id);
-        }
-        if let Some(token) = &self.token {
-            metadata.insert("x-polaris-token", token.clone());
-        }
-        if self.async_regis {
-            metadata.insert("async-regis", MetadataValue::from_static("true"));
-        }
-    }
-}
-
 /// Registers the whole fleet once and reports.
 pub async fn run(args: StormArgs) -> Result<ScenarioRun, SetupError> {
+    register_fleet("storm", OPERATIONS, args).await
+}
+
+/// The fleet a storm (or a restart) registers: instances `0..count` of the fleet
+/// the options and seed describe.
+pub fn fleet_of(args: &StormArgs) -> Fleet {
+    Fleet::new(&args.fleet)
+}
+
+/// Registers instances `0..count` of [`fleet_of`] once each in a closed loop,
+/// judged by `operations[0]`'s expectation; `storm` and `restart` differ only there.
+pub(crate) async fn register_fleet(
+    scenario: &'static str,
+    operations: &'static [Operation],
+    args: StormArgs,
+) -> Result<ScenarioRun, SetupError> {
+    debug_assert_eq!(operations.len(), 1);
     let connection = &args.connection;
-    let headers = RequestHeaders::new(connection.token.as_deref(), args.async_regis)?;
-    let pool = ClientPool::connect(
-        &connection.targets,
-        connection.connections as usize,
-        connection.timeout,
-    )
-    .await?;
-    let fleet = Fleet::new(&args.fleet);
+    let (pool, headers) = connect(connection, args.async_regis).await?;
+    let fleet = fleet_of(&args);
     let plan = RunPlan {
         total: fleet.count(),
         in_flight: connection.in_flight,
+        pacing: Pacing::ClosedLoop { ramp: args.ramp },
+        operations,
         request_timeout: connection.timeout,
-        expectation: EXPECTATION,
         show_progress: progress_wanted(args.output.no_progress),
     };
-    let setup = RunSetup {
-        scenario: "storm",
-        targets: connection.targets.clone(),
-        in_flight: connection.in_flight,
-        connections: pool.connection_count(),
-        expectation: EXPECTATION,
-    };
+    let setup = run_setup(scenario, connection, &pool, args.ramp, None);
 
-    let measured = run_closed_loop(plan, move |index| {
+    let measured = run_load(plan, move |index, _| {
         let mut client = pool.client(index);
         let mut request = tonic::Request::new(fleet.instance(index));
-        headers.apply(&mut request, index);
-        async move {
-            match client.register_instance(request).await {
-                Ok(response) => Outcome::Answered(response.into_inner().code),
-                Err(status) => Outcome::Grpc(status.code()),
-            }
-        }
+        headers.apply(&mut request, &index.to_string());
+        async move { outcome_of(client.register_instance(request).await) }
     })
     .await;
-
-    let report = Report::new(setup, measured.elapsed, &measured.tally, &measured.latency);
-    Ok(ScenarioRun {
-        report,
-        latency: measured.latency,
-    })
+    Ok(finish(setup, measured))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
+    use crate::scenario::{parse_args, silent_server};
     use std::collections::BTreeMap;
 
-    /// `StormArgs` as a stand-alone command, for parsing in tests.
-    #[derive(Debug, Parser)]
-    struct StormCommand {
-        #[command(flatten)]
-        args: StormArgs,
-    }
-
-    impl StormArgs {
-        fn try_parse_from<'a>(
-            words: impl IntoIterator<Item = &'a str>,
-        ) -> Result<Self, clap::Error> {
-            StormCommand::try_parse_from(words).map(|command| command.args)
-        }
-    }
-
     #[test]
-    fn headers_carry_token_async_flag_and_request_id() {
-        let headers = RequestHeaders::new(Some("secret"), true).unwrap();
-        let mut request = tonic::Request::new(());
-        headers.apply(&mut request, 7);
-        let metadata = request.metadata();
-        assert_eq!(metadata.get("x-polaris-token").unwrap(), "secret");
-        assert_eq!(metadata.get("async-regis").unwrap(), "true");
-        assert_eq!(metadata.get("request-id").unwrap(), "loadgen-7");
-    }
-
-    #[test]
-    fn plain_headers_carry_only_the_request_id() {
-        let headers = RequestHeaders::new(None, false).unwrap();
-        let mut request = tonic::Request::new(());
-        headers.apply(&mut request, 0);
-        assert!(request.metadata().get("x-polaris-token").is_none());
-        assert!(request.metadata().get("async-regis").is_none());
-    }
-
-    #[test]
-    fn a_token_with_a_newline_is_refused() {
-        assert!(matches!(
-            RequestHeaders::new(Some("bad\ntoken"), false),
-            Err(SetupError::InvalidToken(_))
-        ));
+    fn ramp_defaults_to_none_and_reads_durations() {
+        let plain = parse_args::<StormArgs>([]).unwrap();
+        assert_eq!(plain.ramp, Duration::ZERO);
+        let ramped = parse_args::<StormArgs>(["--ramp", "1m 30s"]).unwrap();
+        assert_eq!(ramped.ramp, Duration::from_secs(90));
+        assert!(parse_args::<StormArgs>(["--ramp", "fast"]).is_err());
     }
 
     #[test]
     fn storm_accepts_success_and_existed_resource_only() {
+        use crate::report::Outcome;
         assert!(EXPECTATION.accepts(Outcome::Answered(Some(200000))));
         assert!(EXPECTATION.accepts(Outcome::Answered(Some(400201))));
         assert!(!EXPECTATION.accepts(Outcome::Answered(Some(500001))));
@@ -166,16 +110,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_silent_server_ends_in_timeouts_not_a_hang() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap().to_string();
-        let silent_server = tokio::spawn(async move {
-            let mut held = Vec::new();
-            while let Ok((socket, _)) = listener.accept().await {
-                held.push(socket);
-            }
-        });
-        let args = StormArgs::try_parse_from([
-            "storm",
+        let (address, silent_server) = silent_server().await;
+        let args = parse_args::<StormArgs>([
             "--target",
             &address,
             "--count",
@@ -193,6 +129,7 @@ mod tests {
         silent_server.abort();
         match outcome {
             Ok(run) => {
+                assert_eq!(run.report.scenario, "storm");
                 assert_eq!(
                     run.report.codes,
                     BTreeMap::from([("timeout".to_owned(), 5)])
