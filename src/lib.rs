@@ -191,9 +191,9 @@ async fn serve_grpc(
     adapter: PolarisGrpcAdapter,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // No Nagle delay: a small answer must not wait for the client's delayed ACK.
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     tonic::transport::Server::builder()
-        .tcp_nodelay(true)
         .add_service(adapter.into_server())
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
