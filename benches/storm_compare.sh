@@ -34,7 +34,7 @@ storm() {
   local pid=$!
   for _ in $(seq 1 50); do curl -sf "http://$http/healthz" >/dev/null && break; sleep 0.2; done
   for scenario in "$@"; do
-    target/release/batchreg-loadgen storm --target "$grpc" --count "$count" --in-flight "$in_flight" \
+    target/release/batchreg-loadgen "$scenario" --target "$grpc" --count "$count" --in-flight "$in_flight" \
       --no-progress --json > "$work/$scenario.json" || true
     python3 -c '
 import json, sys
@@ -50,10 +50,10 @@ direct_rate=$("$direct" --url "$server_url/bench_direct" --count "$count" | sed 
 
 fresh_db bench_batchreg
 read -r fresh_rate fresh_p50 fresh_p99 fresh_codes restart_rate restart_p50 restart_p99 restart_codes < <(
-  storm bench_batchreg "" fresh restart | tr '\n' ' ')
+  storm bench_batchreg "" storm restart | tr '\n' ' '; echo)
 
 fresh_db bench_nobatch
-read -r off_rate off_p50 off_p99 off_codes < <(storm bench_nobatch "[batch.register]\nmax_batch = 1\n" fresh)
+read -r off_rate off_p50 off_p99 off_codes < <(storm bench_nobatch "[batch.register]\nmax_batch = 1\n" storm)
 
 ratio() { python3 -c "print('%.2f' % ($1 / $2))"; }
 echo
