@@ -121,6 +121,32 @@ fn response_to_wire(answer: Answer) -> proto::Response {
     }
 }
 
+/// The two writes this adapter serves; also the `api` metric label.
+#[derive(Clone, Copy)]
+enum Write {
+    Register,
+    Deregister,
+}
+
+impl PolarisGrpcAdapter {
+    /// Decodes, calls the auth layer, records the request, encodes the answer.
+    async fn write(
+        &self,
+        write: Write,
+        request: Request<proto::Instance>,
+    ) -> GrpcResponse<proto::Response> {
+        let started = Instant::now();
+        let ctx = request_context(request.metadata());
+        let input = instance_from_wire(request.into_inner());
+        let (api, answer) = match write {
+            Write::Register => ("register", self.auth.register(&ctx, input).await),
+            Write::Deregister => ("deregister", self.auth.deregister(&ctx, input).await),
+        };
+        telemetry::record_request(api, "grpc", answer.code, started.elapsed());
+        GrpcResponse::new(response_to_wire(answer))
+    }
+}
+
 type DiscoverStream =
     Pin<Box<dyn tokio_stream::Stream<Item = Result<proto::DiscoverResponse, Status>> + Send>>;
 
@@ -139,28 +165,14 @@ impl PolarisGrpc for PolarisGrpcAdapter {
         &self,
         request: Request<proto::Instance>,
     ) -> Result<GrpcResponse<proto::Response>, Status> {
-        let started = Instant::now();
-        let ctx = request_context(request.metadata());
-        let answer = self
-            .auth
-            .register(&ctx, instance_from_wire(request.into_inner()))
-            .await;
-        telemetry::record_request("register", "grpc", answer.code, started.elapsed());
-        Ok(GrpcResponse::new(response_to_wire(answer)))
+        Ok(self.write(Write::Register, request).await)
     }
 
     async fn deregister_instance(
         &self,
         request: Request<proto::Instance>,
     ) -> Result<GrpcResponse<proto::Response>, Status> {
-        let started = Instant::now();
-        let ctx = request_context(request.metadata());
-        let answer = self
-            .auth
-            .deregister(&ctx, instance_from_wire(request.into_inner()))
-            .await;
-        telemetry::record_request("deregister", "grpc", answer.code, started.elapsed());
-        Ok(GrpcResponse::new(response_to_wire(answer)))
+        Ok(self.write(Write::Deregister, request).await)
     }
 
     type DiscoverStream = DiscoverStream;

@@ -535,16 +535,7 @@ async fn deregister_in(
     delete_where_id_in(tx, "instance_metadata", &sorted).await?;
     delete_where_id_in(tx, "health_check", &sorted).await?;
     delete_where_id_in(tx, "instance", &sorted).await?;
-    Ok(ids
-        .iter()
-        .map(|id| {
-            if present.contains(id) {
-                DeregisterOutcome::Deleted
-            } else {
-                DeregisterOutcome::Absent
-            }
-        })
-        .collect())
+    Ok(plan::deregister_outcomes(ids, &present))
 }
 
 async fn read_instance(

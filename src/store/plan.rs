@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use super::model::{InstanceRecord, RegisterOutcome};
+use super::model::{DeregisterOutcome, InstanceRecord, RegisterOutcome};
 
 /// `(namespace, service)`.
 pub type ServiceKey = (String, String);
@@ -73,4 +73,20 @@ pub fn distinct_services(rows: &[InstanceRecord]) -> Vec<ServiceKey> {
     keys.sort();
     keys.dedup();
     keys
+}
+
+/// The outcome of each id of a deregister batch, given the ids that were present.
+pub fn deregister_outcomes(
+    ids: &[String],
+    present: &std::collections::HashSet<String>,
+) -> Vec<DeregisterOutcome> {
+    ids.iter()
+        .map(|id| {
+            if present.contains(id) {
+                DeregisterOutcome::Deleted
+            } else {
+                DeregisterOutcome::Absent
+            }
+        })
+        .collect()
 }

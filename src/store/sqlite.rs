@@ -459,16 +459,7 @@ fn deregister_in(
     delete_where_id_in(tx, "instance_metadata", &sorted)?;
     delete_where_id_in(tx, "health_check", &sorted)?;
     delete_where_id_in(tx, "instance", &sorted)?;
-    Ok(ids
-        .iter()
-        .map(|id| {
-            if present.contains(id) {
-                DeregisterOutcome::Deleted
-            } else {
-                DeregisterOutcome::Absent
-            }
-        })
-        .collect())
+    Ok(plan::deregister_outcomes(ids, &present))
 }
 
 fn read_instance(conn: &Connection, id: &str) -> Result<Option<StoredInstance>, StoreError> {
