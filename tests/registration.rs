@@ -502,16 +502,25 @@ async fn methods_not_served_answer_unimplemented() {
 async fn shutdown_with_requests_in_flight_loses_no_success() {
     let t = TestServer::start(|_| {}).await;
     let client = t.client().await;
+    let answered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..3_000u32 {
         let mut client = client.clone();
+        let answered = answered.clone();
         tasks.spawn(async move {
             let sent = instance("default", "drain", "10.2.0.1", i);
-            (i, client.register_instance(sent).await)
+            let result = client.register_instance(sent).await;
+            answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            (i, result)
         });
     }
-    // Let part of the storm arrive, then stop the server under it.
-    tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+    // Let part of the storm be answered, then stop the server under the rest.
+    for _ in 0..2_000 {
+        if answered.load(std::sync::atomic::Ordering::Relaxed) > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
     let db_path = t.db_path.clone();
     let TestServer { server, _dir, .. } = t;
     let stopping = tokio::spawn(server.shutdown());
