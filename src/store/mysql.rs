@@ -224,6 +224,17 @@ impl StoreWriter for MysqlWriter {
         rows: &[InstanceRecord],
         options: RegisterOptions,
     ) -> Result<Vec<RegisterOutcome>, StoreError> {
+        // A restart storm re-registers what is already stored: one plain read shows it,
+        // with no transaction and no locks. The database held this exact content when read.
+        let existing = self.shared.block_on(async {
+            let mut conn = tokio::time::timeout(POOL_WAIT, self.shared.pool.get_conn())
+                .await
+                .map_err(|_| StoreError::PoolTimeout)??;
+            read_existing(&mut conn, rows, "").await
+        })?;
+        if plan::all_unchanged(rows, &existing) {
+            return Ok(vec![RegisterOutcome::Unchanged; rows.len()]);
+        }
         let max_bytes = self.shared.max_statement_bytes;
         self.shared
             .transaction(async |tx| register_in(tx, rows, options, max_bytes).await)
@@ -251,7 +262,7 @@ async fn register_in(
         .await?
         .unwrap_or_default();
     let service_ids = resolve_services(tx, &plan::distinct_services(rows), options, &now).await?;
-    let existing = lock_existing(tx, rows).await?;
+    let existing = read_existing(tx, rows, " FOR UPDATE").await?;
     let (outcomes, writes) = plan::plan_register(rows, &service_ids, &existing);
     if writes.is_empty() {
         return Ok(outcomes);
@@ -331,23 +342,25 @@ async fn select_services(
     Ok(ids)
 }
 
-/// Reads and locks the rows the batch names, in id order (a stable lock order across
-/// replicas). Under READ COMMITTED this takes no gap locks, so fresh inserts of different
-/// batches do not deadlock each other.
-async fn lock_existing(
-    tx: &mut Transaction<'_>,
+/// Reads the stored revisions of the rows the batch names, in id order. With `lock` =
+/// `" FOR UPDATE"` inside the batch's transaction it also locks them, in a stable order
+/// across replicas; under READ COMMITTED this takes no gap locks, so fresh inserts of
+/// different batches do not deadlock each other.
+async fn read_existing(
+    conn: &mut impl Queryable,
     rows: &[InstanceRecord],
+    lock: &'static str,
 ) -> Result<HashMap<String, Existing>, StoreError> {
     let mut ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
     ids.sort_unstable();
     let mut existing = HashMap::with_capacity(ids.len());
     for chunk in ids.chunks(MAX_PARAMS) {
         let sql = format!(
-            "SELECT id, revision, isolate FROM instance WHERE id IN ({}) ORDER BY id FOR UPDATE",
+            "SELECT id, revision, isolate FROM instance WHERE id IN ({}) ORDER BY id{lock}",
             list_placeholders(chunk.len())
         );
         let found: Vec<(String, String, bool)> =
-            tx.exec(sql, params(chunk.iter().copied())).await?;
+            conn.exec(sql, params(chunk.iter().copied())).await?;
         for (id, revision, isolate) in found {
             existing.insert(id, Existing { revision, isolate });
         }

@@ -64,6 +64,16 @@ pub fn plan_register<'a>(
     (outcomes, writes)
 }
 
+/// Whether the store already holds every row of the batch with exactly this content, so
+/// that the batch has nothing to write.
+pub fn all_unchanged(rows: &[InstanceRecord], existing: &HashMap<String, Existing>) -> bool {
+    rows.iter().all(|record| {
+        existing.get(&record.id).is_some_and(|prior| {
+            prior.revision == record.revision(record.isolate.unwrap_or(prior.isolate))
+        })
+    })
+}
+
 /// The distinct services a batch names, in a stable order.
 pub fn distinct_services(rows: &[InstanceRecord]) -> Vec<ServiceKey> {
     let mut keys: Vec<ServiceKey> = rows
