@@ -94,9 +94,10 @@ impl Server {
         let metrics = settings.metrics.then(telemetry::install);
         let store_options = settings.store.clone();
         let naming_settings = settings.naming.clone();
-        let naming = tokio::task::spawn_blocking(move || {
+        let (store, naming) = tokio::task::spawn_blocking(move || {
             let store = store::open(&store_options)?;
-            Naming::start(store.as_ref(), &naming_settings)
+            let naming = Naming::start(store.as_ref(), &naming_settings)?;
+            Ok::<_, StoreError>((store, naming))
         })
         .await??;
         let auth = Arc::new(Auth::new(naming, settings.auth.clone()));
@@ -112,14 +113,25 @@ impl Server {
         let http_addr = local_addr(&http_listener, settings.http_listen)?;
 
         let (stop, stopped) = watch::channel(false);
+        if settings.metrics {
+            tokio::spawn(refresh_namespace_counts(
+                store,
+                until_stopped(stopped.clone()),
+            ));
+        }
         let ready = Arc::new(AtomicBool::new(true));
         let grpc = tokio::spawn(serve_grpc(
             grpc_listener,
             PolarisGrpcAdapter::new(Arc::clone(&auth)),
             until_stopped(stopped.clone()),
         ));
+        let process = metrics_process::Collector::new(telemetry::PROCESS_PREFIX);
+        if metrics.is_some() {
+            process.describe();
+        }
         let router = api::http::router(HttpState {
             metrics,
+            process,
             ready: Arc::clone(&ready),
         });
         let http = tokio::spawn(async move {
@@ -180,6 +192,28 @@ fn local_addr(listener: &TcpListener, addr: SocketAddr) -> Result<SocketAddr, Se
     listener
         .local_addr()
         .map_err(|source| ServerError::Bind { addr, source })
+}
+
+/// How often the instances/services gauges are refreshed from the store.
+const COUNTS_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Keeps the per-namespace instance and service gauges current until the server stops.
+async fn refresh_namespace_counts(store: Arc<dyn store::Store>, stopped: impl Future<Output = ()>) {
+    let mut known = Vec::new();
+    let mut ticks = tokio::time::interval(COUNTS_EVERY);
+    tokio::pin!(stopped);
+    loop {
+        tokio::select! {
+            _ = &mut stopped => return,
+            _ = ticks.tick() => {}
+        }
+        let reading = Arc::clone(&store);
+        match tokio::task::spawn_blocking(move || reading.namespace_counts()).await {
+            Ok(Ok(counts)) => telemetry::set_namespace_counts(&counts, &mut known),
+            Ok(Err(err)) => tracing::warn!(error = %err, "cannot count instances for the metrics"),
+            Err(err) => tracing::warn!(error = %err, "instance count task failed"),
+        }
+    }
 }
 
 async fn until_stopped(mut stopped: watch::Receiver<bool>) {

@@ -19,6 +19,12 @@ pub const BATCH_FLUSHES_TOTAL: &str = "batchreg_batch_flushes_total";
 pub const QUEUE_DEPTH_REQUESTS: &str = "batchreg_queue_depth_requests";
 pub const ASYNC_DROPPED_TOTAL: &str = "batchreg_async_dropped_total";
 pub const STORE_RETRIES_TOTAL: &str = "batchreg_store_retries_total";
+pub const STORE_TRANSACTION_DURATION_SECONDS: &str = "batchreg_store_transaction_duration_seconds";
+pub const STORE_ERRORS_TOTAL: &str = "batchreg_store_errors_total";
+pub const INSTANCES_REGISTERED: &str = "batchreg_instances_registered";
+pub const SERVICES_REGISTERED: &str = "batchreg_services_registered";
+/// Prefix of the process metrics (CPU, RSS, open fds) that metrics-process collects.
+pub const PROCESS_PREFIX: &str = "batchreg_";
 
 /// Seconds: from a fraction of a millisecond (an idle flush) to the five-second client
 /// timeouts SDKs use.
@@ -93,7 +99,26 @@ fn describe() {
     );
     describe_counter!(
         STORE_RETRIES_TOTAL,
-        "Store transactions retried after a transient error."
+        "Store transactions retried after a transient error, by reason."
+    );
+    describe_histogram!(
+        STORE_TRANSACTION_DURATION_SECONDS,
+        Unit::Seconds,
+        "One try of a batch's store transaction, by engine and operation."
+    );
+    describe_counter!(
+        STORE_ERRORS_TOTAL,
+        "Store writes that failed for good (after retries, or alone after splitting), by reason."
+    );
+    describe_gauge!(
+        INSTANCES_REGISTERED,
+        Unit::Count,
+        "Instances stored, by namespace (refreshed every few seconds)."
+    );
+    describe_gauge!(
+        SERVICES_REGISTERED,
+        Unit::Count,
+        "Services stored, by namespace (refreshed every few seconds)."
     );
 }
 
@@ -123,7 +148,41 @@ pub fn record_dropped_task(api: &'static str) {
     counter!(ASYNC_DROPPED_TOTAL, "api" => api).increment(1);
 }
 
-pub fn record_store_retry(engine: &'static str, api: &'static str, err: &StoreError) {
-    counter!(STORE_RETRIES_TOTAL, "engine" => engine, "api" => api, "reason" => err.reason())
+pub fn record_store_retry(engine: &'static str, operation: &'static str, err: &StoreError) {
+    counter!(STORE_RETRIES_TOTAL, "engine" => engine, "operation" => operation, "reason" => err.reason())
         .increment(1);
+}
+
+/// One try of a store transaction, successful or not.
+pub fn record_store_transaction(
+    engine: &'static str,
+    operation: &'static str,
+    took: Duration,
+    ok: bool,
+) {
+    let outcome = if ok { "ok" } else { "error" };
+    histogram!(STORE_TRANSACTION_DURATION_SECONDS, "engine" => engine, "operation" => operation, "outcome" => outcome)
+        .record(took);
+}
+
+pub fn record_store_error(engine: &'static str, operation: &'static str, err: &StoreError) {
+    counter!(STORE_ERRORS_TOTAL, "engine" => engine, "operation" => operation, "reason" => err.reason()).increment(1);
+}
+
+/// Instances and services stored per namespace; namespaces no longer present go to 0.
+pub fn set_namespace_counts(counts: &[crate::store::NamespaceCount], previous: &mut Vec<String>) {
+    for gone in previous
+        .iter()
+        .filter(|ns| !counts.iter().any(|c| &c.namespace == *ns))
+    {
+        gauge!(INSTANCES_REGISTERED, "namespace" => gone.clone()).set(0.0);
+        gauge!(SERVICES_REGISTERED, "namespace" => gone.clone()).set(0.0);
+    }
+    for count in counts {
+        gauge!(INSTANCES_REGISTERED, "namespace" => count.namespace.clone())
+            .set(count.instances as f64);
+        gauge!(SERVICES_REGISTERED, "namespace" => count.namespace.clone())
+            .set(count.services as f64);
+    }
+    *previous = counts.iter().map(|c| c.namespace.clone()).collect();
 }

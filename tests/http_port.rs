@@ -117,6 +117,39 @@ async fn metrics_count_known_traffic_and_healthz_answers() {
         "batchreg_request_duration_seconds_bucket{api=\"register\",protocol=\"grpc\",le=\"0.005\"}"
     ));
     assert!(body.contains("batchreg_queue_depth_requests{api=\"register\"}"));
+    // One store transaction per flushed batch (no retries here).
+    assert_eq!(
+        sample(
+            &body,
+            "batchreg_store_transaction_duration_seconds_count{engine=\"sqlite\",operation=\"register\",outcome=\"ok\"}"
+        ),
+        sample(
+            &body,
+            "batchreg_batch_size_requests_count{api=\"register\"}"
+        )
+    );
+    assert!(
+        sample(&body, "batchreg_process_resident_memory_bytes").is_some_and(|v| v > 1e6),
+        "{body}"
+    );
+    assert!(sample(&body, "batchreg_process_open_fds").is_some_and(|v| v > 3.0));
+    assert!(sample(&body, "batchreg_process_cpu_seconds_total").is_some());
+
+    // The per-namespace gauges are refreshed from the store every few seconds: 2 instances
+    // (3 registered, 1 deregistered) of 1 service in namespace "m".
+    let mut counted = None;
+    for _ in 0..100 {
+        let (_, body) = get(http, "/metrics").await;
+        counted = sample(&body, "batchreg_instances_registered{namespace=\"m\"}").zip(sample(
+            &body,
+            "batchreg_services_registered{namespace=\"m\"}",
+        ));
+        if counted == Some((2.0, 1.0)) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(counted, Some((2.0, 1.0)));
 
     t.server.shutdown().await.unwrap();
 }

@@ -14,6 +14,8 @@ use metrics_exporter_prometheus::PrometheusHandle;
 pub struct HttpState {
     /// `None` when metrics are switched off.
     pub metrics: Option<PrometheusHandle>,
+    /// Reads the process figures (CPU, RSS, open fds) at each scrape.
+    pub process: metrics_process::Collector,
     /// True from start-up until shutdown begins.
     pub ready: Arc<AtomicBool>,
 }
@@ -27,7 +29,10 @@ pub fn router(state: HttpState) -> Router {
 
 async fn metrics(State(state): State<HttpState>) -> (StatusCode, String) {
     match &state.metrics {
-        Some(handle) => (StatusCode::OK, handle.render()),
+        Some(handle) => {
+            state.process.collect();
+            (StatusCode::OK, handle.render())
+        }
         None => (
             StatusCode::NOT_FOUND,
             "metrics are switched off\n".to_owned(),

@@ -367,8 +367,18 @@ impl<W: BatchWrite> StoreWorker<W> {
         if ops.is_empty() {
             return;
         }
+        let started = Instant::now();
         let results = self.writer.write(&ops);
         debug_assert_eq!(results.len(), ops.len());
+        let failed = results.iter().filter(|r| r.is_err()).count();
+        tracing::debug!(
+            api = self.api,
+            requests = replies.len(),
+            distinct = ops.len(),
+            failed,
+            took = ?started.elapsed(),
+            "batch written"
+        );
         for (reply, slot) in replies {
             let result = match results.get(slot) {
                 Some(Ok(outcome)) => Ok(outcome.clone()),

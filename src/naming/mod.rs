@@ -6,15 +6,13 @@ pub mod instance_id;
 pub mod validate;
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use crate::batch::{
     BatchController, BatchError, BatchSettings, BatchWrite, DeregisterWrite, RegisterWrite,
 };
 use crate::code::{Code, RequestError, code_of};
-use crate::store::resilient::{ResilientWriter, RetryPolicy};
+use crate::store::resilient::{ResilientWriter, RetryPolicy, StoreLabels};
 use crate::store::{DeregisterOutcome, RegisterOptions, RegisterOutcome, Store, StoreError};
-use crate::telemetry;
 pub use validate::ValidationError;
 
 /// An instance as a client sent it, with the wire types gone. Absent fields are `None`.
@@ -122,10 +120,9 @@ impl Naming {
             create_services: settings.auto_create_services,
         };
         let engine = store.engine();
-        let writer = |api: &'static str| -> Result<ResilientWriter, StoreError> {
-            let observer =
-                Arc::new(move |err: &StoreError| telemetry::record_store_retry(engine, api, err));
-            Ok(ResilientWriter::new(store.writer()?, settings.retry).on_retry(observer))
+        let writer = |operation: &'static str| -> Result<ResilientWriter, StoreError> {
+            let labels = StoreLabels { engine, operation };
+            Ok(ResilientWriter::new(store.writer()?, settings.retry).labels(labels))
         };
         let concurrency = store.concurrency();
         let mut registers = Vec::with_capacity(concurrency);

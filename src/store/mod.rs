@@ -148,7 +148,27 @@ pub trait Store: Send + Sync + 'static {
 
     /// The engine name, for logs and metrics.
     fn engine(&self) -> &'static str;
+
+    /// Services and instances stored, per namespace (for the metrics). Reads on a
+    /// connection of its own, never holding up the writers.
+    fn namespace_counts(&self) -> Result<Vec<NamespaceCount>, StoreError>;
 }
+
+/// What one namespace holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamespaceCount {
+    pub namespace: String,
+    pub services: u64,
+    pub instances: u64,
+}
+
+/// The SQL both engines run for [`Store::namespace_counts`].
+pub(crate) const NAMESPACE_COUNTS_SQL: &str = "SELECT s.namespace, COUNT(*), COALESCE(SUM(c.n), 0)
+     FROM service s
+     LEFT JOIN (SELECT service_id, COUNT(*) AS n FROM instance GROUP BY service_id) c
+       ON c.service_id = s.id
+     GROUP BY s.namespace
+     ORDER BY s.namespace";
 
 /// Which store to open and how.
 #[derive(Debug, Clone)]

@@ -212,6 +212,23 @@ impl Store for MysqlStore {
     fn engine(&self) -> &'static str {
         "mysql"
     }
+
+    fn namespace_counts(&self) -> Result<Vec<super::NamespaceCount>, StoreError> {
+        let rows: Vec<(String, u64, u64)> = self.shared.block_on(async {
+            let mut conn = tokio::time::timeout(POOL_WAIT, self.shared.pool.get_conn())
+                .await
+                .map_err(|_| StoreError::PoolTimeout)??;
+            Ok::<_, StoreError>(conn.query(super::NAMESPACE_COUNTS_SQL).await?)
+        })?;
+        Ok(rows
+            .into_iter()
+            .map(|(namespace, services, instances)| super::NamespaceCount {
+                namespace,
+                services,
+                instances,
+            })
+            .collect())
+    }
 }
 
 struct MysqlWriter {

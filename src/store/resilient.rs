@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use rand::RngExt;
 
+use crate::telemetry;
+
 use super::{
     DeregisterOutcome, InstanceRecord, RegisterOptions, RegisterOutcome, StoreError, StoreWriter,
 };
@@ -49,11 +51,20 @@ impl RetryPolicy {
 /// Called with the reason of each retry, for metrics and logs.
 pub type RetryObserver = Arc<dyn Fn(&StoreError) + Send + Sync>;
 
-/// Wraps a store writer with retries and batch splitting.
+/// Wraps a store writer with retries and batch splitting. Every try is timed and every
+/// retry and final error counted in the metrics, under the writer's labels.
 pub struct ResilientWriter {
     inner: Box<dyn StoreWriter>,
     policy: RetryPolicy,
     on_retry: Option<RetryObserver>,
+    labels: StoreLabels,
+}
+
+/// Metric labels of one writer.
+#[derive(Debug, Clone, Copy)]
+pub struct StoreLabels {
+    pub engine: &'static str,
+    pub operation: &'static str,
 }
 
 impl ResilientWriter {
@@ -62,7 +73,16 @@ impl ResilientWriter {
             inner,
             policy,
             on_retry: None,
+            labels: StoreLabels {
+                engine: "store",
+                operation: "write",
+            },
         }
+    }
+
+    pub fn labels(mut self, labels: StoreLabels) -> Self {
+        self.labels = labels;
+        self
     }
 
     pub fn on_retry(mut self, observer: RetryObserver) -> Self {
@@ -108,6 +128,8 @@ impl ResilientWriter {
                 results
             }
             Err(err) => {
+                telemetry::record_store_error(self.labels.engine, self.labels.operation, &err);
+                tracing::error!(error = %err, rows = rows.len(), "store write failed");
                 let shared = Arc::new(err);
                 rows.iter().map(|_| Err(Arc::clone(&shared))).collect()
             }
@@ -121,8 +143,18 @@ impl ResilientWriter {
     ) -> Result<Vec<T>, StoreError> {
         let mut attempt = 1;
         loop {
-            match write(self.inner.as_mut(), rows) {
+            let started = std::time::Instant::now();
+            let result = write(self.inner.as_mut(), rows);
+            let StoreLabels { engine, operation } = self.labels;
+            telemetry::record_store_transaction(
+                engine,
+                operation,
+                started.elapsed(),
+                result.is_ok(),
+            );
+            match result {
                 Err(err) if err.is_retriable() && attempt < self.policy.attempts => {
+                    telemetry::record_store_retry(engine, operation, &err);
                     if let Some(observer) = &self.on_retry {
                         observer(&err);
                     }

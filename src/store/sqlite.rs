@@ -29,6 +29,8 @@ pub enum Synchronous {
 /// The SQLite store.
 pub struct SqliteStore {
     path: PathBuf,
+    /// Opened on first use, for reads that must not wait for the writer.
+    reader: Mutex<Option<Connection>>,
     writer: Arc<Mutex<Connection>>,
     /// Shared with the writers: checkpoints go on while any of them is alive.
     checkpointer: Arc<Checkpointer>,
@@ -146,6 +148,7 @@ impl SqliteStore {
         let checkpointer = Arc::new(Checkpointer::start(&path, Arc::clone(&writer))?);
         Ok(SqliteStore {
             path,
+            reader: Mutex::new(None),
             writer,
             checkpointer,
         })
@@ -172,6 +175,30 @@ impl Store for SqliteStore {
 
     fn engine(&self) -> &'static str {
         "sqlite"
+    }
+
+    fn namespace_counts(&self) -> Result<Vec<super::NamespaceCount>, StoreError> {
+        let mut reader = self.reader.lock().map_err(|_| StoreError::Poisoned)?;
+        if reader.is_none() {
+            let conn = Connection::open_with_flags(
+                &self.path,
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+            )?;
+            conn.busy_timeout(std::time::Duration::from_secs(5))?;
+            *reader = Some(conn);
+        }
+        let conn = reader.as_ref().expect("opened above");
+        let mut stmt = conn.prepare_cached(super::NAMESPACE_COUNTS_SQL)?;
+        let counts = stmt
+            .query_map([], |r| {
+                Ok(super::NamespaceCount {
+                    namespace: r.get(0)?,
+                    services: r.get::<_, i64>(1)?.max(0) as u64,
+                    instances: r.get::<_, i64>(2)?.max(0) as u64,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(counts)
     }
 }
 
