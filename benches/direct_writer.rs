@@ -4,6 +4,9 @@
 //! batchreg's storm rate is quoted as a ratio of this, measured in the same run.
 //!
 //! cargo bench --bench direct_writer -- --url mysql://root@127.0.0.1:3306/bench --count 100000
+//! cargo bench --bench direct_writer -- --url sqlite:///tmp/direct.db --count 100000
+//!
+//! On SQLite it writes on one connection (SQLite has one writer) with batchreg's pragmas.
 
 use std::time::Instant;
 
@@ -13,7 +16,8 @@ use mysql_async::{Params, Value};
 
 #[derive(Parser)]
 struct Args {
-    /// A MySQL database; its batchreg tables are created (migrated) and emptied first.
+    /// A MySQL database or a SQLite file; its batchreg tables are created (migrated) and
+    /// emptied first.
     #[arg(long)]
     url: String,
     #[arg(long, default_value_t = 100_000)]
@@ -48,29 +52,20 @@ async fn write_share(
         let mut checks = Vec::with_capacity(chunk.len() * 2);
         let mut meta = Vec::with_capacity(chunk.len() * metadata * 3);
         for &n in chunk {
-            let id = format!("{:040x}", n as u128 * 0x9E37_79B9_7F4A_7C15);
+            let (id, service, host, entries) = rows_of(n, metadata);
             instance.extend([
                 Value::from(&id),
-                Value::from(format!("{:032x}", n % 10)),
-                Value::from(format!(
-                    "10.{}.{}.{}",
-                    (n >> 16) & 0xff,
-                    (n >> 8) & 0xff,
-                    n & 0xff
-                )),
+                Value::from(service),
+                Value::from(host),
                 Value::from(8080u32),
                 Value::from("grpc"),
                 Value::from("1.0.0"),
                 Value::from(100u32),
-                Value::from(format!("{n:032x}")),
+                Value::from(&id[..32]),
             ]);
             checks.extend([Value::from(&id), Value::from(5u32)]);
-            for k in 0..metadata {
-                meta.extend([
-                    Value::from(&id),
-                    Value::from(format!("k{k}")),
-                    Value::from(format!("value-{n:08}-{k}")),
-                ]);
+            for (k, v) in entries {
+                meta.extend([Value::from(&id), Value::from(k), Value::from(v)]);
             }
         }
         tx.exec_drop(
@@ -104,6 +99,87 @@ async fn write_share(
     Ok(())
 }
 
+/// The rows of instance `n`: id, instance values, and its metadata entries.
+fn rows_of(n: usize, metadata: usize) -> (String, String, String, Vec<(String, String)>) {
+    let id = format!("{:040x}", n as u128 * 0x9E37_79B9_7F4A_7C15);
+    let host = format!("10.{}.{}.{}", (n >> 16) & 0xff, (n >> 8) & 0xff, n & 0xff);
+    let service = format!("{:032x}", n % 10);
+    let entries = (0..metadata)
+        .map(|k| (format!("k{k}"), format!("value-{n:08}-{k}")))
+        .collect();
+    (id, service, host, entries)
+}
+
+fn write_sqlite(path: &str, args: &Args) -> std::time::Duration {
+    let mut conn = rusqlite::Connection::open(path).unwrap();
+    conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+    conn.pragma_update(None, "synchronous", "FULL").unwrap();
+    conn.pragma_update(None, "temp_store", "MEMORY").unwrap();
+    for table in ["instance_metadata", "health_check", "instance"] {
+        conn.execute(&format!("DELETE FROM {table}"), []).unwrap();
+    }
+    let started = Instant::now();
+    let ids: Vec<usize> = (0..args.count).collect();
+    for chunk in ids.chunks(args.batch) {
+        let tx = conn.transaction().unwrap();
+        let rows: Vec<_> = chunk.iter().map(|&n| rows_of(n, args.metadata)).collect();
+        let mut instance: Vec<&dyn rusqlite::ToSql> = Vec::new();
+        let mut checks: Vec<&dyn rusqlite::ToSql> = Vec::new();
+        let mut meta: Vec<&dyn rusqlite::ToSql> = Vec::new();
+        for (id, service, host, entries) in &rows {
+            instance.extend([id as &dyn rusqlite::ToSql, service, host, id]);
+            checks.push(id);
+            for (k, v) in entries {
+                meta.extend([id as &dyn rusqlite::ToSql, k, v]);
+            }
+        }
+        let now = "2026-01-01 00:00:00.000";
+        tx.execute(
+            &format!(
+                "INSERT INTO instance (id, service_id, host, port, protocol, version, weight, revision, ctime, mtime) VALUES {}",
+                placeholders(chunk.len(), &format!("(?,?,?,8080,'grpc','1.0.0',100,?,'{now}','{now}')"))
+            ),
+            rusqlite::params_from_iter(instance),
+        )
+        .unwrap();
+        tx.execute(
+            &format!(
+                "INSERT INTO health_check (id, type, ttl) VALUES {}",
+                placeholders(chunk.len(), "(?,1,5)")
+            ),
+            rusqlite::params_from_iter(checks),
+        )
+        .unwrap();
+        if args.metadata > 0 {
+            tx.execute(
+                &format!(
+                    "INSERT INTO instance_metadata (id, mkey, mvalue, ctime, mtime) VALUES {}",
+                    placeholders(
+                        chunk.len() * args.metadata,
+                        &format!("(?,?,?,'{now}','{now}')")
+                    )
+                ),
+                rusqlite::params_from_iter(meta),
+            )
+            .unwrap();
+        }
+        tx.commit().unwrap();
+    }
+    started.elapsed()
+}
+
+fn report(args: &Args, connections: usize, elapsed: std::time::Duration) {
+    println!(
+        "direct writer: {} instances in {:.3} s = {:.1} instances/s ({} per transaction, {} connections, {} metadata)",
+        args.count,
+        elapsed.as_secs_f64(),
+        args.count as f64 / elapsed.as_secs_f64(),
+        args.batch,
+        connections,
+        args.metadata
+    );
+}
+
 fn main() {
     let args = Args::parse();
     // Creates the tables exactly as batchreg does.
@@ -115,12 +191,19 @@ fn main() {
         })
         .expect("database reachable"),
     );
+    if let Some(path) = args.url.strip_prefix("sqlite://") {
+        let elapsed = write_sqlite(path, &args);
+        report(&args, 1, elapsed);
+        return;
+    }
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         let pool = mysql_async::Pool::new(args.url.as_str());
         let mut conn = pool.get_conn().await.unwrap();
         for table in ["instance_metadata", "health_check", "instance"] {
-            conn.query_drop(format!("DELETE FROM {table}")).await.unwrap();
+            conn.query_drop(format!("DELETE FROM {table}"))
+                .await
+                .unwrap();
         }
         drop(conn);
         let started = Instant::now();
@@ -132,16 +215,7 @@ fn main() {
         while let Some(done) = tasks.join_next().await {
             done.unwrap().expect("write");
         }
-        let elapsed = started.elapsed();
-        println!(
-            "direct writer: {} instances in {:.3} s = {:.1} instances/s ({} per transaction, {} connections, {} metadata)",
-            args.count,
-            elapsed.as_secs_f64(),
-            args.count as f64 / elapsed.as_secs_f64(),
-            args.batch,
-            args.connections,
-            args.metadata
-        );
+        report(&args, args.connections, started.elapsed());
         pool.disconnect().await.unwrap();
     });
 }
