@@ -13,8 +13,30 @@ fn with_auth(config: &mut batchreg::config::Config) {
     }];
 }
 
+/// Everything the server logs in this test binary, at every level.
+#[derive(Clone, Default)]
+struct CapturedLogs(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for CapturedLogs {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 #[tokio::test]
 async fn missing_wrong_and_right_tokens() {
+    let logs = CapturedLogs::default();
+    let writer = logs.clone();
+    tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || writer.clone())
+        .init();
+    tracing::info!("log capture works");
     let t = TestServer::start(with_auth).await;
     let mut client = t.client().await;
 
