@@ -32,11 +32,13 @@ pub fn fresh_database(suffix: &str) -> Option<String> {
     Some(url)
 }
 
-/// Runs statements on their own connection, on a runtime of their own (callable from
-/// sync and async tests alike).
-pub fn admin(url: &str, statements: &[String]) {
+/// Runs `work` on one connection to `url`, on a thread and runtime of its own (callable
+/// from sync and async tests alike).
+fn with_connection<T: Send + 'static>(
+    url: &str,
+    work: impl AsyncFnOnce(&mut mysql_async::Conn) -> T + Send + 'static,
+) -> T {
     let url = url.to_owned();
-    let statements = statements.to_vec();
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -45,34 +47,31 @@ pub fn admin(url: &str, statements: &[String]) {
         runtime.block_on(async {
             let pool = mysql_async::Pool::new(url.as_str());
             let mut conn = pool.get_conn().await.expect("MySQL answers");
-            for statement in statements {
-                conn.query_drop(statement).await.expect("admin statement");
-            }
+            let result = work(&mut conn).await;
             drop(conn);
             pool.disconnect().await.unwrap();
-        });
-    })
-    .join()
-    .unwrap();
-}
-
-/// Runs one query returning a single number.
-pub fn scalar(url: &str, query: &str) -> i64 {
-    let (url, query) = (url.to_owned(), query.to_owned());
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async {
-            let pool = mysql_async::Pool::new(url.as_str());
-            let mut conn = pool.get_conn().await.unwrap();
-            let value: Option<i64> = conn.query_first(query).await.unwrap();
-            drop(conn);
-            pool.disconnect().await.unwrap();
-            value.unwrap()
+            result
         })
     })
     .join()
     .unwrap()
+}
+
+/// Runs statements on their own connection.
+pub fn admin(url: &str, statements: &[String]) {
+    let statements = statements.to_vec();
+    with_connection(url, async move |conn| {
+        for statement in statements {
+            conn.query_drop(statement).await.expect("admin statement");
+        }
+    });
+}
+
+/// Runs one query returning a single number.
+pub fn scalar(url: &str, query: &str) -> i64 {
+    let query = query.to_owned();
+    with_connection(url, async move |conn| {
+        let value: Option<i64> = conn.query_first(query).await.unwrap();
+        value.unwrap()
+    })
 }
