@@ -82,7 +82,11 @@ struct LiveCounters {
 /// What every worker shares.
 struct Shared<Request> {
     plan: RunPlan,
-    started: Instant,
+    /// When the run starts: set once every worker is ready (its histograms allocated),
+    /// so the cost of setting workers up never counts as latency.
+    started: watch::Sender<Option<Instant>>,
+    /// One permit per worker that is ready to run.
+    ready: Semaphore,
     request: Request,
     next_index: AtomicU64,
     counters: Arc<LiveCounters>,
@@ -109,7 +113,8 @@ where
 
     let shared = Arc::new(Shared {
         plan,
-        started: Instant::now(),
+        started: watch::Sender::new(None),
+        ready: Semaphore::new(0),
         request,
         next_index: AtomicU64::new(0),
         counters,
@@ -119,6 +124,17 @@ where
     let worker_count = plan
         .in_flight
         .min(plan.total.try_into().unwrap_or(u32::MAX));
+    let workers: Vec<_> = (0..worker_count)
+        .map(|worker| tokio::spawn(run_worker(worker, Arc::clone(&shared))))
+        .collect();
+    shared
+        .ready
+        .acquire_many(worker_count)
+        .await
+        .expect("the ready semaphore is never closed")
+        .forget();
+    let started = Instant::now();
+    shared.started.send_replace(Some(started));
     if let Pacing::OpenLoop { schedule, pacer } = plan.pacing {
         let release = Release {
             schedule,
@@ -128,21 +144,17 @@ where
         };
         match pacer {
             Pacer::Thread => {
-                let started = shared.started.into_std();
                 std::thread::Builder::new()
                     .name("loadgen-pacer".to_owned())
-                    .spawn(move || release.on_thread(started))
+                    .spawn(move || release.on_thread(started.into_std()))
                     .expect("spawn the pacer thread");
             }
             #[cfg(test)]
             Pacer::Timer => {
-                tokio::spawn(release.on_timer(shared.started));
+                tokio::spawn(release.on_timer(started));
             }
         }
     }
-    let workers: Vec<_> = (0..worker_count)
-        .map(|worker| tokio::spawn(run_worker(worker, Arc::clone(&shared))))
-        .collect();
 
     let mut operations: Vec<_> = plan
         .operations
@@ -155,7 +167,7 @@ where
             total.merge(part);
         }
     }
-    let elapsed = shared.started.elapsed();
+    let elapsed = started.elapsed();
     if let Some(progress) = progress {
         progress.finish().await;
     }
@@ -178,8 +190,15 @@ where
         .iter()
         .map(|op| Measurements::new(*op))
         .collect();
+    shared.ready.add_permits(1);
+    let mut start = shared.started.subscribe();
+    let started = start
+        .wait_for(Option::is_some)
+        .await
+        .expect("the run outlives its workers")
+        .expect("waited until the start is set");
     if let Pacing::ClosedLoop { ramp } = plan.pacing {
-        let join_at = shared.started + worker_join_offset(worker, plan.in_flight, ramp);
+        let join_at = started + worker_join_offset(worker, plan.in_flight, ramp);
         let mut exhausted = shared.exhausted.subscribe();
         tokio::select! {
             () = tokio::time::sleep_until(join_at) => {}
@@ -203,7 +222,7 @@ where
         // before it is answered.
         let mut due = match plan.pacing {
             Pacing::ClosedLoop { .. } => Instant::now(),
-            Pacing::OpenLoop { schedule, .. } => shared.started + schedule.offset(index),
+            Pacing::OpenLoop { schedule, .. } => started + schedule.offset(index),
         };
         for (op, measurements) in measured.iter_mut().enumerate() {
             let sent = Instant::now();
