@@ -7,6 +7,13 @@
 //! cargo bench --bench direct_writer -- --url sqlite:///tmp/direct.db --count 100000
 //!
 //! On SQLite it writes on one connection (SQLite has one writer) with batchreg's pragmas.
+//!
+//! With `--rate R` it measures latency instead: one instance per transaction, due every
+//! 1/R s on one connection (an open loop, as `batchreg-loadgen open-loop`), and prints
+//! p50/p99/p99.9/max of each transaction from its due time. That is the floor under
+//! batchreg's own latency at a low offered rate.
+//!
+//! cargo bench --bench direct_writer -- --url mysql://root@127.0.0.1:3306/bench --rate 200 --count 6000
 
 use std::time::Instant;
 
@@ -30,6 +37,9 @@ struct Args {
     connections: usize,
     #[arg(long, default_value_t = 3)]
     metadata: usize,
+    /// Transactions of one instance each, due at this rate, on one connection.
+    #[arg(long)]
+    rate: Option<f64>,
     /// Accepted and ignored (cargo bench passes it).
     #[arg(long, hide = true)]
     bench: bool,
@@ -47,6 +57,18 @@ async fn write_share(
 ) -> mysql_async::Result<()> {
     let mut conn = pool.get_conn().await?;
     for chunk in ids.chunks(args_batch) {
+        write_batch(&mut conn, chunk, metadata).await?;
+    }
+    Ok(())
+}
+
+/// One transaction inserting instances `chunk`.
+async fn write_batch(
+    conn: &mut mysql_async::Conn,
+    chunk: &[usize],
+    metadata: usize,
+) -> mysql_async::Result<()> {
+    {
         let mut tx = conn.start_transaction(Default::default()).await?;
         let mut instance = Vec::with_capacity(chunk.len() * 8);
         let mut checks = Vec::with_capacity(chunk.len() * 2);
@@ -97,6 +119,40 @@ async fn write_share(
         tx.commit().await?;
     }
     Ok(())
+}
+
+/// Latency from each transaction's due time, in µs.
+fn latency_histogram() -> hdrhistogram::Histogram<u64> {
+    hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")
+}
+
+fn report_latency(args: &Args, rate: f64, latency: &hdrhistogram::Histogram<u64>) {
+    let ms = |q: f64| latency.value_at_quantile(q) as f64 / 1000.0;
+    println!(
+        "direct writer at {rate}/s: {} transactions of 1 instance ({} metadata), latency from the due time: p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms",
+        args.count,
+        args.metadata,
+        ms(0.5),
+        ms(0.99),
+        ms(0.999),
+        latency.max() as f64 / 1000.0
+    );
+}
+
+/// Open loop on MySQL: instance `n` is due `n / rate` s after the start.
+async fn paced_mysql(pool: &mysql_async::Pool, args: &Args, rate: f64) {
+    let mut conn = pool.get_conn().await.unwrap();
+    let mut latency = latency_histogram();
+    let started = tokio::time::Instant::now();
+    for n in 0..args.count {
+        let due = started + std::time::Duration::from_secs_f64(n as f64 / rate);
+        tokio::time::sleep_until(due).await;
+        write_batch(&mut conn, &[n], args.metadata)
+            .await
+            .expect("write");
+        latency.saturating_record(due.elapsed().as_micros() as u64);
+    }
+    report_latency(args, rate, &latency);
 }
 
 /// The rows of instance `n`: id, instance values, and its metadata entries.
@@ -192,6 +248,7 @@ fn main() {
         .expect("database reachable"),
     );
     if let Some(path) = args.url.strip_prefix("sqlite://") {
+        assert!(args.rate.is_none(), "--rate is measured on MySQL only");
         let elapsed = write_sqlite(path, &args);
         report(&args, 1, elapsed);
         return;
@@ -206,6 +263,11 @@ fn main() {
                 .unwrap();
         }
         drop(conn);
+        if let Some(rate) = args.rate {
+            paced_mysql(&pool, &args, rate).await;
+            pool.disconnect().await.unwrap();
+            return;
+        }
         let started = Instant::now();
         let mut tasks = tokio::task::JoinSet::new();
         for c in 0..args.connections {

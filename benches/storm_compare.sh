@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The storm comparison, all figures from one run on one machine:
 #   1. the direct writer (benches/direct_writer.rs): the store's own ceiling, no RPC,
+#      and the bare gRPC server (benches/grpc_ceiling.rs): the transport's own ceiling,
+#      no store,
 #   2. batchreg, fresh storm of COUNT instances,
 #   3. batchreg, the same COUNT again unchanged (restart storm),
 #   4. batchreg with batching off (max_batch = 1), fresh storm,
@@ -23,6 +25,7 @@ http=127.0.0.1:18190
 
 cargo build --release -p batchreg -p batchreg-loadgen --benches >/dev/null 2>&1
 direct=$(ls -t target/release/deps/direct_writer-* | grep -v '\.d$' | head -1)
+ceiling=$(ls -t target/release/deps/grpc_ceiling-* | grep -v '\.d$' | head -1)
 work=$(mktemp -d)
 mkdir -p "$out_dir"
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
@@ -38,6 +41,15 @@ store_url() {
   fi
 }
 
+# report JSON: prints "rate p50 p99 codes" from a loadgen JSON report.
+report() {
+  python3 -c '
+import json, sys
+r = json.load(open(sys.argv[1]))
+print("%.0f %.1f %.1f %s" % (r["rate_per_s"], r["latency_ms"]["p50"], r["latency_ms"]["p99"],
+      ",".join("%s:%s" % kv for kv in sorted(r["codes"].items()))))' "$1"
+}
+
 # storm URL EXTRA_TOML IN_FLIGHT COUNT SCENARIO...: runs the loadgen against a server on
 # URL; prints "rate p50 p99 codes" per scenario from its JSON report.
 storm() {
@@ -50,16 +62,20 @@ storm() {
   for scenario in "$@"; do
     target/release/batchreg-loadgen "$scenario" --target "$grpc" --count "$n" --in-flight "$flight" \
       --no-progress --json > "$work/$scenario.json" || true
-    python3 -c '
-import json, sys
-r = json.load(open(sys.argv[1]))
-print("%.0f %.1f %.1f %s" % (r["rate_per_s"], r["latency_ms"]["p50"], r["latency_ms"]["p99"],
-      ",".join("%s:%s" % kv for kv in sorted(r["codes"].items()))))' "$work/$scenario.json"
+    report "$work/$scenario.json"
   done
   kill $pid; wait $pid || true
 }
 
 direct_rate=$("$direct" --url "$(store_url bench_direct)" --count "$count" | sed -E 's/.*= ([0-9.]+) instances.*/\1/')
+
+"$ceiling" --listen "$grpc" 2> "$work/ceiling.log" &
+ceiling_pid=$!
+for _ in $(seq 1 50); do grep -q serving "$work/ceiling.log" && break; sleep 0.2; done
+target/release/batchreg-loadgen storm --target "$grpc" --count "$count" --in-flight "$in_flight" \
+  --no-progress --json > "$work/ceiling.json" || true
+kill $ceiling_pid; wait $ceiling_pid || true
+read -r bare_rate bare_p50 bare_p99 bare_codes < <(report "$work/ceiling.json")
 
 read -r fresh_rate fresh_p50 fresh_p99 fresh_codes restart_rate restart_p50 restart_p99 restart_codes < <(
   storm "$(store_url bench_batchreg)" "" "$in_flight" "$count" storm restart | tr '\n' ' '; echo)
@@ -85,6 +101,7 @@ echo
 echo "| run | rate /s | p50 ms | p99 ms | ratio | answers |"
 echo "| --- | ---: | ---: | ---: | --- | --- |"
 echo "| direct writer (no RPC, ideal batches) | ${direct_rate%.*} | | | 1.00 × direct | |"
+echo "| bare gRPC server (no store, answers at once) | $bare_rate | $bare_p50 | $bare_p99 | $(ratio "$bare_rate" "$direct_rate") × direct | $bare_codes |"
 echo "| batchreg, fresh | $fresh_rate | $fresh_p50 | $fresh_p99 | $(ratio "$fresh_rate" "$direct_rate") × direct | $fresh_codes |"
 echo "| batchreg, restart (unchanged) | $restart_rate | $restart_p50 | $restart_p99 | $(ratio "$restart_rate" "$fresh_rate") × fresh | $restart_codes |"
 echo "| batchreg, batching off (max_batch 1) | $off_rate | $off_p50 | $off_p99 | fresh = $(ratio "$fresh_rate" "$off_rate") × this | $off_codes |"
