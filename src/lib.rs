@@ -194,24 +194,35 @@ fn local_addr(listener: &TcpListener, addr: SocketAddr) -> Result<SocketAddr, Se
         .map_err(|source| ServerError::Bind { addr, source })
 }
 
-/// How often the instances/services gauges are refreshed from the store.
+/// How often the instances/services gauges are refreshed from the store, at most.
 const COUNTS_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+/// The count scans the instance index, so its cost grows with the fleet (on MariaDB
+/// 14 ms for 12,000 instances, about 1.2 s for a million): the wait after a count is at
+/// least this many times what the count took, which keeps the scans under 2% of the
+/// database's time however large the fleet.
+const COUNTS_IDLE_FACTOR: u32 = 50;
+
+/// The wait before the next count, after one that took `took`.
+fn next_count_after(took: std::time::Duration) -> std::time::Duration {
+    COUNTS_EVERY.max(took.saturating_mul(COUNTS_IDLE_FACTOR))
+}
 
 /// Keeps the per-namespace instance and service gauges current until the server stops.
 async fn refresh_namespace_counts(store: Arc<dyn store::Store>, stopped: impl Future<Output = ()>) {
     let mut known = Vec::new();
-    let mut ticks = tokio::time::interval(COUNTS_EVERY);
     tokio::pin!(stopped);
     loop {
-        tokio::select! {
-            _ = &mut stopped => return,
-            _ = ticks.tick() => {}
-        }
         let reading = Arc::clone(&store);
+        let started = tokio::time::Instant::now();
         match tokio::task::spawn_blocking(move || reading.namespace_counts()).await {
             Ok(Ok(counts)) => telemetry::set_namespace_counts(&counts, &mut known),
             Ok(Err(err)) => tracing::warn!(error = %err, "cannot count instances for the metrics"),
             Err(err) => tracing::warn!(error = %err, "instance count task failed"),
+        }
+        let wait = next_count_after(started.elapsed());
+        tokio::select! {
+            _ = &mut stopped => return,
+            _ = tokio::time::sleep(wait) => {}
         }
     }
 }
@@ -231,4 +242,22 @@ async fn serve_grpc(
         .add_service(adapter.into_server())
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn counts_wait_the_period_or_fifty_times_the_last_count() {
+        assert_eq!(next_count_after(Duration::ZERO), COUNTS_EVERY);
+        assert_eq!(next_count_after(Duration::from_millis(14)), COUNTS_EVERY);
+        assert_eq!(next_count_after(Duration::from_millis(100)), COUNTS_EVERY);
+        assert_eq!(
+            next_count_after(Duration::from_millis(1_200)),
+            Duration::from_secs(60)
+        );
+        assert_eq!(next_count_after(Duration::MAX), Duration::MAX);
+    }
 }
