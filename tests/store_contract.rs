@@ -273,3 +273,40 @@ fn mysql_store_meets_the_contract() {
         .unwrap()
     });
 }
+
+/// Two workers writing at once, round after round, keep using the pooled connections
+/// they had: a connection closed and reopened per batch would cost a connect and new
+/// prepared statements every time.
+#[test]
+fn mysql_writers_keep_their_pooled_connections() {
+    let Some(url) = mysql::fresh_database("pool_reuse") else {
+        return;
+    };
+    let store = batchreg::store::open(&StoreOptions {
+        url: url.clone(),
+        sqlite_synchronous: batchreg::store::sqlite::Synchronous::Normal,
+        concurrency: std::num::NonZeroUsize::new(2),
+    })
+    .unwrap();
+    let mut writers = [store.writer().unwrap(), store.writer().unwrap()];
+    let mut seen = std::collections::BTreeSet::new();
+    for round in 0..20u32 {
+        std::thread::scope(|scope| {
+            for (w, writer) in writers.iter_mut().enumerate() {
+                scope.spawn(move || {
+                    let row = record("pool", &format!("10.1.{w}.{round}"), 80);
+                    let outcomes = writer.register(&[row], CREATE).unwrap();
+                    assert_eq!(outcomes, [RegisterOutcome::Created]);
+                });
+            }
+        });
+        seen.extend(mysql::connection_ids(&url));
+    }
+    assert_eq!(mysql::scalar(&url, "SELECT COUNT(*) FROM instance"), 40);
+    // The pool holds at most 2 × 2 + 1 connections.
+    assert!(
+        seen.len() <= 5,
+        "connections opened over 20 rounds: {}",
+        seen.len()
+    );
+}

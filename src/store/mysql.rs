@@ -29,6 +29,8 @@ const MAX_PARAMS: usize = 65_535;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a store worker waits for a pooled connection before the try counts as failed.
 const POOL_WAIT: Duration = Duration::from_secs(10);
+/// How long a pooled connection may stay idle before it is closed (down to one).
+const IDLE_CONNECTION_TTL: Duration = Duration::from_secs(60);
 /// Store workers per batch controller when the config does not say.
 pub const DEFAULT_CONCURRENCY: usize = 2;
 
@@ -96,10 +98,17 @@ impl MysqlStore {
         let opts = Opts::from_url(url).map_err(|e| StoreError::Mysql(e.into()))?;
         // Two controllers' workers, plus one for migrations and reads.
         let max = 2 * concurrency + 1;
+        // Connections stay open and keep their prepared statements between batches:
+        // with no idle TTL, mysql_async keeps only `min` idle connections and closes
+        // every other one as it comes back, so each batch would connect and prepare
+        // anew; and a reset on return would drop the prepared statements. Nothing is
+        // kept in the session (each transaction sets its own isolation level).
         let builder = OptsBuilder::from_opts(opts)
             .pool_opts(
                 PoolOpts::default()
-                    .with_constraints(PoolConstraints::new(1, max).expect("1 <= max")),
+                    .with_constraints(PoolConstraints::new(1, max).expect("1 <= max"))
+                    .with_inactive_connection_ttl(IDLE_CONNECTION_TTL)
+                    .with_reset_connection(false),
             )
             .stmt_cache_size(256);
         let _entered = runtime.enter();

@@ -75,3 +75,15 @@ pub fn scalar(url: &str, query: &str) -> i64 {
         value.unwrap()
     })
 }
+
+/// Ids of the server connections open on `url`'s database, other than the one asking.
+pub fn connection_ids(url: &str) -> Vec<i64> {
+    with_connection(url, async move |conn| {
+        conn.query(
+            "SELECT ID FROM information_schema.PROCESSLIST
+             WHERE DB = DATABASE() AND ID <> CONNECTION_ID()",
+        )
+        .await
+        .unwrap()
+    })
+}
