@@ -211,6 +211,7 @@ impl Store for MysqlStore {
     fn writer(&self) -> Result<Box<dyn StoreWriter>, StoreError> {
         Ok(Box::new(MysqlWriter {
             shared: Arc::clone(&self.shared),
+            expect_unchanged: true,
         }))
     }
 
@@ -242,6 +243,11 @@ impl Store for MysqlStore {
 
 struct MysqlWriter {
     shared: Arc<Shared>,
+    /// Whether the last batch wrote nothing: then the next one is first looked up
+    /// without a transaction, since a restart storm re-registers what is stored. In a
+    /// storm of new instances that look-up would be wasted, so it is skipped until a
+    /// batch writes nothing again.
+    expect_unchanged: bool,
 }
 
 impl StoreWriter for MysqlWriter {
@@ -252,18 +258,23 @@ impl StoreWriter for MysqlWriter {
     ) -> Result<Vec<RegisterOutcome>, StoreError> {
         // A restart storm re-registers what is already stored: one plain read shows it,
         // with no transaction and no locks. The database held this exact content when read.
-        let existing = self.shared.block_on(async {
-            let mut conn = tokio::time::timeout(POOL_WAIT, self.shared.pool.get_conn())
-                .await
-                .map_err(|_| StoreError::PoolTimeout)??;
-            read_existing(&mut conn, rows, "").await
-        })?;
-        if plan::all_unchanged(rows, &existing) {
-            return Ok(vec![RegisterOutcome::Unchanged; rows.len()]);
+        if self.expect_unchanged {
+            let existing = self.shared.block_on(async {
+                let mut conn = tokio::time::timeout(POOL_WAIT, self.shared.pool.get_conn())
+                    .await
+                    .map_err(|_| StoreError::PoolTimeout)??;
+                read_existing(&mut conn, rows, "").await
+            })?;
+            if plan::all_unchanged(rows, &existing) {
+                return Ok(vec![RegisterOutcome::Unchanged; rows.len()]);
+            }
         }
         let max_bytes = self.shared.max_statement_bytes;
-        self.shared
-            .transaction(async |tx| register_in(tx, rows, options, max_bytes).await)
+        let outcomes = self
+            .shared
+            .transaction(async |tx| register_in(tx, rows, options, max_bytes).await)?;
+        self.expect_unchanged = outcomes.iter().all(|o| *o == RegisterOutcome::Unchanged);
+        Ok(outcomes)
     }
 
     fn deregister(&mut self, ids: &[String]) -> Result<Vec<DeregisterOutcome>, StoreError> {
