@@ -251,6 +251,16 @@ fn batches_larger_than_one_statement_are_chunked(store: &dyn Store) {
     assert!(outcomes.iter().all(|o| *o == DeregisterOutcome::Deleted));
 }
 
+/// Opens the store at `url` with `concurrency` workers (the store's default when `None`).
+fn open(url: String, concurrency: Option<usize>) -> Arc<dyn Store> {
+    batchreg::store::open(&StoreOptions {
+        url,
+        sqlite_synchronous: batchreg::store::sqlite::Synchronous::Normal,
+        concurrency: concurrency.and_then(std::num::NonZeroUsize::new),
+    })
+    .unwrap()
+}
+
 #[test]
 fn sqlite_store_meets_the_contract() {
     let dir = tempfile::tempdir().unwrap();
@@ -261,12 +271,7 @@ fn sqlite_store_meets_the_contract() {
             "sqlite://{}",
             dir.path().join(format!("contract-{n}.db")).display()
         );
-        batchreg::store::open(&StoreOptions {
-            url,
-            sqlite_synchronous: batchreg::store::sqlite::Synchronous::Normal,
-            concurrency: None,
-        })
-        .unwrap()
+        open(url, None)
     });
 }
 
@@ -279,12 +284,7 @@ fn mysql_store_meets_the_contract() {
     run_contract(&|| {
         let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let url = mysql::fresh_database(&format!("contract_{n}")).unwrap();
-        batchreg::store::open(&StoreOptions {
-            url,
-            sqlite_synchronous: batchreg::store::sqlite::Synchronous::Normal,
-            concurrency: None,
-        })
-        .unwrap()
+        open(url, None)
     });
 }
 
@@ -296,12 +296,7 @@ fn mysql_writers_keep_their_pooled_connections() {
     let Some(url) = mysql::fresh_database("pool_reuse") else {
         return;
     };
-    let store = batchreg::store::open(&StoreOptions {
-        url: url.clone(),
-        sqlite_synchronous: batchreg::store::sqlite::Synchronous::Normal,
-        concurrency: std::num::NonZeroUsize::new(2),
-    })
-    .unwrap();
+    let store = open(url.clone(), Some(2));
     let mut writers = [store.writer().unwrap(), store.writer().unwrap()];
     let mut seen = std::collections::BTreeSet::new();
     for round in 0..20u32 {
