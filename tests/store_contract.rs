@@ -6,6 +6,8 @@ mod mysql;
 
 use std::sync::Arc;
 
+use mysql_async::prelude::Queryable;
+
 use batchreg::store::resilient::{ResilientWriter, RetryPolicy};
 use batchreg::store::{
     DeregisterOutcome, InstanceRecord, RegisterOptions, RegisterOutcome, Store, StoreOptions,
@@ -318,4 +320,100 @@ fn mysql_writers_keep_their_pooled_connections() {
         "connections opened over 20 rounds: {}",
         seen.len()
     );
+}
+
+/// A new instance that another writer inserts between this batch's look-up and its own
+/// insert: the insert fails, the batch is tried again, finds the row and replaces it,
+/// metadata and all.
+#[test]
+fn mysql_an_instance_inserted_meanwhile_is_replaced_on_retry() {
+    let Some(url) = mysql::fresh_database("raced") else {
+        return;
+    };
+    let store = open(url.clone(), None);
+    // The batch looks both up in id order: `new` (not stored yet) first, then `held`.
+    let new = record("race", "10.2.0.1", 1);
+    let held = record("race", "10.2.0.9", 9);
+    assert!(new.id < held.id);
+    let retries = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let observed = Arc::clone(&retries);
+    let mut writer = ResilientWriter::new(store.writer().unwrap(), RetryPolicy::default())
+        .on_retry(Arc::new(move |err| {
+            observed.lock().unwrap().push(err.reason());
+        }));
+    assert!(matches!(
+        writer.register(std::slice::from_ref(&held), CREATE)[..],
+        [Ok(RegisterOutcome::Created)]
+    ));
+
+    let (locked, held_locked) = std::sync::mpsc::channel();
+    let (new_id, held_id) = (new.id.clone(), held.id.clone());
+    let other = std::thread::spawn(move || {
+        mysql::with_connection(&url, async move |conn| {
+            conn.query_drop("START TRANSACTION").await.unwrap();
+            let _: Vec<String> = conn
+                .exec(
+                    "SELECT id FROM instance WHERE id = ? FOR UPDATE",
+                    (&held_id,),
+                )
+                .await
+                .unwrap();
+            locked.send(()).unwrap();
+            // The batch has looked `new` up (not there) and waits for `held`'s lock: its
+            // locking read has been running for a second.
+            let mut polls = 0;
+            loop {
+                let waiting: Option<i64> = conn
+                    .query_first(
+                        "SELECT COUNT(*) FROM information_schema.PROCESSLIST
+                         WHERE DB = DATABASE() AND ID <> CONNECTION_ID() AND TIME >= 1
+                           AND INFO LIKE 'SELECT id, revision, isolate FROM instance%FOR UPDATE'",
+                    )
+                    .await
+                    .unwrap();
+                if waiting.unwrap_or(0) > 0 {
+                    break;
+                }
+                polls += 1;
+                assert!(polls < 3_000, "the batch never waited for the held row");
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            conn.exec_drop(
+                "INSERT INTO instance (id, service_id, host, port, revision)
+                 VALUES (?, 'other', '10.9.9.9', 9, 'other')",
+                (&new_id,),
+            )
+            .await
+            .unwrap();
+            conn.exec_drop(
+                "INSERT INTO instance_metadata (id, mkey, mvalue) VALUES (?, 'stale', 'x')",
+                (&new_id,),
+            )
+            .await
+            .unwrap();
+            conn.query_drop("COMMIT").await.unwrap();
+        })
+    });
+    held_locked.recv().unwrap();
+    let results = writer.register(&[new.clone(), held.clone()], CREATE);
+    other.join().unwrap();
+
+    assert!(
+        matches!(
+            results[..],
+            [
+                Ok(RegisterOutcome::Replaced),
+                Ok(RegisterOutcome::Unchanged)
+            ]
+        ),
+        "{results:?}"
+    );
+    assert_eq!(*retries.lock().unwrap(), ["raced"]);
+    let stored = store.writer().unwrap().instance(&new.id).unwrap().unwrap();
+    assert_eq!(stored.record.host, new.host);
+    assert_eq!(
+        stored.record.metadata, new.metadata,
+        "the stale entry is gone"
+    );
+    assert_eq!(stored.record.health_check_ttl, new.health_check_ttl);
 }

@@ -41,6 +41,10 @@ pub enum StoreError {
     Poisoned,
     #[error("mysql error: {0}")]
     Mysql(#[from] mysql_async::Error),
+    /// Another writer inserted one of the batch's new instances after the batch looked
+    /// for it; tried again, the batch finds the row and replaces it.
+    #[error("another writer inserted an instance of this batch meanwhile")]
+    Raced,
     #[error("cannot connect to the database at {target}: {reason}")]
     Connect { target: String, reason: String },
     #[error("no database connection free in time")]
@@ -87,7 +91,7 @@ impl StoreError {
                 rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
             ),
             StoreError::Mysql(err) => mysql_transient(err),
-            StoreError::PoolTimeout => true,
+            StoreError::PoolTimeout | StoreError::Raced => true,
             _ => false,
         }
     }
@@ -116,6 +120,7 @@ impl StoreError {
             StoreError::Mysql(_) => "mysql",
             StoreError::Connect { .. } => "connect",
             StoreError::PoolTimeout => "pool_timeout",
+            StoreError::Raced => "raced",
             StoreError::Runtime(_) => "runtime",
             StoreError::MigrationLock => "migration",
         }

@@ -304,12 +304,17 @@ async fn register_in(
     if writes.is_empty() {
         return Ok(outcomes);
     }
-    upsert_instances(tx, &writes, &now, max_bytes).await?;
-    // Metadata and health checks of every written row are replaced: a row another replica
-    // inserted since this batch looked may already have some.
-    let written: Vec<&str> = writes.iter().map(|w| w.record.id.as_str()).collect();
-    delete_where_id_in(tx, "instance_metadata", &written).await?;
-    let unchecked: Vec<&str> = writes
+    // Rows this batch found are locked and updated in place. Rows it did not find are
+    // inserted without `ON DUPLICATE KEY`: if another writer inserted one since (read
+    // committed locks no gaps), the insert fails and the batch is tried again, and then
+    // finds it. So an inserted row is new, with no metadata or health check to replace.
+    let (added, replaced): (Vec<&PlannedWrite<'_>>, Vec<&PlannedWrite<'_>>) =
+        writes.iter().partition(|w| !w.replaced);
+    write_instances(tx, &replaced, OnDuplicate::Update, &now, max_bytes).await?;
+    write_instances(tx, &added, OnDuplicate::Fail, &now, max_bytes).await?;
+    let replaced_ids: Vec<&str> = replaced.iter().map(|w| w.record.id.as_str()).collect();
+    delete_where_id_in(tx, "instance_metadata", &replaced_ids).await?;
+    let unchecked: Vec<&str> = replaced
         .iter()
         .filter(|w| w.record.health_check_ttl.is_none())
         .map(|w| w.record.id.as_str())
@@ -411,7 +416,7 @@ fn params<V: Into<Value>>(values: impl IntoIterator<Item = V>) -> Params {
 
 const INSTANCE_COLUMNS: usize = 19;
 
-fn instance_bytes(w: &PlannedWrite<'_>) -> usize {
+fn instance_bytes(w: &&PlannedWrite<'_>) -> usize {
     let r = w.record;
     128 + r.id.len()
         + r.host.len()
@@ -424,13 +429,41 @@ fn instance_bytes(w: &PlannedWrite<'_>) -> usize {
         + r.campus.len()
 }
 
-async fn upsert_instances(
+/// What an instance insert does with a row whose id is already stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OnDuplicate {
+    /// Updates it in place (ctime kept).
+    Update,
+    /// Fails the batch with [`StoreError::Raced`], to be tried again.
+    Fail,
+}
+
+/// MySQL's "Duplicate entry for key" error.
+const ER_DUP_ENTRY: u16 = 1062;
+
+async fn write_instances(
     tx: &mut Transaction<'_>,
-    writes: &[PlannedWrite<'_>],
+    writes: &[&PlannedWrite<'_>],
+    on_duplicate: OnDuplicate,
     now: &str,
     max_bytes: usize,
 ) -> Result<(), StoreError> {
     let row = "(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,0,?,?)";
+    let update = match on_duplicate {
+        OnDuplicate::Fail => "",
+        OnDuplicate::Update => {
+            "ON DUPLICATE KEY UPDATE
+                 service_id = VALUES(service_id), vpc_id = VALUES(vpc_id),
+                 host = VALUES(host), port = VALUES(port), protocol = VALUES(protocol),
+                 version = VALUES(version), health_status = VALUES(health_status),
+                 isolate = VALUES(isolate), weight = VALUES(weight),
+                 enable_health_check = VALUES(enable_health_check),
+                 logic_set = VALUES(logic_set), cmdb_region = VALUES(cmdb_region),
+                 cmdb_zone = VALUES(cmdb_zone), cmdb_idc = VALUES(cmdb_idc),
+                 priority = VALUES(priority), revision = VALUES(revision),
+                 flag = 0, mtime = VALUES(mtime)"
+        }
+    };
     for chunk in statement_chunks(
         writes,
         INSTANCE_COLUMNS,
@@ -442,17 +475,7 @@ async fn upsert_instances(
             "INSERT INTO instance (id, service_id, vpc_id, host, port, protocol, version,
                  health_status, isolate, weight, enable_health_check, logic_set, cmdb_region,
                  cmdb_zone, cmdb_idc, priority, revision, flag, ctime, mtime)
-             VALUES {}
-             ON DUPLICATE KEY UPDATE
-                 service_id = VALUES(service_id), vpc_id = VALUES(vpc_id),
-                 host = VALUES(host), port = VALUES(port), protocol = VALUES(protocol),
-                 version = VALUES(version), health_status = VALUES(health_status),
-                 isolate = VALUES(isolate), weight = VALUES(weight),
-                 enable_health_check = VALUES(enable_health_check),
-                 logic_set = VALUES(logic_set), cmdb_region = VALUES(cmdb_region),
-                 cmdb_zone = VALUES(cmdb_zone), cmdb_idc = VALUES(cmdb_idc),
-                 priority = VALUES(priority), revision = VALUES(revision),
-                 flag = 0, mtime = VALUES(mtime)",
+             VALUES {} {update}",
             row_placeholders(chunk.len(), row)
         );
         let mut values: Vec<Value> = Vec::with_capacity(chunk.len() * INSTANCE_COLUMNS);
@@ -481,7 +504,14 @@ async fn upsert_instances(
             ]);
         }
         debug_assert_eq!(values.len(), chunk.len() * INSTANCE_COLUMNS);
-        tx.exec_drop(sql, Params::Positional(values)).await?;
+        match tx.exec_drop(sql, Params::Positional(values)).await {
+            Err(mysql_async::Error::Server(err))
+                if err.code == ER_DUP_ENTRY && on_duplicate == OnDuplicate::Fail =>
+            {
+                return Err(StoreError::Raced);
+            }
+            done => done?,
+        }
     }
     Ok(())
 }

@@ -34,7 +34,7 @@ pub fn fresh_database(suffix: &str) -> Option<String> {
 
 /// Runs `work` on one connection to `url`, on a thread and runtime of its own (callable
 /// from sync and async tests alike).
-fn with_connection<T: Send + 'static>(
+pub fn with_connection<T: Send + 'static>(
     url: &str,
     work: impl AsyncFnOnce(&mut mysql_async::Conn) -> T + Send + 'static,
 ) -> T {
