@@ -53,6 +53,7 @@ pub fn run_contract(open: &dyn Fn() -> Arc<dyn Store>) {
     a_bad_row_does_not_fail_its_batch_mates(open().as_ref());
     deregister_deletes_every_row(open().as_ref());
     batches_larger_than_one_statement_are_chunked(open().as_ref());
+    names_that_differ_only_in_case_are_distinct(open().as_ref());
 }
 
 fn new_instances_are_created_and_read_back(store: &dyn Store) {
@@ -253,6 +254,49 @@ fn batches_larger_than_one_statement_are_chunked(store: &dyn Store) {
     assert!(outcomes.iter().all(|o| *o == DeregisterOutcome::Deleted));
 }
 
+/// Ids, metadata keys and service names are compared byte for byte, as the naming layer
+/// and SQLite compare them: `Svc` and `svc` are two services, `Env` and `env` two keys.
+fn names_that_differ_only_in_case_are_distinct(store: &dyn Store) {
+    let mut writer = store.writer().unwrap();
+    let mut lower = record("svc", "10.0.0.1", 1);
+    lower.id = "instance-a".to_owned();
+    lower.metadata = vec![
+        ("Env".to_owned(), "1".to_owned()),
+        ("env".to_owned(), "2".to_owned()),
+    ];
+    let mut upper = record("Svc", "10.0.0.1", 1);
+    upper.id = "INSTANCE-A".to_owned();
+    let outcomes = writer
+        .register(&[lower.clone(), upper.clone()], CREATE)
+        .unwrap();
+    assert_eq!(outcomes, vec![RegisterOutcome::Created; 2]);
+    let stored_lower = writer
+        .instance(&lower.id)
+        .unwrap()
+        .expect("lower-case id stored");
+    let stored_upper = writer
+        .instance(&upper.id)
+        .unwrap()
+        .expect("upper-case id stored");
+    assert_eq!(stored_lower.record.id, "instance-a");
+    assert_eq!(stored_lower.record.service, "svc");
+    assert_eq!(stored_lower.record.metadata, lower.metadata);
+    assert_eq!(stored_upper.record.id, "INSTANCE-A");
+    assert_eq!(stored_upper.record.service, "Svc");
+    assert_ne!(stored_lower.service_id, stored_upper.service_id);
+    // Registered again, each is unchanged, not mistaken for the other.
+    let outcomes = writer
+        .register(&[upper.clone(), lower.clone()], CREATE)
+        .unwrap();
+    assert_eq!(outcomes, vec![RegisterOutcome::Unchanged; 2]);
+    let outcomes = writer.deregister(&["INSTANCE-A".to_owned()]).unwrap();
+    assert_eq!(outcomes, vec![DeregisterOutcome::Deleted]);
+    assert!(
+        writer.instance(&lower.id).unwrap().is_some(),
+        "the other case is kept"
+    );
+}
+
 /// Opens the store at `url` with `concurrency` workers (the store's default when `None`).
 fn open(url: String, concurrency: Option<usize>) -> Arc<dyn Store> {
     batchreg::store::open(&StoreOptions {
@@ -416,4 +460,66 @@ fn mysql_an_instance_inserted_meanwhile_is_replaced_on_retry() {
         "the stale entry is gone"
     );
     assert_eq!(stored.record.health_check_ttl, new.health_check_ttl);
+}
+
+/// A database made before names compared byte for byte (only 0001 applied, rows stored)
+/// is converted in place at start-up: its rows are kept, and case-distinct names work.
+#[test]
+fn mysql_a_database_from_the_first_migration_is_upgraded_in_place() {
+    let Some(url) = mysql::fresh_database("upgrade") else {
+        return;
+    };
+    let first = batchreg::store::migrate::MYSQL[0];
+    let mut statements = batchreg::store::migrate::statements(first.sql);
+    statements.extend([
+        "CREATE TABLE batchreg_migrations (version INT UNSIGNED NOT NULL PRIMARY KEY,
+             name VARCHAR(255) NOT NULL,
+             applied_at TIMESTAMP(3) NOT NULL DEFAULT CURRENT_TIMESTAMP(3))"
+            .to_owned(),
+        format!(
+            "INSERT INTO batchreg_migrations (version, name) VALUES (1, '{}')",
+            first.name
+        ),
+    ]);
+    mysql::admin(&url, &statements);
+    let old = record("kept", "10.3.0.1", 1);
+    open(url.clone(), None)
+        .writer()
+        .unwrap()
+        .register(std::slice::from_ref(&old), CREATE)
+        .unwrap();
+    // Undo 0002 to stand for a database written by the old server.
+    mysql::admin(
+        &url,
+        &[
+            "DELETE FROM batchreg_migrations WHERE version = 2".to_owned(),
+            "ALTER TABLE instance CONVERT TO CHARACTER SET utf8mb4 COLLATE utf8mb4_general_ci"
+                .to_owned(),
+            "ALTER TABLE instance_metadata CONVERT TO CHARACTER SET utf8mb4 COLLATE utf8mb4_general_ci"
+                .to_owned(),
+        ],
+    );
+
+    let store = open(url.clone(), None);
+    let binary = "SELECT COUNT(*) FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE()
+         AND TABLE_NAME IN ('namespace', 'service', 'instance', 'health_check', 'instance_metadata')
+         AND COLLATION_NAME IS NOT NULL AND COLLATION_NAME <> 'utf8mb4_bin'";
+    assert_eq!(
+        mysql::scalar(&url, binary),
+        0,
+        "every text column compares bytes"
+    );
+    assert_eq!(
+        mysql::scalar(&url, "SELECT COUNT(*) FROM batchreg_migrations"),
+        batchreg::store::migrate::MYSQL.len() as i64
+    );
+    let mut writer = store.writer().unwrap();
+    let stored = writer.instance(&old.id).unwrap().expect("row kept");
+    assert_eq!(stored.record.metadata, old.metadata);
+    let mut other_case = old.clone();
+    other_case.id = old.id.to_uppercase();
+    assert_eq!(
+        writer.register(&[old.clone(), other_case], CREATE).unwrap(),
+        vec![RegisterOutcome::Unchanged, RegisterOutcome::Created]
+    );
 }

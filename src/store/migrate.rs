@@ -21,11 +21,18 @@ pub const SQLITE: &[Migration] = &[Migration {
 }];
 
 /// The MySQL migrations, in the order they apply.
-pub const MYSQL: &[Migration] = &[Migration {
-    version: 1,
-    name: "0001_init.sql",
-    sql: include_str!("../../migrations/mysql/0001_init.sql"),
-}];
+pub const MYSQL: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "0001_init.sql",
+        sql: include_str!("../../migrations/mysql/0001_init.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "0002_binary_collation.sql",
+        sql: include_str!("../../migrations/mysql/0002_binary_collation.sql"),
+    },
+];
 
 /// The statements of a migration file: separated by lines ending in `;`, comment lines
 /// dropped. For engines whose drivers take one statement at a time.

@@ -20,7 +20,9 @@ use mysql_async::{
 use super::migrate::{self, Migration};
 use super::model::{self, DeregisterOutcome, InstanceRecord, RegisterOptions, RegisterOutcome};
 use super::plan::{self, Existing, PlannedWrite, ServiceKey};
-use super::sql::{list_placeholders, row_placeholders, statement_chunks};
+use super::sql::{
+    list_placeholders, padded_lists, power_of_two_runs, row_placeholders, statement_chunks,
+};
 use super::{Store, StoreError, StoreWriter, StoredInstance};
 
 /// The server's limit of bound values in one prepared statement.
@@ -368,12 +370,13 @@ async fn select_services(
     services: &[ServiceKey],
 ) -> Result<HashMap<ServiceKey, String>, StoreError> {
     let mut ids = HashMap::with_capacity(services.len());
-    for chunk in services.chunks(MAX_PARAMS / 2) {
+    let keys: Vec<&ServiceKey> = services.iter().collect();
+    for list in padded_lists(&keys, MAX_PARAMS / 2) {
         let sql = format!(
             "SELECT id, namespace, name FROM service WHERE (namespace, name) IN ({})",
-            row_placeholders(chunk.len(), "(?,?)")
+            row_placeholders(list.len(), "(?,?)")
         );
-        let values = chunk
+        let values = list
             .iter()
             .flat_map(|(namespace, service)| [Value::from(namespace), Value::from(service)]);
         let found: Vec<(String, String, String)> = tx.exec(sql, params(values)).await?;
@@ -396,13 +399,12 @@ async fn read_existing(
     let mut ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
     ids.sort_unstable();
     let mut existing = HashMap::with_capacity(ids.len());
-    for chunk in ids.chunks(MAX_PARAMS) {
+    for list in padded_lists(&ids, MAX_PARAMS) {
         let sql = format!(
             "SELECT id, revision, isolate FROM instance WHERE id IN ({}) ORDER BY id{lock}",
-            list_placeholders(chunk.len())
+            list_placeholders(list.len())
         );
-        let found: Vec<(String, String, bool)> =
-            conn.exec(sql, params(chunk.iter().copied())).await?;
+        let found: Vec<(String, String, bool)> = conn.exec(sql, params(list)).await?;
         for (id, revision, isolate) in found {
             existing.insert(id, Existing { revision, isolate });
         }
@@ -528,7 +530,7 @@ async fn upsert_health_checks(
                 .map(|ttl| (w.record.id.as_str(), ttl))
         })
         .collect();
-    for chunk in checked.chunks(MAX_PARAMS / 2) {
+    for chunk in power_of_two_runs(&checked, MAX_PARAMS / 2) {
         let sql = format!(
             "INSERT INTO health_check (id, type, ttl) VALUES {}
              ON DUPLICATE KEY UPDATE type = VALUES(type), ttl = VALUES(ttl)",
@@ -587,12 +589,12 @@ async fn delete_where_id_in(
     table: &str,
     ids: &[&str],
 ) -> Result<(), StoreError> {
-    for chunk in ids.chunks(MAX_PARAMS) {
+    for list in padded_lists(ids, MAX_PARAMS) {
         let sql = format!(
             "DELETE FROM {table} WHERE id IN ({})",
-            list_placeholders(chunk.len())
+            list_placeholders(list.len())
         );
-        tx.exec_drop(sql, params(chunk.iter().copied())).await?;
+        tx.exec_drop(sql, params(list)).await?;
     }
     Ok(())
 }
@@ -604,12 +606,12 @@ async fn deregister_in(
     let mut sorted: Vec<&str> = ids.iter().map(String::as_str).collect();
     sorted.sort_unstable();
     let mut present = HashSet::new();
-    for chunk in sorted.chunks(MAX_PARAMS) {
+    for list in padded_lists(&sorted, MAX_PARAMS) {
         let sql = format!(
             "SELECT id FROM instance WHERE id IN ({}) ORDER BY id FOR UPDATE",
-            list_placeholders(chunk.len())
+            list_placeholders(list.len())
         );
-        let found: Vec<String> = tx.exec(sql, params(chunk.iter().copied())).await?;
+        let found: Vec<String> = tx.exec(sql, params(list)).await?;
         present.extend(found);
     }
     delete_where_id_in(tx, "instance_metadata", &sorted).await?;

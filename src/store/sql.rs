@@ -37,9 +37,51 @@ mod tests {
     }
 }
 
+/// The largest power of two not above `n` (at least 1).
+fn floor_power_of_two(n: usize) -> usize {
+    if n <= 1 {
+        1
+    } else {
+        1 << (usize::BITS - 1 - n.leading_zeros())
+    }
+}
+
+/// Splits `rows` into runs of at most `max_rows` whose lengths are powers of two, longest
+/// first: 100 rows are 64 + 32 + 4. Multi-row statements then come in a few shapes that
+/// stay prepared, instead of a new shape (a prepare, on MySQL with one column definition
+/// sent back per placeholder) for every batch size.
+pub fn power_of_two_runs<T>(rows: &[T], max_rows: usize) -> Vec<&[T]> {
+    let max_rows = floor_power_of_two(max_rows);
+    let mut runs = Vec::new();
+    let mut rest = rows;
+    while !rest.is_empty() {
+        let len = floor_power_of_two(rest.len()).min(max_rows);
+        let (run, tail) = rest.split_at(len);
+        runs.push(run);
+        rest = tail;
+    }
+    runs
+}
+
+/// `values` cut into `IN (…)` lists of at most `max` (rounded down to a power of two),
+/// each padded to a power of two by repeating its last value: a repeated value matches
+/// nothing more, and the statement keeps one of a few shapes.
+pub fn padded_lists<T: Copy>(values: &[T], max: usize) -> Vec<Vec<T>> {
+    values
+        .chunks(floor_power_of_two(max))
+        .map(|chunk| {
+            let mut list = chunk.to_vec();
+            let last = *chunk.last().expect("chunks are not empty");
+            list.resize(chunk.len().next_power_of_two(), last);
+            list
+        })
+        .collect()
+}
+
 /// Splits `rows` into runs that each fit one statement: at most `max_params` bound values
-/// (`params_per_row` a row) and about `max_bytes` of values (`bytes` of a row). A row that
-/// alone exceeds `max_bytes` still gets a statement of its own.
+/// (`params_per_row` a row) and about `max_bytes` of values (`bytes` of a row), each run
+/// a power of two of rows (see [`power_of_two_runs`]). A row that alone exceeds
+/// `max_bytes` still gets a statement of its own.
 pub fn statement_chunks<'a, T>(
     rows: &'a [T],
     params_per_row: usize,
@@ -53,14 +95,14 @@ pub fn statement_chunks<'a, T>(
     for (i, row) in rows.iter().enumerate() {
         let row_bytes = bytes(row);
         if i > start && (i - start == max_rows || size + row_bytes > max_bytes) {
-            chunks.push(&rows[start..i]);
+            chunks.extend(power_of_two_runs(&rows[start..i], max_rows));
             start = i;
             size = 0;
         }
         size += row_bytes;
     }
     if start < rows.len() {
-        chunks.push(&rows[start..]);
+        chunks.extend(power_of_two_runs(&rows[start..], max_rows));
     }
     chunks
 }
@@ -73,15 +115,57 @@ mod chunk_tests {
     fn chunks_respect_both_limits() {
         let rows: Vec<usize> = vec![10; 100];
         let by_params = statement_chunks(&rows, 2, 50, usize::MAX, |r| *r);
+        // 25 rows fit; runs are powers of two: 16 + 8 + 1 per 25.
         assert_eq!(
             by_params.iter().map(|c| c.len()).collect::<Vec<_>>(),
-            vec![25; 4]
+            [16, 8, 1].repeat(4)
         );
         let by_bytes = statement_chunks(&rows, 2, 65_535, 95, |r| *r);
-        assert!(by_bytes.iter().all(|c| c.len() == 9 || c.len() == 1));
+        assert!(by_bytes.iter().all(|c| [8, 1].contains(&c.len())));
         assert_eq!(by_bytes.iter().map(|c| c.len()).sum::<usize>(), 100);
+        let whole = statement_chunks(&rows, 2, 65_535, usize::MAX, |r| *r);
+        assert_eq!(
+            whole.iter().map(|c| c.len()).collect::<Vec<_>>(),
+            [64, 32, 4]
+        );
         let huge = vec![1_000usize, 1, 1];
         assert_eq!(statement_chunks(&huge, 1, 10, 100, |r| *r).len(), 2);
         assert!(statement_chunks::<usize>(&[], 1, 10, 100, |r| *r).is_empty());
+    }
+
+    #[test]
+    fn runs_are_powers_of_two_in_order() {
+        let rows: Vec<u32> = (0..100).collect();
+        let runs = power_of_two_runs(&rows, 128);
+        assert_eq!(
+            runs.iter().map(|r| r.len()).collect::<Vec<_>>(),
+            [64, 32, 4]
+        );
+        assert_eq!(runs.concat(), rows);
+        // A cap that is no power of two is rounded down.
+        let capped = power_of_two_runs(&rows, 40);
+        assert_eq!(
+            capped.iter().map(|r| r.len()).collect::<Vec<_>>(),
+            [32, 32, 32, 4]
+        );
+        assert!(power_of_two_runs::<u32>(&[], 8).is_empty());
+    }
+
+    #[test]
+    fn lists_are_padded_with_their_last_value() {
+        assert_eq!(padded_lists(&[1, 2, 3], 8), vec![vec![1, 2, 3, 3]]);
+        assert_eq!(
+            padded_lists(&[1, 2, 3, 4, 5], 4),
+            vec![vec![1, 2, 3, 4], vec![5]]
+        );
+        assert_eq!(padded_lists(&[7], 1 << 15), vec![vec![7]]);
+        assert!(padded_lists::<u8>(&[], 4).is_empty());
+        // 65,535 placeholders allowed: lists of 32,768 at most.
+        let many: Vec<u32> = (0..40_000).collect();
+        let lists = padded_lists(&many, 65_535);
+        assert_eq!(
+            lists.iter().map(Vec::len).collect::<Vec<_>>(),
+            [32_768, 8_192]
+        );
     }
 }
