@@ -84,7 +84,7 @@ fn batcher_push_take(c: &mut Criterion) {
         b.iter(|| {
             for i in 0..128 {
                 batcher.push(i, now);
-                std::hint::black_box(batcher.flush_reason(now, false, false));
+                std::hint::black_box(batcher.flush_reason(now, false, 0));
             }
             std::hint::black_box(batcher.take())
         });

@@ -10,9 +10,7 @@ pub enum FlushReason {
     Size,
     /// The oldest request waited `max_wait`.
     Timeout,
-    /// No store worker is writing and nothing else is queued: waiting would only add
-    /// latency. While one is writing, the batch keeps filling instead, so a storm is not
-    /// spent on transactions of a few requests each.
+    /// A store worker is free and nothing else is queued: waiting would only add latency.
     Idle,
     /// The server is stopping: everything queued is written first.
     Shutdown,
@@ -79,19 +77,19 @@ impl<T> Batcher<T> {
     }
 
     /// Whether to flush now, and why. `queue_empty`: nothing more is waiting in the queue;
-    /// `all_idle`: no store worker is writing.
+    /// `idle_workers`: store workers free to take a batch.
     pub fn flush_reason(
         &self,
         now: Instant,
         queue_empty: bool,
-        all_idle: bool,
+        idle_workers: usize,
     ) -> Option<FlushReason> {
         let deadline = self.deadline()?;
         if self.is_full() {
             Some(FlushReason::Size)
         } else if now >= deadline {
             Some(FlushReason::Timeout)
-        } else if queue_empty && all_idle {
+        } else if queue_empty && idle_workers > 0 {
             Some(FlushReason::Idle)
         } else {
             None
@@ -115,7 +113,7 @@ mod tests {
     fn empty_batch_never_flushes() {
         let batcher: Batcher<u32> = Batcher::new(4, WAIT);
         let now = Instant::now();
-        assert_eq!(batcher.flush_reason(now + WAIT * 10, true, true), None);
+        assert_eq!(batcher.flush_reason(now + WAIT * 10, true, 1), None);
         assert_eq!(batcher.deadline(), None);
     }
 
@@ -125,15 +123,12 @@ mod tests {
         let t0 = Instant::now();
         for i in 0..3 {
             if i > 0 {
-                assert_eq!(batcher.flush_reason(t0, false, false), None);
+                assert_eq!(batcher.flush_reason(t0, false, 0), None);
             }
             batcher.push(i, t0);
         }
         assert!(batcher.is_full());
-        assert_eq!(
-            batcher.flush_reason(t0, false, false),
-            Some(FlushReason::Size)
-        );
+        assert_eq!(batcher.flush_reason(t0, false, 0), Some(FlushReason::Size));
         assert_eq!(batcher.take(), vec![0, 1, 2]);
         assert!(batcher.is_empty());
     }
@@ -145,28 +140,25 @@ mod tests {
         batcher.push(1, t0);
         batcher.push(2, t0 + Duration::from_millis(30));
         assert_eq!(
-            batcher.flush_reason(t0 + Duration::from_millis(31), false, false),
+            batcher.flush_reason(t0 + Duration::from_millis(31), false, 0),
             None
         );
         assert_eq!(
-            batcher.flush_reason(t0 + WAIT, false, false),
+            batcher.flush_reason(t0 + WAIT, false, 0),
             Some(FlushReason::Timeout)
         );
     }
 
     #[test]
-    fn flushes_at_once_when_every_worker_is_idle_and_the_queue_is_empty() {
+    fn flushes_at_once_when_a_worker_is_idle_and_the_queue_is_empty() {
         let mut batcher = Batcher::new(10, WAIT);
         let t0 = Instant::now();
         batcher.push(1, t0);
-        assert_eq!(
-            batcher.flush_reason(t0, true, true),
-            Some(FlushReason::Idle)
-        );
+        assert_eq!(batcher.flush_reason(t0, true, 1), Some(FlushReason::Idle));
         // More is queued: keep filling.
-        assert_eq!(batcher.flush_reason(t0, false, true), None);
+        assert_eq!(batcher.flush_reason(t0, false, 1), None);
         // No worker free: nothing to gain by flushing early.
-        assert_eq!(batcher.flush_reason(t0, true, false), None);
+        assert_eq!(batcher.flush_reason(t0, true, 0), None);
     }
 
     #[test]
@@ -178,7 +170,7 @@ mod tests {
         let t1 = t0 + Duration::from_millis(31);
         batcher.push(2, t1);
         // The first batch's deadline has passed; the second's has not.
-        assert_eq!(batcher.flush_reason(t0 + WAIT, false, false), None);
+        assert_eq!(batcher.flush_reason(t0 + WAIT, false, 0), None);
         assert_eq!(batcher.deadline(), Some(t1 + WAIT));
     }
 }

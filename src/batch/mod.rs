@@ -2,8 +2,8 @@
 //!
 //! `submit` never blocks: a full queue is an immediate `QueueFull`. The batcher thread
 //! blocks for the first request, takes whatever else is ready, and hands the batch to a
-//! free store worker on size, on timeout, or at once when every worker is idle and the
-//! queue is empty. Shutdown is a message in the same queue, so everything queued before it is
+//! free store worker on size, on timeout, or at once when a worker is idle and the queue is
+//! empty. Shutdown is a message in the same queue, so everything queued before it is
 //! written first.
 
 pub mod batcher;
@@ -112,7 +112,6 @@ impl<W: BatchWrite> BatchController<W> {
             work: work_tx,
             ready: ready_rx,
             idle_workers: workers,
-            workers,
         };
         let thread = std::thread::Builder::new()
             .name(format!("{api}-batcher"))
@@ -195,8 +194,6 @@ struct BatchLoop<W: BatchWrite> {
     work: Sender<Vec<PendingOf<W>>>,
     ready: Receiver<()>,
     idle_workers: usize,
-    /// Store workers in all.
-    workers: usize,
 }
 
 impl<W: BatchWrite> BatchLoop<W> {
@@ -230,9 +227,9 @@ impl<W: BatchWrite> BatchLoop<W> {
                 break;
             }
             let now = Instant::now();
-            if let Some(reason) =
-                self.batcher
-                    .flush_reason(now, queue_empty, self.idle_workers == self.workers)
+            if let Some(reason) = self
+                .batcher
+                .flush_reason(now, queue_empty, self.idle_workers)
             {
                 self.dispatch(reason);
                 continue;
@@ -445,25 +442,13 @@ mod tests {
         max_wait: Duration,
         task_life: Duration,
     ) -> Harness {
-        harness_with_workers(1, queue_size, max_batch, max_wait, task_life)
-    }
-
-    fn harness_with_workers(
-        workers: usize,
-        queue_size: usize,
-        max_batch: usize,
-        max_wait: Duration,
-        task_life: Duration,
-    ) -> Harness {
         let (gate, gate_rx) = crossbeam_channel::unbounded();
         let batches = Arc::new(Mutex::new(Vec::new()));
-        let writers = (0..workers)
-            .map(|_| FakeWrite {
-                batches: Arc::clone(&batches),
-                gate: gate_rx.clone(),
-                fail_key: Some("bad"),
-            })
-            .collect();
+        let writer = FakeWrite {
+            batches: Arc::clone(&batches),
+            gate: gate_rx,
+            fail_key: Some("bad"),
+        };
         let settings = BatchSettings {
             queue_size: NonZeroUsize::new(queue_size).unwrap(),
             max_batch: NonZeroUsize::new(max_batch).unwrap(),
@@ -471,7 +456,7 @@ mod tests {
             task_life,
         };
         Harness {
-            controller: BatchController::start("test", settings, writers),
+            controller: BatchController::start("test", settings, vec![writer]),
             batches,
             gate,
         }
@@ -498,31 +483,6 @@ mod tests {
         let rx = h.controller.submit(op("a", 1)).unwrap();
         assert_eq!(rx.blocking_recv().unwrap().unwrap(), 1);
         assert_eq!(h.batches.lock().unwrap().clone(), vec![vec![op("a", 1)]]);
-    }
-
-    #[test]
-    fn while_a_worker_writes_the_next_batch_fills_instead_of_leaving_one_by_one() {
-        let h = harness_with_workers(2, 64, 16, HOUR, HOUR * 2);
-        let blocker = h.controller.submit(op("block", 0)).unwrap();
-        wait_until_queue_empty(&h.controller);
-        // A worker is free, but the other is writing: not idle, so the two wait.
-        let first = h.controller.submit(op("a", 1)).unwrap();
-        std::thread::sleep(Duration::from_millis(20));
-        let second = h.controller.submit(op("b", 2)).unwrap();
-        std::thread::sleep(Duration::from_millis(20));
-        let written_meanwhile = h.batches.lock().unwrap().len();
-        h.gate.send(()).unwrap();
-        assert_eq!(blocker.blocking_recv().unwrap().unwrap(), 0);
-        assert_eq!(first.blocking_recv().unwrap().unwrap(), 1);
-        assert_eq!(second.blocking_recv().unwrap().unwrap(), 2);
-        assert_eq!(
-            written_meanwhile, 0,
-            "nothing written while the other worker wrote"
-        );
-        assert_eq!(
-            h.batches.lock().unwrap().clone(),
-            vec![vec![op("block", 0)], vec![op("a", 1), op("b", 2)]]
-        );
     }
 
     #[test]
