@@ -469,19 +469,6 @@ fn mysql_a_database_from_the_first_migration_is_upgraded_in_place() {
     let Some(url) = mysql::fresh_database("upgrade") else {
         return;
     };
-    let first = batchreg::store::migrate::MYSQL[0];
-    let mut statements = batchreg::store::migrate::statements(first.sql);
-    statements.extend([
-        "CREATE TABLE batchreg_migrations (version INT UNSIGNED NOT NULL PRIMARY KEY,
-             name VARCHAR(255) NOT NULL,
-             applied_at TIMESTAMP(3) NOT NULL DEFAULT CURRENT_TIMESTAMP(3))"
-            .to_owned(),
-        format!(
-            "INSERT INTO batchreg_migrations (version, name) VALUES (1, '{}')",
-            first.name
-        ),
-    ]);
-    mysql::admin(&url, &statements);
     let old = record("kept", "10.3.0.1", 1);
     open(url.clone(), None)
         .writer()
@@ -489,16 +476,19 @@ fn mysql_a_database_from_the_first_migration_is_upgraded_in_place() {
         .register(std::slice::from_ref(&old), CREATE)
         .unwrap();
     // Undo 0002 to stand for a database written by the old server.
-    mysql::admin(
-        &url,
-        &[
-            "DELETE FROM batchreg_migrations WHERE version = 2".to_owned(),
-            "ALTER TABLE instance CONVERT TO CHARACTER SET utf8mb4 COLLATE utf8mb4_general_ci"
-                .to_owned(),
-            "ALTER TABLE instance_metadata CONVERT TO CHARACTER SET utf8mb4 COLLATE utf8mb4_general_ci"
-                .to_owned(),
-        ],
-    );
+    let mut undo = vec!["DELETE FROM batchreg_migrations WHERE version = 2".to_owned()];
+    for table in [
+        "namespace",
+        "service",
+        "instance",
+        "health_check",
+        "instance_metadata",
+    ] {
+        undo.push(format!(
+            "ALTER TABLE {table} CONVERT TO CHARACTER SET utf8mb4 COLLATE utf8mb4_general_ci"
+        ));
+    }
+    mysql::admin(&url, &undo);
 
     let store = open(url.clone(), None);
     let binary = "SELECT COUNT(*) FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE()
