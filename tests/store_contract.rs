@@ -334,11 +334,11 @@ fn mysql_store_meets_the_contract() {
     });
 }
 
-/// Two workers writing at once, round after round, keep using the pooled connections
-/// they had: a connection closed and reopened per batch would cost a connect and new
+/// Two workers writing at once, round after round, keep using the connections they
+/// opened: a connection closed and reopened per batch would cost a connect and new
 /// prepared statements every time.
 #[test]
-fn mysql_writers_keep_their_pooled_connections() {
+fn mysql_writers_keep_their_connections() {
     let Some(url) = mysql::fresh_database("pool_reuse") else {
         return;
     };
@@ -358,9 +358,9 @@ fn mysql_writers_keep_their_pooled_connections() {
         seen.extend(mysql::connection_ids(&url));
     }
     assert_eq!(mysql::scalar(&url, "SELECT COUNT(*) FROM instance"), 40);
-    // The pool holds at most 2 × 2 + 1 connections.
+    // One connection per worker, plus the pool's one that applied the migrations.
     assert!(
-        seen.len() <= 5,
+        seen.len() <= 3,
         "connections opened over 20 rounds: {}",
         seen.len()
     );

@@ -94,7 +94,7 @@ impl Expectation {
     }
 }
 
-/// Answers counted by outcome; one per worker, merged at the end.
+/// Answers counted by outcome.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Tally {
     counts: HashMap<Outcome, u64>,
@@ -139,7 +139,7 @@ pub struct Operation {
     pub expectation: Expectation,
 }
 
-/// Answers and latencies of one operation; one per worker, merged when the run ends.
+/// Answers and latencies of one operation, recorded by all the workers.
 #[derive(Debug, Clone)]
 pub struct Measurements {
     pub operation: Operation,
@@ -166,18 +166,6 @@ impl Measurements {
         self.tally.record(outcome);
         self.latency.saturating_record(latency.as_micros() as u64);
         self.service.saturating_record(service.as_micros() as u64);
-    }
-
-    /// Adds `other`, which measured the same operation.
-    pub fn merge(&mut self, other: &Measurements) {
-        debug_assert_eq!(self.operation.name, other.operation.name);
-        self.tally.merge(&other.tally);
-        self.latency
-            .add(&other.latency)
-            .expect("histograms share bounds");
-        self.service
-            .add(&other.service)
-            .expect("histograms share bounds");
     }
 }
 
@@ -312,7 +300,7 @@ impl OperationReport {
 }
 
 impl Report {
-    /// `operations` holds one entry per operation, each merged over the workers.
+    /// `operations` holds one entry per operation.
     pub fn new(setup: RunSetup, elapsed: Duration, operations: &[Measurements]) -> Self {
         debug_assert!(!operations.is_empty());
         let mut tally = Tally::default();
@@ -831,20 +819,18 @@ mod tests {
     }
 
     #[test]
-    fn measurements_merge_per_operation() {
+    fn measurements_count_outcomes_and_keep_both_latencies() {
         let mut first = Measurements::new(REGISTER);
         first.record(
             Outcome::Answered(Some(EXECUTE_SUCCESS)),
             Duration::from_millis(30),
             Duration::from_millis(2),
         );
-        let mut second = Measurements::new(REGISTER);
-        second.record(
+        first.record(
             Outcome::Timeout,
             Duration::from_secs(1),
             Duration::from_secs(1),
         );
-        first.merge(&second);
         assert_eq!(first.tally.total(), 2);
         assert_eq!(first.latency.len(), 2);
         assert!(first.latency.equivalent(first.latency.min(), 30_000));

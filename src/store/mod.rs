@@ -49,6 +49,8 @@ pub enum StoreError {
     Connect { target: String, reason: String },
     #[error("no database connection free in time")]
     PoolTimeout,
+    #[error("no connection to the database within {0:?}")]
+    ConnectTimeout(std::time::Duration),
     #[error("cannot start the database I/O runtime: {0}")]
     Runtime(#[source] std::io::Error),
     #[error("another replica held the migration lock for too long")]
@@ -91,7 +93,7 @@ impl StoreError {
                 rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
             ),
             StoreError::Mysql(err) => mysql_transient(err),
-            StoreError::PoolTimeout | StoreError::Raced => true,
+            StoreError::PoolTimeout | StoreError::ConnectTimeout(_) | StoreError::Raced => true,
             _ => false,
         }
     }
@@ -120,6 +122,7 @@ impl StoreError {
             StoreError::Mysql(_) => "mysql",
             StoreError::Connect { .. } => "connect",
             StoreError::PoolTimeout => "pool_timeout",
+            StoreError::ConnectTimeout(_) => "connect_timeout",
             StoreError::Raced => "raced",
             StoreError::Runtime(_) => "runtime",
             StoreError::MigrationLock => "migration",

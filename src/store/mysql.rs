@@ -3,8 +3,9 @@
 //! transaction per batch that locks the batch's rows in id order, multi-row
 //! `INSERT … ON DUPLICATE KEY UPDATE`, and unique keys.
 //!
-//! The store owns a small tokio runtime that drives mysql_async's I/O; the store workers
-//! (plain threads) block on it, one transaction at a time each.
+//! Each store worker (a plain thread) owns one connection and a current-thread tokio
+//! runtime that drives it, so a batch's round trips wake no other thread. Migrations and
+//! reads use a small pool on the store's own runtime.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -13,8 +14,7 @@ use std::time::Duration;
 
 use mysql_async::prelude::Queryable;
 use mysql_async::{
-    IsolationLevel, Opts, OptsBuilder, Params, Pool, PoolConstraints, PoolOpts, Transaction,
-    TxOpts, Value,
+    Conn, Opts, OptsBuilder, Params, Pool, PoolConstraints, PoolOpts, Transaction, TxOpts, Value,
 };
 
 use super::migrate::{self, Migration};
@@ -27,10 +27,15 @@ use super::{Store, StoreError, StoreWriter, StoredInstance};
 
 /// The server's limit of bound values in one prepared statement.
 const MAX_PARAMS: usize = 65_535;
-/// How long start-up waits for the first connection.
+/// How long start-up waits for the first connection, and a store worker for its own.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a store worker waits for a pooled connection before the try counts as failed.
+/// How long a read waits for a pooled connection before the try counts as failed.
 const POOL_WAIT: Duration = Duration::from_secs(10);
+/// Connections in the pool for migrations and reads; the store workers have their own.
+const POOL_CONNECTIONS: usize = 2;
+/// Run on every new connection: each transaction is READ COMMITTED (see the module
+/// comment), set once per session rather than with a round trip per transaction.
+const SESSION_INIT: &str = "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED";
 /// How long a pooled connection may stay idle before it is closed (down to one).
 const IDLE_CONNECTION_TTL: Duration = Duration::from_secs(60);
 /// Store workers per batch controller when the config does not say.
@@ -45,6 +50,8 @@ pub struct MysqlStore {
 struct Shared {
     pool: Pool,
     runtime: Option<tokio::runtime::Runtime>,
+    /// What each store worker's own connection is opened with.
+    opts: Opts,
     /// Bytes of values per statement: well below the server's max_allowed_packet.
     max_statement_bytes: usize,
 }
@@ -55,24 +62,6 @@ impl Shared {
             .as_ref()
             .expect("runtime lives as long as the store")
             .block_on(future)
-    }
-
-    /// Runs `work` in one transaction on a pooled connection.
-    fn transaction<T>(
-        &self,
-        work: impl AsyncFnOnce(&mut Transaction<'_>) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
-        self.block_on(async {
-            let mut conn = tokio::time::timeout(POOL_WAIT, self.pool.get_conn())
-                .await
-                .map_err(|_| StoreError::PoolTimeout)??;
-            let mut options = TxOpts::default();
-            options.with_isolation_level(IsolationLevel::ReadCommitted);
-            let mut tx = conn.start_transaction(options).await?;
-            let result = work(&mut tx).await?;
-            tx.commit().await?;
-            Ok(result)
-        })
     }
 }
 
@@ -88,7 +77,7 @@ impl Drop for Shared {
 impl MysqlStore {
     /// Connects (failing fast with a clear message when the database is unreachable or
     /// refuses the credentials) and applies the migrations not yet recorded.
-    /// `concurrency`: store workers per controller; the pool is sized from it.
+    /// `concurrency`: store workers per controller, each with its own connection.
     pub fn open(url: &str, concurrency: Option<usize>) -> Result<Self, StoreError> {
         let concurrency = concurrency.unwrap_or(DEFAULT_CONCURRENCY);
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -98,23 +87,23 @@ impl MysqlStore {
             .build()
             .map_err(StoreError::Runtime)?;
         let opts = Opts::from_url(url).map_err(|e| StoreError::Mysql(e.into()))?;
-        // Two controllers' workers, plus one for migrations and reads.
-        let max = 2 * concurrency + 1;
-        // Connections stay open and keep their prepared statements between batches:
-        // with no idle TTL, mysql_async keeps only `min` idle connections and closes
-        // every other one as it comes back, so each batch would connect and prepare
-        // anew; and a reset on return would drop the prepared statements. Nothing is
-        // kept in the session (each transaction sets its own isolation level).
-        let builder = OptsBuilder::from_opts(opts)
+        // A store worker's connection stays open with its prepared statements for as
+        // long as it works. So do the pool's: with no idle TTL, mysql_async keeps only
+        // `min` idle connections and closes every other one as it comes back, and a
+        // reset on return would drop the prepared statements and the session's
+        // isolation level.
+        let opts: Opts = OptsBuilder::from_opts(opts)
+            .init(vec![SESSION_INIT])
             .pool_opts(
                 PoolOpts::default()
-                    .with_constraints(PoolConstraints::new(1, max).expect("1 <= max"))
+                    .with_constraints(PoolConstraints::new(1, POOL_CONNECTIONS).expect("1 <= max"))
                     .with_inactive_connection_ttl(IDLE_CONNECTION_TTL)
                     .with_reset_connection(false),
             )
-            .stmt_cache_size(256);
+            .stmt_cache_size(256)
+            .into();
         let _entered = runtime.enter();
-        let pool = Pool::new(builder);
+        let pool = Pool::new(opts.clone());
         let max_packet = runtime.block_on(async {
             let mut conn = tokio::time::timeout(CONNECT_TIMEOUT, pool.get_conn())
                 .await
@@ -138,6 +127,7 @@ impl MysqlStore {
             shared: Arc::new(Shared {
                 pool,
                 runtime: Some(runtime),
+                opts,
                 max_statement_bytes,
             }),
             concurrency,
@@ -211,8 +201,14 @@ async fn apply_unlocked(
 
 impl Store for MysqlStore {
     fn writer(&self) -> Result<Box<dyn StoreWriter>, StoreError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(StoreError::Runtime)?;
         Ok(Box::new(MysqlWriter {
             shared: Arc::clone(&self.shared),
+            runtime,
+            conn: None,
             expect_unchanged: true,
         }))
     }
@@ -245,11 +241,90 @@ impl Store for MysqlStore {
 
 struct MysqlWriter {
     shared: Arc<Shared>,
+    /// Drives `conn` on the worker's own thread.
+    runtime: tokio::runtime::Runtime,
+    /// Opened on first use; closed after an error that may have broken it, and opened
+    /// again by the next try.
+    conn: Option<Conn>,
     /// Whether the last batch wrote nothing: then the next one is first looked up
     /// without a transaction, since a restart storm re-registers what is stored. In a
     /// storm of new instances that look-up would be wasted, so it is skipped until a
     /// batch writes nothing again.
     expect_unchanged: bool,
+}
+
+impl MysqlWriter {
+    /// Runs `work` on the worker's connection, opening it first if need be.
+    fn on_connection<T>(
+        &mut self,
+        work: impl AsyncFnOnce(&mut Conn) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let MysqlWriter {
+            shared,
+            runtime,
+            conn,
+            ..
+        } = self;
+        runtime.block_on(async {
+            let open = match conn {
+                Some(open) => open,
+                None => {
+                    let fresh =
+                        tokio::time::timeout(CONNECT_TIMEOUT, Conn::new(shared.opts.clone()))
+                            .await
+                            .map_err(|_| StoreError::ConnectTimeout(CONNECT_TIMEOUT))??;
+                    conn.insert(fresh)
+                }
+            };
+            let result = work(open).await;
+            if let Err(error) = &result
+                && !leaves_connection_usable(error)
+            {
+                // Dropped inside the runtime, which closes the socket.
+                *conn = None;
+            }
+            result
+        })
+    }
+
+    /// Runs `work` in one transaction on the worker's connection.
+    fn transaction<T>(
+        &mut self,
+        work: impl AsyncFnOnce(&mut Transaction<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.on_connection(async |conn| {
+            // READ COMMITTED: set for the session when the connection opened.
+            let mut tx = conn.start_transaction(TxOpts::default()).await?;
+            let result = work(&mut tx).await?;
+            tx.commit().await?;
+            Ok(result)
+        })
+    }
+}
+
+impl Drop for MysqlWriter {
+    fn drop(&mut self) {
+        // Says goodbye to the server, unless dropped inside async code, where blocking
+        // is not allowed: then the socket just closes.
+        if let Some(conn) = self.conn.take()
+            && tokio::runtime::Handle::try_current().is_err()
+        {
+            self.runtime.block_on(async {
+                let _ = tokio::time::timeout(Duration::from_secs(1), conn.disconnect()).await;
+            });
+        }
+    }
+}
+
+/// Whether the connection can take the next transaction after `error`. The server
+/// answered an error, or the batch raced another writer: the connection is fine, and an
+/// open transaction is rolled back before its next use. Anything else (I/O, protocol,
+/// time-outs) may have left it half way through an exchange.
+fn leaves_connection_usable(error: &StoreError) -> bool {
+    matches!(
+        error,
+        StoreError::Raced | StoreError::Mysql(mysql_async::Error::Server(_))
+    )
 }
 
 impl StoreWriter for MysqlWriter {
@@ -261,32 +336,24 @@ impl StoreWriter for MysqlWriter {
         // A restart storm re-registers what is already stored: one plain read shows it,
         // with no transaction and no locks. The database held this exact content when read.
         if self.expect_unchanged {
-            let existing = self.shared.block_on(async {
-                let mut conn = tokio::time::timeout(POOL_WAIT, self.shared.pool.get_conn())
-                    .await
-                    .map_err(|_| StoreError::PoolTimeout)??;
-                read_existing(&mut conn, rows, "").await
-            })?;
+            let existing = self.on_connection(async |conn| read_existing(conn, rows, "").await)?;
             if plan::all_unchanged(rows, &existing) {
                 return Ok(vec![RegisterOutcome::Unchanged; rows.len()]);
             }
         }
         let max_bytes = self.shared.max_statement_bytes;
-        let outcomes = self
-            .shared
-            .transaction(async |tx| register_in(tx, rows, options, max_bytes).await)?;
+        let outcomes =
+            self.transaction(async |tx| register_in(tx, rows, options, max_bytes).await)?;
         self.expect_unchanged = outcomes.iter().all(|o| *o == RegisterOutcome::Unchanged);
         Ok(outcomes)
     }
 
     fn deregister(&mut self, ids: &[String]) -> Result<Vec<DeregisterOutcome>, StoreError> {
-        self.shared
-            .transaction(async |tx| deregister_in(tx, ids).await)
+        self.transaction(async |tx| deregister_in(tx, ids).await)
     }
 
     fn instance(&mut self, id: &str) -> Result<Option<StoredInstance>, StoreError> {
-        self.shared
-            .transaction(async |tx| read_instance(tx, id).await)
+        self.transaction(async |tx| read_instance(tx, id).await)
     }
 }
 
@@ -690,6 +757,121 @@ async fn read_instance(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A store on a fresh database `<base>_<suffix>` of `BATCHREG_TEST_MYSQL_URL`; `None`
+    /// (after saying so) when it is unset, unless `BATCHREG_TEST_REQUIRE_MYSQL` is set.
+    fn fresh_store(suffix: &str) -> Option<MysqlStore> {
+        let Ok(base_url) = std::env::var("BATCHREG_TEST_MYSQL_URL") else {
+            assert!(
+                std::env::var_os("BATCHREG_TEST_REQUIRE_MYSQL").is_none(),
+                "BATCHREG_TEST_MYSQL_URL is not set but BATCHREG_TEST_REQUIRE_MYSQL is"
+            );
+            eprintln!("SKIPPED: BATCHREG_TEST_MYSQL_URL is not set; '{suffix}' did not run");
+            return None;
+        };
+        let (server, base) = base_url.rsplit_once('/').expect("URL ends in /database");
+        let name = format!("{}_{suffix}", base.split('?').next().unwrap());
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let mut admin = Conn::new(Opts::from_url(&base_url).unwrap()).await.unwrap();
+            admin
+                .query_drop(format!("DROP DATABASE IF EXISTS `{name}`"))
+                .await
+                .unwrap();
+            admin
+                .query_drop(format!("CREATE DATABASE `{name}` CHARACTER SET utf8mb4"))
+                .await
+                .unwrap();
+            admin.disconnect().await.unwrap();
+        });
+        Some(MysqlStore::open(&format!("{server}/{name}"), None).unwrap())
+    }
+
+    fn row(host: &str) -> InstanceRecord {
+        InstanceRecord {
+            id: format!("unit-{host}"),
+            namespace: "unit".to_owned(),
+            service: "svc".to_owned(),
+            vpc_id: String::new(),
+            host: host.to_owned(),
+            port: 80,
+            protocol: String::new(),
+            version: String::new(),
+            priority: 0,
+            weight: 100,
+            healthy: true,
+            isolate: None,
+            enable_health_check: false,
+            health_check_ttl: None,
+            logic_set: String::new(),
+            region: String::new(),
+            zone: String::new(),
+            campus: String::new(),
+            metadata: vec![],
+        }
+    }
+
+    /// The session's isolation level, under its MySQL 8 or its MariaDB name.
+    async fn isolation(conn: &mut Conn) -> Result<Option<String>, StoreError> {
+        match conn
+            .query_first("SELECT @@SESSION.transaction_isolation")
+            .await
+        {
+            Ok(level) => Ok(level),
+            Err(_) => Ok(conn.query_first("SELECT @@SESSION.tx_isolation").await?),
+        }
+    }
+
+    #[test]
+    fn a_worker_keeps_its_read_committed_connection_through_server_errors() {
+        let Some(store) = fresh_store("unit_worker_connection") else {
+            return;
+        };
+        let mut writer = MysqlWriter {
+            shared: Arc::clone(&store.shared),
+            runtime: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap(),
+            conn: None,
+            expect_unchanged: false,
+        };
+        let options = RegisterOptions {
+            create_services: true,
+        };
+        assert_eq!(
+            writer.register(&[row("10.0.0.1")], options).unwrap(),
+            [RegisterOutcome::Created]
+        );
+        let session = async |conn: &mut Conn| {
+            let id: Option<u64> = conn.query_first("SELECT CONNECTION_ID()").await?;
+            Ok((id, isolation(conn).await?))
+        };
+        let (first_id, level) = writer.on_connection(session).unwrap();
+        assert_eq!(level.as_deref(), Some("READ-COMMITTED"));
+
+        // Longer than the host column: the server refuses the batch.
+        let error = writer
+            .register(&[row(&"h".repeat(200))], options)
+            .unwrap_err();
+        assert!(
+            matches!(error, StoreError::Mysql(mysql_async::Error::Server(_))),
+            "{error:?}"
+        );
+        assert_eq!(
+            writer.register(&[row("10.0.0.2")], options).unwrap(),
+            [RegisterOutcome::Created]
+        );
+        let (id_after, level_after) = writer.on_connection(session).unwrap();
+        assert_eq!(
+            id_after, first_id,
+            "the same connection, rolled back and reused"
+        );
+        assert_eq!(level_after.as_deref(), Some("READ-COMMITTED"));
+    }
 
     #[test]
     fn passwords_are_redacted() {

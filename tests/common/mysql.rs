@@ -76,12 +76,16 @@ pub fn scalar(url: &str, query: &str) -> i64 {
     })
 }
 
-/// Ids of the server connections open on `url`'s database, other than the one asking.
+/// Ids of the server connections open on `url`'s database. Asked from another
+/// database, so that the asking connection, or one of an earlier call the server has not
+/// finished closing, is never among them.
 pub fn connection_ids(url: &str) -> Vec<i64> {
-    with_connection(url, async move |conn| {
-        conn.query(
-            "SELECT ID FROM information_schema.PROCESSLIST
-             WHERE DB = DATABASE() AND ID <> CONNECTION_ID()",
+    let (server, database) = url.rsplit_once('/').expect("URL ends in /database");
+    let database = database.split('?').next().unwrap().to_owned();
+    with_connection(&format!("{server}/information_schema"), async move |conn| {
+        conn.exec(
+            "SELECT ID FROM information_schema.PROCESSLIST WHERE DB = ?",
+            (database,),
         )
         .await
         .unwrap()
