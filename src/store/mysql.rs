@@ -341,9 +341,18 @@ impl StoreWriter for MysqlWriter {
                 return Ok(vec![RegisterOutcome::Unchanged; rows.len()]);
             }
         }
+        // Services are looked up, and the missing ones created, before the batch's
+        // transaction, each insert committed at once. Created inside it, they would keep
+        // the namespace row locked until the batch commits, and every other batch that
+        // creates a service in that namespace would wait for it, as all do at the start
+        // of a storm. A service created for a batch that then fails stays: it would be
+        // created again when the batch is tried again.
+        let services = plan::distinct_services(rows);
+        let service_ids =
+            self.on_connection(async |conn| resolve_services(conn, &services, options).await)?;
         let max_bytes = self.shared.max_statement_bytes;
         let outcomes =
-            self.transaction(async |tx| register_in(tx, rows, options, max_bytes).await)?;
+            self.transaction(async |tx| register_in(tx, rows, &service_ids, max_bytes).await)?;
         self.expect_unchanged = outcomes.iter().all(|o| *o == RegisterOutcome::Unchanged);
         Ok(outcomes)
     }
@@ -360,16 +369,11 @@ impl StoreWriter for MysqlWriter {
 async fn register_in(
     tx: &mut Transaction<'_>,
     rows: &[InstanceRecord],
-    options: RegisterOptions,
+    service_ids: &HashMap<ServiceKey, String>,
     max_bytes: usize,
 ) -> Result<Vec<RegisterOutcome>, StoreError> {
-    let now: String = tx
-        .query_first("SELECT CAST(NOW(3) AS CHAR)")
-        .await?
-        .unwrap_or_default();
-    let service_ids = resolve_services(tx, &plan::distinct_services(rows), options, &now).await?;
     let existing = read_existing(tx, rows, " FOR UPDATE").await?;
-    let (outcomes, writes) = plan::plan_register(rows, &service_ids, &existing);
+    let (outcomes, writes) = plan::plan_register(rows, service_ids, &existing);
     if writes.is_empty() {
         return Ok(outcomes);
     }
@@ -379,8 +383,8 @@ async fn register_in(
     // finds it. So an inserted row is new, with no metadata or health check to replace.
     let (added, replaced): (Vec<&PlannedWrite<'_>>, Vec<&PlannedWrite<'_>>) =
         writes.iter().partition(|w| !w.replaced);
-    write_instances(tx, &replaced, OnDuplicate::Update, &now, max_bytes).await?;
-    write_instances(tx, &added, OnDuplicate::Fail, &now, max_bytes).await?;
+    write_instances(tx, &replaced, OnDuplicate::Update, max_bytes).await?;
+    write_instances(tx, &added, OnDuplicate::Fail, max_bytes).await?;
     let replaced_ids: Vec<&str> = replaced.iter().map(|w| w.record.id.as_str()).collect();
     delete_where_id_in(tx, "instance_metadata", &replaced_ids).await?;
     let unchecked: Vec<&str> = replaced
@@ -390,50 +394,45 @@ async fn register_in(
         .collect();
     delete_where_id_in(tx, "health_check", &unchecked).await?;
     upsert_health_checks(tx, &writes).await?;
-    insert_metadata(tx, &writes, &now, max_bytes).await?;
+    insert_metadata(tx, &writes, max_bytes).await?;
     Ok(outcomes)
 }
 
+/// The ids of the batch's services, creating the missing ones if allowed. Run outside a
+/// transaction: each insert commits (and releases its locks) at once. ctime and mtime
+/// are the database's time of the insert, as their defaults.
 async fn resolve_services(
-    tx: &mut Transaction<'_>,
+    conn: &mut Conn,
     services: &[ServiceKey],
     options: RegisterOptions,
-    now: &str,
 ) -> Result<HashMap<ServiceKey, String>, StoreError> {
-    let mut ids = select_services(tx, services).await?;
+    let mut ids = select_services(conn, services).await?;
     let missing: Vec<&ServiceKey> = services.iter().filter(|k| !ids.contains_key(*k)).collect();
     if missing.is_empty() || !options.create_services {
         return Ok(ids);
     }
     for (namespace, service) in &missing {
-        tx.exec_drop(
-            "INSERT INTO namespace (name, ctime, mtime) VALUES (?, ?, ?)
-             ON DUPLICATE KEY UPDATE name = name",
-            (namespace, now, now),
+        conn.exec_drop(
+            "INSERT INTO namespace (name) VALUES (?) ON DUPLICATE KEY UPDATE name = name",
+            (namespace,),
         )
         .await?;
-        tx.exec_drop(
-            "INSERT INTO service (id, name, namespace, ctime, mtime) VALUES (?, ?, ?, ?, ?)
+        conn.exec_drop(
+            "INSERT INTO service (id, name, namespace) VALUES (?, ?, ?)
              ON DUPLICATE KEY UPDATE id = id",
-            (
-                model::service_id(namespace, service),
-                service,
-                namespace,
-                now,
-                now,
-            ),
+            (model::service_id(namespace, service), service, namespace),
         )
         .await?;
     }
     // Another replica may have created a service first, under another id.
     let created: Vec<ServiceKey> = missing.into_iter().cloned().collect();
-    ids.extend(select_services(tx, &created).await?);
+    ids.extend(select_services(conn, &created).await?);
     Ok(ids)
 }
 
 /// The ids of the services that exist, in one query.
 async fn select_services(
-    tx: &mut Transaction<'_>,
+    conn: &mut Conn,
     services: &[ServiceKey],
 ) -> Result<HashMap<ServiceKey, String>, StoreError> {
     let mut ids = HashMap::with_capacity(services.len());
@@ -446,7 +445,7 @@ async fn select_services(
         let values = list
             .iter()
             .flat_map(|(namespace, service)| [Value::from(namespace), Value::from(service)]);
-        let found: Vec<(String, String, String)> = tx.exec(sql, params(values)).await?;
+        let found: Vec<(String, String, String)> = conn.exec(sql, params(values)).await?;
         for (id, namespace, service) in found {
             ids.insert((namespace, service), id);
         }
@@ -483,7 +482,8 @@ fn params<V: Into<Value>>(values: impl IntoIterator<Item = V>) -> Params {
     Params::Positional(values.into_iter().map(Into::into).collect())
 }
 
-const INSTANCE_COLUMNS: usize = 19;
+/// Bound values per instance row.
+const INSTANCE_COLUMNS: usize = 17;
 
 fn instance_bytes(w: &&PlannedWrite<'_>) -> usize {
     let r = w.record;
@@ -514,10 +514,10 @@ async fn write_instances(
     tx: &mut Transaction<'_>,
     writes: &[&PlannedWrite<'_>],
     on_duplicate: OnDuplicate,
-    now: &str,
     max_bytes: usize,
 ) -> Result<(), StoreError> {
-    let row = "(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,0,?,?)";
+    // ctime and mtime: the database's time, from the columns' defaults on insert.
+    let row = "(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,0)";
     let update = match on_duplicate {
         OnDuplicate::Fail => "",
         OnDuplicate::Update => {
@@ -530,7 +530,7 @@ async fn write_instances(
                  logic_set = VALUES(logic_set), cmdb_region = VALUES(cmdb_region),
                  cmdb_zone = VALUES(cmdb_zone), cmdb_idc = VALUES(cmdb_idc),
                  priority = VALUES(priority), revision = VALUES(revision),
-                 flag = 0, mtime = VALUES(mtime)"
+                 flag = 0, mtime = NOW(3)"
         }
     };
     for chunk in statement_chunks(
@@ -543,7 +543,7 @@ async fn write_instances(
         let sql = format!(
             "INSERT INTO instance (id, service_id, vpc_id, host, port, protocol, version,
                  health_status, isolate, weight, enable_health_check, logic_set, cmdb_region,
-                 cmdb_zone, cmdb_idc, priority, revision, flag, ctime, mtime)
+                 cmdb_zone, cmdb_idc, priority, revision, flag)
              VALUES {} {update}",
             row_placeholders(chunk.len(), row)
         );
@@ -568,8 +568,6 @@ async fn write_instances(
                 Value::from(&r.campus),
                 Value::from(r.priority),
                 Value::from(&w.revision),
-                Value::from(now),
-                Value::from(now),
             ]);
         }
         debug_assert_eq!(values.len(), chunk.len() * INSTANCE_COLUMNS);
@@ -615,7 +613,6 @@ async fn upsert_health_checks(
 async fn insert_metadata(
     tx: &mut Transaction<'_>,
     writes: &[PlannedWrite<'_>],
-    now: &str,
     max_bytes: usize,
 ) -> Result<(), StoreError> {
     let entries: Vec<(&str, &str, &str)> = writes
@@ -628,22 +625,15 @@ async fn insert_metadata(
         })
         .collect();
     let bytes = |(id, k, v): &(&str, &str, &str)| 64 + id.len() + k.len() + v.len();
-    for chunk in statement_chunks(&entries, 5, MAX_PARAMS, max_bytes, bytes) {
+    // ctime and mtime: the database's time, from the columns' defaults.
+    for chunk in statement_chunks(&entries, 3, MAX_PARAMS, max_bytes, bytes) {
         let sql = format!(
-            "INSERT INTO instance_metadata (id, mkey, mvalue, ctime, mtime) VALUES {}",
-            row_placeholders(chunk.len(), "(?,?,?,?,?)")
+            "INSERT INTO instance_metadata (id, mkey, mvalue) VALUES {}",
+            row_placeholders(chunk.len(), "(?,?,?)")
         );
         let values = chunk
             .iter()
-            .flat_map(|(id, k, v)| {
-                [
-                    Value::from(*id),
-                    Value::from(*k),
-                    Value::from(*v),
-                    Value::from(now),
-                    Value::from(now),
-                ]
-            })
+            .flat_map(|(id, k, v)| [Value::from(*id), Value::from(*k), Value::from(*v)])
             .collect();
         tx.exec_drop(sql, Params::Positional(values)).await?;
     }
