@@ -128,8 +128,12 @@ impl Naming {
         let mut registers = Vec::with_capacity(concurrency);
         let mut deregisters = Vec::with_capacity(concurrency);
         for _ in 0..concurrency {
+            let mut register = writer("register")?;
+            if let Err(error) = register.inner().prepare_for_registrations() {
+                tracing::warn!(%error, "store writer not ready; its first batch connects");
+            }
             registers.push(RegisterWrite {
-                writer: writer("register")?,
+                writer: register,
                 options,
             });
             deregisters.push(DeregisterWrite {

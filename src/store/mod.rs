@@ -145,6 +145,14 @@ pub trait StoreWriter: Send {
 
     /// Reads one instance back.
     fn instance(&mut self, id: &str) -> Result<Option<StoredInstance>, StoreError>;
+
+    /// Gets this writer ready to register: connects and prepares what a storm of
+    /// registrations uses, now and whenever it connects again, so that the first batches
+    /// after a start do not pay for it. On `Err` the writer still works; its first batch
+    /// connects.
+    fn prepare_for_registrations(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// A store: hands out writers and says how many of them it wants.

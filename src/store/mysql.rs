@@ -209,6 +209,7 @@ impl Store for MysqlStore {
             shared: Arc::clone(&self.shared),
             runtime,
             conn: None,
+            prepares_registrations: false,
             expect_unchanged: true,
         }))
     }
@@ -246,6 +247,8 @@ struct MysqlWriter {
     /// Opened on first use; closed after an error that may have broken it, and opened
     /// again by the next try.
     conn: Option<Conn>,
+    /// Whether each new connection prepares the statements of registration batches.
+    prepares_registrations: bool,
     /// Whether the last batch wrote nothing: then the next one is first looked up
     /// without a transaction, since a restart storm re-registers what is stored. In a
     /// storm of new instances that look-up would be wasted, so it is skipped until a
@@ -263,16 +266,20 @@ impl MysqlWriter {
             shared,
             runtime,
             conn,
+            prepares_registrations,
             ..
         } = self;
         runtime.block_on(async {
             let open = match conn {
                 Some(open) => open,
                 None => {
-                    let fresh =
+                    let mut fresh =
                         tokio::time::timeout(CONNECT_TIMEOUT, Conn::new(shared.opts.clone()))
                             .await
                             .map_err(|_| StoreError::ConnectTimeout(CONNECT_TIMEOUT))??;
+                    if *prepares_registrations {
+                        prepare_register_statements(&mut fresh).await?;
+                    }
                     conn.insert(fresh)
                 }
             };
@@ -364,6 +371,19 @@ impl StoreWriter for MysqlWriter {
     fn instance(&mut self, id: &str) -> Result<Option<StoredInstance>, StoreError> {
         self.transaction(async |tx| read_instance(tx, id).await)
     }
+
+    fn prepare_for_registrations(&mut self) -> Result<(), StoreError> {
+        let already_open = self.conn.is_some();
+        self.prepares_registrations = true;
+        // A new connection prepares as it opens; one already open prepares now.
+        self.on_connection(async |conn| {
+            if already_open {
+                prepare_register_statements(conn).await
+            } else {
+                Ok(())
+            }
+        })
+    }
 }
 
 async fn register_in(
@@ -438,10 +458,7 @@ async fn select_services(
     let mut ids = HashMap::with_capacity(services.len());
     let keys: Vec<&ServiceKey> = services.iter().collect();
     for list in padded_lists(&keys, MAX_PARAMS / 2) {
-        let sql = format!(
-            "SELECT id, namespace, name FROM service WHERE (namespace, name) IN ({})",
-            row_placeholders(list.len(), "(?,?)")
-        );
+        let sql = select_services_sql(list.len());
         let values = list
             .iter()
             .flat_map(|(namespace, service)| [Value::from(namespace), Value::from(service)]);
@@ -451,6 +468,102 @@ async fn select_services(
         }
     }
     Ok(ids)
+}
+
+/// The statements of a registration batch, by their number of rows. Batches use them in
+/// power-of-two sizes (see `sql::power_of_two_runs`), and each worker prepares the common
+/// ones when its connection opens ([`prepare_register_statements`]).
+fn select_services_sql(services: usize) -> String {
+    format!(
+        "SELECT id, namespace, name FROM service WHERE (namespace, name) IN ({})",
+        row_placeholders(services, "(?,?)")
+    )
+}
+
+fn read_existing_sql(ids: usize, lock: &str) -> String {
+    format!(
+        "SELECT id, revision, isolate FROM instance WHERE id IN ({}) ORDER BY id{lock}",
+        list_placeholders(ids)
+    )
+}
+
+fn insert_instances_sql(rows: usize, on_duplicate: OnDuplicate) -> String {
+    let update = match on_duplicate {
+        OnDuplicate::Fail => "",
+        OnDuplicate::Update => {
+            "ON DUPLICATE KEY UPDATE
+                 service_id = VALUES(service_id), vpc_id = VALUES(vpc_id),
+                 host = VALUES(host), port = VALUES(port), protocol = VALUES(protocol),
+                 version = VALUES(version), health_status = VALUES(health_status),
+                 isolate = VALUES(isolate), weight = VALUES(weight),
+                 enable_health_check = VALUES(enable_health_check),
+                 logic_set = VALUES(logic_set), cmdb_region = VALUES(cmdb_region),
+                 cmdb_zone = VALUES(cmdb_zone), cmdb_idc = VALUES(cmdb_idc),
+                 priority = VALUES(priority), revision = VALUES(revision),
+                 flag = 0, mtime = NOW(3)"
+        }
+    };
+    // ctime and mtime: the database's time, from the columns' defaults on insert.
+    format!(
+        "INSERT INTO instance (id, service_id, vpc_id, host, port, protocol, version,
+             health_status, isolate, weight, enable_health_check, logic_set, cmdb_region,
+             cmdb_zone, cmdb_idc, priority, revision, flag)
+         VALUES {} {update}",
+        row_placeholders(rows, "(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,0)")
+    )
+}
+
+fn upsert_health_checks_sql(rows: usize) -> String {
+    format!(
+        "INSERT INTO health_check (id, type, ttl) VALUES {}
+         ON DUPLICATE KEY UPDATE type = VALUES(type), ttl = VALUES(ttl)",
+        row_placeholders(rows, "(?,1,?)")
+    )
+}
+
+/// ctime and mtime: the database's time, from the columns' defaults.
+fn insert_metadata_sql(rows: usize) -> String {
+    format!(
+        "INSERT INTO instance_metadata (id, mkey, mvalue) VALUES {}",
+        row_placeholders(rows, "(?,?,?)")
+    )
+}
+
+/// Instances per batch whose statements a worker prepares when its connection opens:
+/// the default `max_batch`. Larger shapes are prepared when first used.
+const PREPARED_BATCH_ROWS: usize = 128;
+/// Metadata entries per instance covered by the prepared metadata inserts.
+const PREPARED_METADATA_PER_INSTANCE: usize = 4;
+/// Distinct services per batch covered by the prepared service look-ups.
+const PREPARED_SERVICES: usize = 16;
+
+/// Prepares, on a new connection, the statements a storm of new and unchanged instances
+/// uses, in every power-of-two size up to the limits above. Without it the first batches
+/// after a start each prepare their own (a prepare returns one column definition per
+/// placeholder, 2,176 for a 128-row instance insert).
+async fn prepare_register_statements(conn: &mut Conn) -> Result<(), StoreError> {
+    let sizes = |max: usize| {
+        (0..)
+            .map(|bit| 1usize << bit)
+            .take_while(move |&n| n <= max)
+    };
+    let mut statements = Vec::new();
+    for rows in sizes(PREPARED_BATCH_ROWS) {
+        statements.push(read_existing_sql(rows, ""));
+        statements.push(read_existing_sql(rows, " FOR UPDATE"));
+        statements.push(insert_instances_sql(rows, OnDuplicate::Fail));
+        statements.push(upsert_health_checks_sql(rows));
+    }
+    for rows in sizes(PREPARED_BATCH_ROWS * PREPARED_METADATA_PER_INSTANCE) {
+        statements.push(insert_metadata_sql(rows));
+    }
+    for services in sizes(PREPARED_SERVICES) {
+        statements.push(select_services_sql(services));
+    }
+    for sql in statements {
+        conn.prep(sql).await?;
+    }
+    Ok(())
 }
 
 /// Reads the stored revisions of the rows the batch names, in id order. With `lock` =
@@ -466,10 +579,7 @@ async fn read_existing(
     ids.sort_unstable();
     let mut existing = HashMap::with_capacity(ids.len());
     for list in padded_lists(&ids, MAX_PARAMS) {
-        let sql = format!(
-            "SELECT id, revision, isolate FROM instance WHERE id IN ({}) ORDER BY id{lock}",
-            list_placeholders(list.len())
-        );
+        let sql = read_existing_sql(list.len(), lock);
         let found: Vec<(String, String, bool)> = conn.exec(sql, params(list)).await?;
         for (id, revision, isolate) in found {
             existing.insert(id, Existing { revision, isolate });
@@ -516,23 +626,6 @@ async fn write_instances(
     on_duplicate: OnDuplicate,
     max_bytes: usize,
 ) -> Result<(), StoreError> {
-    // ctime and mtime: the database's time, from the columns' defaults on insert.
-    let row = "(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,0)";
-    let update = match on_duplicate {
-        OnDuplicate::Fail => "",
-        OnDuplicate::Update => {
-            "ON DUPLICATE KEY UPDATE
-                 service_id = VALUES(service_id), vpc_id = VALUES(vpc_id),
-                 host = VALUES(host), port = VALUES(port), protocol = VALUES(protocol),
-                 version = VALUES(version), health_status = VALUES(health_status),
-                 isolate = VALUES(isolate), weight = VALUES(weight),
-                 enable_health_check = VALUES(enable_health_check),
-                 logic_set = VALUES(logic_set), cmdb_region = VALUES(cmdb_region),
-                 cmdb_zone = VALUES(cmdb_zone), cmdb_idc = VALUES(cmdb_idc),
-                 priority = VALUES(priority), revision = VALUES(revision),
-                 flag = 0, mtime = NOW(3)"
-        }
-    };
     for chunk in statement_chunks(
         writes,
         INSTANCE_COLUMNS,
@@ -540,13 +633,7 @@ async fn write_instances(
         max_bytes,
         instance_bytes,
     ) {
-        let sql = format!(
-            "INSERT INTO instance (id, service_id, vpc_id, host, port, protocol, version,
-                 health_status, isolate, weight, enable_health_check, logic_set, cmdb_region,
-                 cmdb_zone, cmdb_idc, priority, revision, flag)
-             VALUES {} {update}",
-            row_placeholders(chunk.len(), row)
-        );
+        let sql = insert_instances_sql(chunk.len(), on_duplicate);
         let mut values: Vec<Value> = Vec::with_capacity(chunk.len() * INSTANCE_COLUMNS);
         for w in chunk {
             let r = w.record;
@@ -596,11 +683,7 @@ async fn upsert_health_checks(
         })
         .collect();
     for chunk in power_of_two_runs(&checked, MAX_PARAMS / 2) {
-        let sql = format!(
-            "INSERT INTO health_check (id, type, ttl) VALUES {}
-             ON DUPLICATE KEY UPDATE type = VALUES(type), ttl = VALUES(ttl)",
-            row_placeholders(chunk.len(), "(?,1,?)")
-        );
+        let sql = upsert_health_checks_sql(chunk.len());
         let values = chunk
             .iter()
             .flat_map(|(id, ttl)| [Value::from(*id), Value::from(*ttl)])
@@ -625,12 +708,8 @@ async fn insert_metadata(
         })
         .collect();
     let bytes = |(id, k, v): &(&str, &str, &str)| 64 + id.len() + k.len() + v.len();
-    // ctime and mtime: the database's time, from the columns' defaults.
     for chunk in statement_chunks(&entries, 3, MAX_PARAMS, max_bytes, bytes) {
-        let sql = format!(
-            "INSERT INTO instance_metadata (id, mkey, mvalue) VALUES {}",
-            row_placeholders(chunk.len(), "(?,?,?)")
-        );
+        let sql = insert_metadata_sql(chunk.len());
         let values = chunk
             .iter()
             .flat_map(|(id, k, v)| [Value::from(*id), Value::from(*k), Value::from(*v)])
@@ -804,6 +883,76 @@ mod tests {
         }
     }
 
+    /// A writer of `store`, as its concrete type, so tests can use its connection.
+    fn writer_of(store: &MysqlStore) -> MysqlWriter {
+        MysqlWriter {
+            shared: Arc::clone(&store.shared),
+            runtime: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap(),
+            conn: None,
+            prepares_registrations: false,
+            expect_unchanged: true,
+        }
+    }
+
+    /// Statements this writer's session has prepared so far.
+    fn prepared_so_far(writer: &mut MysqlWriter) -> u64 {
+        writer
+            .on_connection(async |conn| {
+                let row: Option<(String, u64)> = conn
+                    .query_first("SHOW SESSION STATUS LIKE 'Com_stmt_prepare'")
+                    .await?;
+                Ok(row.expect("the counter exists").1)
+            })
+            .unwrap()
+    }
+
+    /// `count` new instances of one service, each with three metadata entries and a
+    /// health check, as in a storm.
+    fn storm_rows(prefix: &str, count: usize) -> Vec<InstanceRecord> {
+        (0..count)
+            .map(|i| {
+                let mut r = row(&format!("{prefix}.{i}"));
+                r.metadata = (0..3).map(|k| (format!("k{k}"), format!("v{i}"))).collect();
+                r.enable_health_check = true;
+                r.health_check_ttl = Some(5);
+                r
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_registering_worker_prepares_a_storms_statements_when_it_connects() {
+        let Some(store) = fresh_store("unit_prepared") else {
+            return;
+        };
+        let options = RegisterOptions {
+            create_services: true,
+        };
+        let mut warm = writer_of(&store);
+        warm.prepare_for_registrations().unwrap();
+        // The first batch creates the service: those inserts are not prepared ahead.
+        warm.register(&[row("10.0.0.1")], options).unwrap();
+        let before = prepared_so_far(&mut warm);
+        let batch = storm_rows("10.1", 128);
+        let outcomes = warm.register(&batch, options).unwrap();
+        assert_eq!(outcomes, vec![RegisterOutcome::Created; 128]);
+        assert_eq!(
+            prepared_so_far(&mut warm),
+            before,
+            "nothing left to prepare"
+        );
+
+        // The same batch on a writer that did not prepare: the count above can move.
+        let mut cold = writer_of(&store);
+        let before = prepared_so_far(&mut cold);
+        let outcomes = cold.register(&storm_rows("10.2", 128), options).unwrap();
+        assert_eq!(outcomes, vec![RegisterOutcome::Created; 128]);
+        assert!(prepared_so_far(&mut cold) >= before + 5);
+    }
+
     /// The session's isolation level, under its MySQL 8 or its MariaDB name.
     async fn isolation(conn: &mut Conn) -> Result<Option<String>, StoreError> {
         match conn
@@ -820,15 +969,8 @@ mod tests {
         let Some(store) = fresh_store("unit_worker_connection") else {
             return;
         };
-        let mut writer = MysqlWriter {
-            shared: Arc::clone(&store.shared),
-            runtime: tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap(),
-            conn: None,
-            expect_unchanged: false,
-        };
+        let mut writer = writer_of(&store);
+        writer.expect_unchanged = false;
         let options = RegisterOptions {
             create_services: true,
         };
