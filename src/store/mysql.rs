@@ -277,8 +277,14 @@ impl MysqlWriter {
                         tokio::time::timeout(CONNECT_TIMEOUT, Conn::new(shared.opts.clone()))
                             .await
                             .map_err(|_| StoreError::ConnectTimeout(CONNECT_TIMEOUT))??;
-                    if *prepares_registrations {
-                        prepare_register_statements(&mut fresh).await?;
+                    // Only a head start: batches prepare what is missing themselves.
+                    if *prepares_registrations
+                        && let Err(error) = prepare_register_statements(&mut fresh).await
+                    {
+                        if !leaves_connection_usable(&error) {
+                            return Err(error);
+                        }
+                        tracing::warn!(%error, "could not prepare a storm's statements ahead");
                     }
                     conn.insert(fresh)
                 }
