@@ -1,5 +1,5 @@
 //! The batch layer alone, with a store that does nothing: how many requests per second
-//! the queue → batcher → worker → reply path carries, and what one push costs in the
+//! the queue → store worker → reply path carries, and what one push costs in the
 //! batcher state machine.
 
 use std::num::NonZeroUsize;
@@ -84,7 +84,7 @@ fn batcher_push_take(c: &mut Criterion) {
         b.iter(|| {
             for i in 0..128 {
                 batcher.push(i, now);
-                std::hint::black_box(batcher.flush_reason(now, false, 0));
+                std::hint::black_box(batcher.flush_reason(now, false));
             }
             std::hint::black_box(batcher.take())
         });

@@ -6,7 +6,8 @@
 use sha1::{Digest, Sha1};
 use subtle::ConstantTimeEq;
 
-use crate::naming::{Answer, InstanceInput, Naming, RequestContext};
+use crate::code::Code;
+use crate::naming::{InstanceInput, RequestContext};
 
 /// Why a request was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -15,6 +16,16 @@ pub enum AuthError {
     MissingToken,
     #[error("the token is not allowed to write {resource}")]
     NotAllowed { resource: String },
+}
+
+impl AuthError {
+    /// The Polaris code the request is answered with.
+    pub fn code(&self) -> Code {
+        match self {
+            AuthError::MissingToken => Code::EmptyAutToken,
+            AuthError::NotAllowed { .. } => Code::NotAllowedAccess,
+        }
+    }
 }
 
 /// One configured token and the `namespace/service` patterns it may write.
@@ -78,37 +89,23 @@ fn digest(token: &str) -> [u8; 20] {
     Sha1::digest(token.as_bytes()).into()
 }
 
-/// The auth layer; holds the naming layer it guards.
+/// The auth layer: the configured grants, or none when auth is off.
 pub struct Auth {
-    naming: Naming,
     /// `None` when auth is off.
     grants: Option<Vec<TokenGrant>>,
 }
 
 impl Auth {
-    pub fn new(naming: Naming, grants: Option<Vec<TokenGrant>>) -> Self {
-        Auth { naming, grants }
+    pub fn new(grants: Option<Vec<TokenGrant>>) -> Self {
+        Auth { grants }
     }
 
-    pub async fn register(&self, ctx: &RequestContext, input: InstanceInput) -> Answer {
-        if let Err(err) = self.check(ctx, &input) {
-            return Answer::failed(err.into(), input);
-        }
-        self.naming.register(ctx, input).await
-    }
-
-    pub async fn deregister(&self, ctx: &RequestContext, input: InstanceInput) -> Answer {
-        if let Err(err) = self.check(ctx, &input) {
-            return Answer::failed(err.into(), input);
-        }
-        self.naming.deregister(ctx, input).await
-    }
-
-    pub fn naming(&self) -> &Naming {
-        &self.naming
-    }
-
-    fn check(&self, ctx: &RequestContext, input: &InstanceInput) -> Result<(), AuthError> {
+    /// Whether the request may write the instance it names.
+    pub fn check_write(
+        &self,
+        ctx: &RequestContext,
+        input: &InstanceInput,
+    ) -> Result<(), AuthError> {
         let Some(grants) = &self.grants else {
             return Ok(());
         };

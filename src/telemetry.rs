@@ -1,15 +1,18 @@
 //! Metrics: every name, label and bucket defined here, recorded through the `metrics`
 //! facade and rendered as Prometheus text by the HTTP port.
+//!
+//! Each recorder (requests of one api, one batch controller, one store writer) registers
+//! its series when it is made, so every series whose labels are known is exported, at 0,
+//! from the start, and the hot path records through handles without a registry look-up.
+//! Only [`Code`] is imported: the layers pass their own labels as text.
 
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use metrics::{counter, gauge, histogram};
+use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::batch::FlushReason;
 use crate::code::Code;
-use crate::store::StoreError;
 
 pub const REQUESTS_TOTAL: &str = "batchreg_requests_total";
 pub const REQUEST_DURATION_SECONDS: &str = "batchreg_request_duration_seconds";
@@ -77,7 +80,7 @@ fn describe() {
     describe_histogram!(
         QUEUE_WAIT_SECONDS,
         Unit::Seconds,
-        "Time a request waited before its batch was handed to a store worker."
+        "Time a request waited in the queue before a store worker took its batch."
     );
     describe_histogram!(
         BATCH_SIZE_REQUESTS,
@@ -122,67 +125,168 @@ fn describe() {
     );
 }
 
-/// One answered request.
-pub fn record_request(api: &'static str, protocol: &'static str, code: Code, elapsed: Duration) {
+/// The requests of one api over one protocol: a counter per code, and their durations.
+#[derive(Clone)]
+pub struct RequestMetrics {
+    api: &'static str,
+    protocol: &'static str,
+    by_code: Vec<(Code, Counter)>,
+    duration: Histogram,
+}
+
+impl RequestMetrics {
+    /// Registers a counter for every code the server answers with, at 0.
+    pub fn new(api: &'static str, protocol: &'static str) -> Self {
+        let by_code = Code::ALL
+            .iter()
+            .map(|&code| (code, request_counter(api, protocol, code)))
+            .collect();
+        RequestMetrics {
+            api,
+            protocol,
+            by_code,
+            duration: histogram!(REQUEST_DURATION_SECONDS, "api" => api, "protocol" => protocol),
+        }
+    }
+
+    /// One answered request.
+    pub fn record(&self, code: Code, elapsed: Duration) {
+        match self.by_code.iter().find(|(known, _)| *known == code) {
+            Some((_, counter)) => counter.increment(1),
+            None => request_counter(self.api, self.protocol, code).increment(1),
+        }
+        self.duration.record(elapsed);
+    }
+}
+
+fn request_counter(api: &'static str, protocol: &'static str, code: Code) -> Counter {
     counter!(REQUESTS_TOTAL, "api" => api, "protocol" => protocol, "code" => code.label())
-        .increment(1);
-    histogram!(REQUEST_DURATION_SECONDS, "api" => api, "protocol" => protocol).record(elapsed);
 }
 
-/// One flushed batch.
-pub fn record_flush(api: &'static str, reason: FlushReason, size: usize) {
-    counter!(BATCH_FLUSHES_TOTAL, "api" => api, "reason" => reason.as_str()).increment(1);
-    histogram!(BATCH_SIZE_REQUESTS, "api" => api).record(size as f64);
+/// One batch controller's figures. `flush_reasons` are the labels of
+/// [`BatchMetrics::flushed`]'s index.
+#[derive(Clone)]
+pub struct BatchMetrics {
+    queue_wait: Histogram,
+    batch_size: Histogram,
+    flushes: Vec<Counter>,
+    queue_depth: Gauge,
+    dropped: Counter,
 }
 
-/// Time one request spent queued before its batch went to a worker.
-pub fn record_queued(api: &'static str, waited: Duration) {
-    histogram!(QUEUE_WAIT_SECONDS, "api" => api).record(waited);
+impl BatchMetrics {
+    pub fn new(api: &'static str, flush_reasons: &[&'static str]) -> Self {
+        BatchMetrics {
+            queue_wait: histogram!(QUEUE_WAIT_SECONDS, "api" => api),
+            batch_size: histogram!(BATCH_SIZE_REQUESTS, "api" => api),
+            flushes: flush_reasons
+                .iter()
+                .map(|&reason| counter!(BATCH_FLUSHES_TOTAL, "api" => api, "reason" => reason))
+                .collect(),
+            queue_depth: gauge!(QUEUE_DEPTH_REQUESTS, "api" => api),
+            dropped: counter!(ASYNC_DROPPED_TOTAL, "api" => api),
+        }
+    }
+
+    /// A batch of `size` flushed for the reason at `reason` in the list given to `new`,
+    /// with `queued` requests left behind it.
+    pub fn flushed(&self, reason: usize, size: usize, queued: usize) {
+        if let Some(counter) = self.flushes.get(reason) {
+            counter.increment(1);
+        }
+        self.batch_size.record(size as f64);
+        self.queue_depth.set(queued as f64);
+    }
+
+    /// Time one request waited before a store worker took its batch.
+    pub fn queued(&self, waited: Duration) {
+        self.queue_wait.record(waited);
+    }
+
+    /// An async-regis request dropped unwritten after task_life.
+    pub fn dropped(&self) {
+        self.dropped.increment(1);
+    }
 }
 
-pub fn set_queue_depth(api: &'static str, depth: usize) {
-    gauge!(QUEUE_DEPTH_REQUESTS, "api" => api).set(depth as f64);
+/// One store writer's figures: each try of a transaction, and retries and final errors
+/// by reason. `reasons` are every reason the store may report.
+#[derive(Clone)]
+pub struct StoreMetrics {
+    transaction_ok: Histogram,
+    transaction_error: Histogram,
+    retries: Vec<(&'static str, Counter)>,
+    errors: Vec<(&'static str, Counter)>,
 }
 
-pub fn record_dropped_task(api: &'static str) {
-    counter!(ASYNC_DROPPED_TOTAL, "api" => api).increment(1);
+impl StoreMetrics {
+    pub fn new(engine: &'static str, operation: &'static str, reasons: &[&'static str]) -> Self {
+        let by_reason = |name: &'static str| -> Vec<(&'static str, Counter)> {
+            reasons
+                .iter()
+                .map(|&reason| {
+                    let counter = counter!(name, "engine" => engine, "operation" => operation, "reason" => reason);
+                    (reason, counter)
+                })
+                .collect()
+        };
+        let transaction = |outcome: &'static str| histogram!(STORE_TRANSACTION_DURATION_SECONDS, "engine" => engine, "operation" => operation, "outcome" => outcome);
+        StoreMetrics {
+            transaction_ok: transaction("ok"),
+            transaction_error: transaction("error"),
+            retries: by_reason(STORE_RETRIES_TOTAL),
+            errors: by_reason(STORE_ERRORS_TOTAL),
+        }
+    }
+
+    /// One try of a transaction, successful or not.
+    pub fn transaction(&self, took: Duration, ok: bool) {
+        if ok {
+            self.transaction_ok.record(took);
+        } else {
+            self.transaction_error.record(took);
+        }
+    }
+
+    /// A transient failure, tried again.
+    pub fn retried(&self, reason: &'static str) {
+        increment_reason(&self.retries, reason);
+    }
+
+    /// A write that failed for good.
+    pub fn failed(&self, reason: &'static str) {
+        increment_reason(&self.errors, reason);
+    }
 }
 
-pub fn record_store_retry(engine: &'static str, operation: &'static str, err: &StoreError) {
-    counter!(STORE_RETRIES_TOTAL, "engine" => engine, "operation" => operation, "reason" => err.reason())
-        .increment(1);
+fn increment_reason(counters: &[(&'static str, Counter)], reason: &'static str) {
+    if let Some((_, counter)) = counters.iter().find(|(known, _)| *known == reason) {
+        counter.increment(1);
+    }
 }
 
-/// One try of a store transaction, successful or not.
-pub fn record_store_transaction(
-    engine: &'static str,
-    operation: &'static str,
-    took: Duration,
-    ok: bool,
-) {
-    let outcome = if ok { "ok" } else { "error" };
-    histogram!(STORE_TRANSACTION_DURATION_SECONDS, "engine" => engine, "operation" => operation, "outcome" => outcome)
-        .record(took);
+/// What one namespace holds, for the gauges.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamespaceGauge<'a> {
+    pub namespace: &'a str,
+    pub services: u64,
+    pub instances: u64,
 }
 
-pub fn record_store_error(engine: &'static str, operation: &'static str, err: &StoreError) {
-    counter!(STORE_ERRORS_TOTAL, "engine" => engine, "operation" => operation, "reason" => err.reason()).increment(1);
-}
-
-/// Instances and services stored per namespace; namespaces no longer present go to 0.
-pub fn set_namespace_counts(counts: &[crate::store::NamespaceCount], previous: &mut Vec<String>) {
+/// Instances and services per namespace; namespaces no longer present go to 0.
+pub fn set_namespace_counts(counts: &[NamespaceGauge<'_>], previous: &mut Vec<String>) {
     for gone in previous
         .iter()
-        .filter(|ns| !counts.iter().any(|c| &c.namespace == *ns))
+        .filter(|ns| !counts.iter().any(|c| c.namespace == ns.as_str()))
     {
         gauge!(INSTANCES_REGISTERED, "namespace" => gone.clone()).set(0.0);
         gauge!(SERVICES_REGISTERED, "namespace" => gone.clone()).set(0.0);
     }
     for count in counts {
-        gauge!(INSTANCES_REGISTERED, "namespace" => count.namespace.clone())
+        gauge!(INSTANCES_REGISTERED, "namespace" => count.namespace.to_owned())
             .set(count.instances as f64);
-        gauge!(SERVICES_REGISTERED, "namespace" => count.namespace.clone())
+        gauge!(SERVICES_REGISTERED, "namespace" => count.namespace.to_owned())
             .set(count.services as f64);
     }
-    *previous = counts.iter().map(|c| c.namespace.clone()).collect();
+    *previous = counts.iter().map(|c| c.namespace.to_owned()).collect();
 }

@@ -4,11 +4,10 @@
 
 mod common;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-
 use batchreg::store::resilient::{ResilientWriter, RetryPolicy};
 use batchreg::store::{InstanceRecord, RegisterOptions, RegisterOutcome, StoreOptions};
+use batchreg::telemetry::StoreMetrics;
+use common::metrics;
 use common::mysql::{admin, fresh_database, scalar};
 use common::{TestServer, code, expected_id, instance};
 
@@ -180,12 +179,11 @@ fn a_batch_whose_connection_is_killed_is_retried_and_fully_written() {
     });
     locked_rx.recv().unwrap();
 
-    let retries = Arc::new(AtomicUsize::new(0));
-    let counted = Arc::clone(&retries);
-    let mut resilient = ResilientWriter::new(store.writer().unwrap(), RetryPolicy::default())
-        .on_retry(Arc::new(move |_| {
-            counted.fetch_add(1, Ordering::Relaxed);
-        }));
+    // Labels of this test's own, to count its retries.
+    metrics::rendered();
+    let labels = StoreMetrics::new("mysql", "killed_test", store.error_reasons());
+    let mut resilient =
+        ResilientWriter::new(store.writer().unwrap(), RetryPolicy::default(), labels);
     let batch = vec![record(1, 20), record(2, 20), record(3, 20)];
     let writing = std::thread::spawn(move || {
         let results = resilient.register(&batch, create);
@@ -211,11 +209,13 @@ fn a_batch_whose_connection_is_killed_is_retried_and_fully_written() {
     release_tx.send(()).unwrap();
     holder.join().unwrap();
 
-    let (results, mut resilient) = writing.join().unwrap();
-    assert!(
-        retries.load(Ordering::Relaxed) >= 1,
-        "the killed transaction was retried"
+    let (results, _resilient) = writing.join().unwrap();
+    let retries = metrics::sum(
+        &metrics::rendered(),
+        "batchreg_store_retries_total",
+        &[r#"operation="killed_test""#],
     );
+    assert!(retries >= 1.0, "the killed transaction was retried");
     assert_eq!(
         results
             .iter()
@@ -227,12 +227,10 @@ fn a_batch_whose_connection_is_killed_is_retried_and_fully_written() {
             RegisterOutcome::Created
         ]
     );
-    for port in 1..=3 {
-        let stored = resilient
-            .inner()
-            .instance(&format!("killed-{port}"))
-            .unwrap()
-            .unwrap();
+    let stored = store.instances_page("", 10).unwrap();
+    assert_eq!(stored.len(), 3);
+    for (port, stored) in (1..=3).zip(stored) {
+        assert_eq!(stored.record.id, format!("killed-{port}"));
         assert_eq!(stored.record.weight, 20);
         assert_eq!(
             stored.record.metadata,

@@ -5,6 +5,7 @@ mod common;
 
 use std::net::SocketAddr;
 
+use common::metrics::sample;
 use common::{TestServer, code, instance};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -21,17 +22,6 @@ async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
         .map(|(_, b)| b.to_owned())
         .unwrap_or_default();
     (status, body)
-}
-
-/// The value of the sample line that starts with `series` exactly.
-fn sample(body: &str, series: &str) -> Option<f64> {
-    body.lines().find_map(|line| {
-        line.strip_prefix(series)?
-            .strip_prefix(' ')?
-            .trim()
-            .parse()
-            .ok()
-    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

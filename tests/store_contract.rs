@@ -1,6 +1,8 @@
 //! The store contract: every store implementation must pass these, through the `Store`
 //! trait alone. Run against SQLite and MySQL.
 
+#[path = "common/metrics.rs"]
+mod metrics;
 #[path = "common/mysql.rs"]
 mod mysql;
 
@@ -10,8 +12,10 @@ use mysql_async::prelude::Queryable;
 
 use batchreg::store::resilient::{ResilientWriter, RetryPolicy};
 use batchreg::store::{
-    DeregisterOutcome, InstanceRecord, RegisterOptions, RegisterOutcome, Store, StoreOptions,
+    DeregisterOutcome, InstanceRecord, RegisterOptions, RegisterOutcome, Store, StoreError,
+    StoreOptions, StoredInstance,
 };
+use batchreg::telemetry::StoreMetrics;
 
 const CREATE: RegisterOptions = RegisterOptions {
     create_services: true,
@@ -44,6 +48,30 @@ fn record(service: &str, host: &str, port: u32) -> InstanceRecord {
     }
 }
 
+/// Rows per page when the tests read instances back: small, so that paging is exercised.
+const PAGE: usize = 3;
+
+/// One stored instance, found by reading every page.
+fn instance(store: &dyn Store, id: &str) -> Result<Option<StoredInstance>, StoreError> {
+    let mut after = String::new();
+    loop {
+        let page = store.instances_page(&after, PAGE)?;
+        if let Some(found) = page.iter().find(|i| i.record.id == id) {
+            return Ok(Some(found.clone()));
+        }
+        match page.last() {
+            Some(last) if page.len() == PAGE => after = last.record.id.clone(),
+            _ => return Ok(None),
+        }
+    }
+}
+
+/// Labels of a test's own writer: the metrics of every test binary share one recorder.
+fn labels(store: &dyn Store, operation: &'static str) -> StoreMetrics {
+    metrics::rendered();
+    StoreMetrics::new(store.engine(), operation, store.error_reasons())
+}
+
 /// Every contract case, against one store.
 pub fn run_contract(open: &dyn Fn() -> Arc<dyn Store>) {
     new_instances_are_created_and_read_back(open().as_ref());
@@ -54,6 +82,48 @@ pub fn run_contract(open: &dyn Fn() -> Arc<dyn Store>) {
     deregister_deletes_every_row(open().as_ref());
     batches_larger_than_one_statement_are_chunked(open().as_ref());
     names_that_differ_only_in_case_are_distinct(open().as_ref());
+    instances_are_read_in_pages_in_id_order(open().as_ref());
+}
+
+fn instances_are_read_in_pages_in_id_order(store: &dyn Store) {
+    let mut writer = store.writer().unwrap();
+    let mut rows: Vec<InstanceRecord> = (0..10)
+        .map(|i| {
+            let mut row = record(&format!("s{}", i % 3), &format!("10.9.0.{i}"), 100 + i);
+            row.metadata = (0..i % 4)
+                .map(|k| (format!("k{k}"), format!("{i}-{k}")))
+                .collect();
+            row
+        })
+        .collect();
+    assert_eq!(
+        writer.register(&rows, CREATE).unwrap(),
+        vec![RegisterOutcome::Created; 10]
+    );
+    rows.sort_by(|a, b| a.id.cmp(&b.id));
+    let mut read = Vec::new();
+    let mut sizes = Vec::new();
+    let mut after = String::new();
+    loop {
+        let page = store.instances_page(&after, 4).unwrap();
+        sizes.push(page.len());
+        let Some(last) = page.last() else { break };
+        after = last.record.id.clone();
+        read.extend(page);
+    }
+    assert_eq!(sizes, [4, 4, 2, 0]);
+    let records: Vec<InstanceRecord> = read.into_iter().map(|stored| stored.record).collect();
+    let expected: Vec<InstanceRecord> = rows
+        .into_iter()
+        .map(|mut row| {
+            row.isolate = Some(false);
+            row
+        })
+        .collect();
+    assert_eq!(
+        records, expected,
+        "every row with its own metadata, in id order"
+    );
 }
 
 fn new_instances_are_created_and_read_back(store: &dyn Store) {
@@ -66,7 +136,7 @@ fn new_instances_are_created_and_read_back(store: &dyn Store) {
     let outcomes = writer.register(&rows, CREATE).unwrap();
     assert_eq!(outcomes, vec![RegisterOutcome::Created; 3]);
     for row in &rows {
-        let stored = writer.instance(&row.id).unwrap().expect("stored");
+        let stored = instance(store, &row.id).unwrap().expect("stored");
         let mut expected = row.clone();
         expected.isolate = Some(false);
         assert_eq!(stored.record, expected);
@@ -74,13 +144,13 @@ fn new_instances_are_created_and_read_back(store: &dyn Store) {
         assert_eq!(stored.revision, row.revision(false));
         assert_eq!(stored.ctime, stored.mtime);
     }
-    let service_a = writer.instance(&rows[0].id).unwrap().unwrap().service_id;
+    let service_a = instance(store, &rows[0].id).unwrap().unwrap().service_id;
     assert_eq!(
-        writer.instance(&rows[1].id).unwrap().unwrap().service_id,
+        instance(store, &rows[1].id).unwrap().unwrap().service_id,
         service_a
     );
     assert_ne!(
-        writer.instance(&rows[2].id).unwrap().unwrap().service_id,
+        instance(store, &rows[2].id).unwrap().unwrap().service_id,
         service_a
     );
 }
@@ -91,7 +161,7 @@ fn unchanged_writes_nothing_changed_replaces_in_place(store: &dyn Store) {
     writer
         .register(std::slice::from_ref(&original), CREATE)
         .unwrap();
-    let before = writer.instance(&original.id).unwrap().unwrap();
+    let before = instance(store, &original.id).unwrap().unwrap();
     std::thread::sleep(std::time::Duration::from_millis(5));
 
     // Twice: a store may answer a batch after a write and one after a batch that wrote
@@ -102,7 +172,7 @@ fn unchanged_writes_nothing_changed_replaces_in_place(store: &dyn Store) {
             .unwrap();
         assert_eq!(outcomes, vec![RegisterOutcome::Unchanged]);
         assert_eq!(
-            writer.instance(&original.id).unwrap().unwrap(),
+            instance(store, &original.id).unwrap().unwrap(),
             before,
             "nothing rewritten"
         );
@@ -115,8 +185,8 @@ fn unchanged_writes_nothing_changed_replaces_in_place(store: &dyn Store) {
         outcomes,
         vec![RegisterOutcome::Unchanged, RegisterOutcome::Created]
     );
-    assert_eq!(writer.instance(&original.id).unwrap().unwrap(), before);
-    assert!(writer.instance(&newcomer.id).unwrap().is_some());
+    assert_eq!(instance(store, &original.id).unwrap().unwrap(), before);
+    assert!(instance(store, &newcomer.id).unwrap().is_some());
 
     let mut changed = original.clone();
     changed.weight = 5;
@@ -127,7 +197,7 @@ fn unchanged_writes_nothing_changed_replaces_in_place(store: &dyn Store) {
         .register(std::slice::from_ref(&changed), CREATE)
         .unwrap();
     assert_eq!(outcomes, vec![RegisterOutcome::Replaced]);
-    let after = writer.instance(&original.id).unwrap().unwrap();
+    let after = instance(store, &original.id).unwrap().unwrap();
     assert_eq!(after.ctime, before.ctime);
     assert_ne!(after.mtime, before.mtime);
     assert_eq!(after.record.weight, 5);
@@ -161,7 +231,7 @@ fn omitted_isolate_keeps_the_stored_flag(store: &dyn Store) {
             .unwrap(),
         vec![RegisterOutcome::Replaced]
     );
-    assert!(writer.instance(&isolated.id).unwrap().unwrap().isolate);
+    assert!(instance(store, &isolated.id).unwrap().unwrap().isolate);
 }
 
 fn missing_services_are_not_created_when_not_allowed(store: &dyn Store) {
@@ -185,11 +255,15 @@ fn missing_services_are_not_created_when_not_allowed(store: &dyn Store) {
         outcomes,
         vec![RegisterOutcome::Created, RegisterOutcome::ServiceNotFound]
     );
-    assert!(writer.instance(&rows[1].id).unwrap().is_none());
+    assert!(instance(store, &rows[1].id).unwrap().is_none());
 }
 
 fn a_bad_row_does_not_fail_its_batch_mates(store: &dyn Store) {
-    let mut writer = ResilientWriter::new(store.writer().unwrap(), RetryPolicy::default());
+    let mut writer = ResilientWriter::new(
+        store.writer().unwrap(),
+        RetryPolicy::default(),
+        labels(store, "contract_bad_row"),
+    );
     let mut rows: Vec<InstanceRecord> = (0..10).map(|i| record("split", "10.0.1.1", i)).collect();
     // Past the host column's limit: only validation in front of the store would stop it.
     rows[6].host = "h".repeat(200);
@@ -198,14 +272,14 @@ fn a_bad_row_does_not_fail_its_batch_mates(store: &dyn Store) {
     for (i, result) in results.iter().enumerate() {
         if i == 6 {
             assert!(result.is_err(), "the bad row fails");
-            assert!(writer.inner().instance(&rows[i].id).unwrap().is_none());
+            assert!(instance(store, &rows[i].id).unwrap().is_none());
         } else {
             assert_eq!(
                 result.as_ref().ok(),
                 Some(&RegisterOutcome::Created),
                 "row {i}"
             );
-            assert!(writer.inner().instance(&rows[i].id).unwrap().is_some());
+            assert!(instance(store, &rows[i].id).unwrap().is_some());
         }
     }
 }
@@ -220,14 +294,13 @@ fn deregister_deletes_every_row(store: &dyn Store) {
         outcomes,
         vec![DeregisterOutcome::Deleted, DeregisterOutcome::Absent]
     );
-    assert!(writer.instance(&rows[0].id).unwrap().is_none());
-    assert!(writer.instance(&rows[1].id).unwrap().is_some());
+    assert!(instance(store, &rows[0].id).unwrap().is_none());
+    assert!(instance(store, &rows[1].id).unwrap().is_some());
     // Registered again after a deregister: a new instance, no stale metadata.
     let outcomes = writer.register(&rows[..1], CREATE).unwrap();
     assert_eq!(outcomes, vec![RegisterOutcome::Created]);
     assert_eq!(
-        writer
-            .instance(&rows[0].id)
+        instance(store, &rows[0].id)
             .unwrap()
             .unwrap()
             .record
@@ -243,7 +316,7 @@ fn batches_larger_than_one_statement_are_chunked(store: &dyn Store) {
     let outcomes = writer.register(&rows, CREATE).unwrap();
     assert!(outcomes.iter().all(|o| *o == RegisterOutcome::Created));
     for i in [0, 1_234, 4_999] {
-        let stored = writer.instance(&rows[i].id).unwrap().unwrap();
+        let stored = instance(store, &rows[i].id).unwrap().unwrap();
         assert_eq!(stored.record.metadata.len(), 2);
         assert_eq!(stored.record.health_check_ttl, Some(5));
     }
@@ -270,12 +343,10 @@ fn names_that_differ_only_in_case_are_distinct(store: &dyn Store) {
         .register(&[lower.clone(), upper.clone()], CREATE)
         .unwrap();
     assert_eq!(outcomes, vec![RegisterOutcome::Created; 2]);
-    let stored_lower = writer
-        .instance(&lower.id)
+    let stored_lower = instance(store, &lower.id)
         .unwrap()
         .expect("lower-case id stored");
-    let stored_upper = writer
-        .instance(&upper.id)
+    let stored_upper = instance(store, &upper.id)
         .unwrap()
         .expect("upper-case id stored");
     assert_eq!(stored_lower.record.id, "instance-a");
@@ -292,7 +363,7 @@ fn names_that_differ_only_in_case_are_distinct(store: &dyn Store) {
     let outcomes = writer.deregister(&["INSTANCE-A".to_owned()]).unwrap();
     assert_eq!(outcomes, vec![DeregisterOutcome::Deleted]);
     assert!(
-        writer.instance(&lower.id).unwrap().is_some(),
+        instance(store, &lower.id).unwrap().is_some(),
         "the other case is kept"
     );
 }
@@ -379,12 +450,11 @@ fn mysql_an_instance_inserted_meanwhile_is_replaced_on_retry() {
     let new = record("race", "10.2.0.1", 1);
     let held = record("race", "10.2.0.9", 9);
     assert!(new.id < held.id);
-    let retries = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let observed = Arc::clone(&retries);
-    let mut writer = ResilientWriter::new(store.writer().unwrap(), RetryPolicy::default())
-        .on_retry(Arc::new(move |err| {
-            observed.lock().unwrap().push(err.reason());
-        }));
+    let mut writer = ResilientWriter::new(
+        store.writer().unwrap(),
+        RetryPolicy::default(),
+        labels(store.as_ref(), "raced_test"),
+    );
     assert!(matches!(
         writer.register(std::slice::from_ref(&held), CREATE)[..],
         [Ok(RegisterOutcome::Created)]
@@ -452,8 +522,15 @@ fn mysql_an_instance_inserted_meanwhile_is_replaced_on_retry() {
         ),
         "{results:?}"
     );
-    assert_eq!(*retries.lock().unwrap(), ["raced"]);
-    let stored = store.writer().unwrap().instance(&new.id).unwrap().unwrap();
+    // Exactly one retry, for the race.
+    let rendered = metrics::rendered();
+    let retries = |labels: &[&str]| metrics::sum(&rendered, "batchreg_store_retries_total", labels);
+    assert_eq!(retries(&[r#"operation="raced_test""#]), 1.0);
+    assert_eq!(
+        retries(&[r#"operation="raced_test""#, r#"reason="raced""#]),
+        1.0
+    );
+    let stored = instance(store.as_ref(), &new.id).unwrap().unwrap();
     assert_eq!(stored.record.host, new.host);
     assert_eq!(
         stored.record.metadata, new.metadata,
@@ -504,7 +581,9 @@ fn mysql_a_database_from_the_first_migration_is_upgraded_in_place() {
         batchreg::store::migrate::MYSQL.len() as i64
     );
     let mut writer = store.writer().unwrap();
-    let stored = writer.instance(&old.id).unwrap().expect("row kept");
+    let stored = instance(store.as_ref(), &old.id)
+        .unwrap()
+        .expect("row kept");
     assert_eq!(stored.record.metadata, old.metadata);
     let mut other_case = old.clone();
     other_case.id = old.id.to_uppercase();

@@ -1,5 +1,5 @@
 //! `v1.PolarisGRPC` over tonic: decodes the wire types, reads the request metadata, calls
-//! the auth layer and encodes its answer. Methods not served answer UNIMPLEMENTED; every
+//! the client API and encodes its result. Methods not served answer UNIMPLEMENTED; every
 //! served one answers gRPC OK with the Polaris code inside `Response`.
 
 use std::pin::Pin;
@@ -9,20 +9,26 @@ use std::time::Instant;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response as GrpcResponse, Status, Streaming};
 
-use crate::auth::Auth;
-use crate::naming::{Answer, HealthCheckInput, InstanceInput, LocationInput, RequestContext};
+use super::{ApiError, ClientApi};
+use crate::naming::{HealthCheckInput, InstanceInput, LocationInput, RequestContext, Written};
 use crate::proto;
 use crate::proto::polaris_grpc_server::PolarisGrpc;
-use crate::telemetry;
+use crate::telemetry::RequestMetrics;
 
-/// The tonic service: a thin adapter in front of [`Auth`].
+/// The tonic service: a thin adapter in front of [`ClientApi`].
 pub struct PolarisGrpcAdapter {
-    auth: Arc<Auth>,
+    api: Arc<ClientApi>,
+    register: RequestMetrics,
+    deregister: RequestMetrics,
 }
 
 impl PolarisGrpcAdapter {
-    pub fn new(auth: Arc<Auth>) -> Self {
-        PolarisGrpcAdapter { auth }
+    pub fn new(api: Arc<ClientApi>) -> Self {
+        PolarisGrpcAdapter {
+            api,
+            register: RequestMetrics::new("register", "grpc"),
+            deregister: RequestMetrics::new("deregister", "grpc"),
+        }
     }
 
     pub fn into_server(self) -> proto::polaris_grpc_server::PolarisGrpcServer<Self> {
@@ -113,15 +119,27 @@ pub fn instance_to_wire(instance: InstanceInput) -> proto::Instance {
     }
 }
 
-fn response_to_wire(answer: Answer) -> proto::Response {
+/// The answer to a write: its code and text, and the instance echoed (with its id once
+/// known). The one place a result becomes a wire `Response`.
+fn write_response(
+    result: Result<Written, ApiError>,
+    mut instance: InstanceInput,
+) -> proto::Response {
+    let (code, info) = match result {
+        Ok(written) => {
+            instance.id = Some(written.id);
+            (written.code, written.info.to_owned())
+        }
+        Err(error) => (error.code(), error.to_string()),
+    };
     proto::Response {
-        code: Some(answer.code.as_u32()),
-        info: Some(answer.info),
-        instance: Some(instance_to_wire(answer.instance)),
+        code: Some(code.as_u32()),
+        info: Some(info),
+        instance: Some(instance_to_wire(instance)),
     }
 }
 
-/// The two writes this adapter serves; also the `api` metric label.
+/// The two writes this adapter serves.
 #[derive(Clone, Copy)]
 enum Write {
     Register,
@@ -129,7 +147,7 @@ enum Write {
 }
 
 impl PolarisGrpcAdapter {
-    /// Decodes, calls the auth layer, records the request, encodes the answer.
+    /// Decodes, calls the client API, records the request, encodes the answer.
     async fn write(
         &self,
         write: Write,
@@ -138,12 +156,16 @@ impl PolarisGrpcAdapter {
         let started = Instant::now();
         let ctx = request_context(request.metadata());
         let input = instance_from_wire(request.into_inner());
-        let (api, answer) = match write {
-            Write::Register => ("register", self.auth.register(&ctx, input).await),
-            Write::Deregister => ("deregister", self.auth.deregister(&ctx, input).await),
+        let (metrics, result) = match write {
+            Write::Register => (&self.register, self.api.register(&ctx, &input).await),
+            Write::Deregister => (&self.deregister, self.api.deregister(&ctx, &input).await),
         };
-        telemetry::record_request(api, "grpc", answer.code, started.elapsed());
-        GrpcResponse::new(response_to_wire(answer))
+        let code = match &result {
+            Ok(written) => written.code,
+            Err(error) => error.code(),
+        };
+        metrics.record(code, started.elapsed());
+        GrpcResponse::new(write_response(result, input))
     }
 }
 

@@ -1,5 +1,63 @@
-//! The transport adapters: gRPC (the Polaris v1 client API) and the HTTP port for
-//! metrics and health. They convert wire types and codes, nothing more.
+//! The transport adapters: gRPC (the Polaris v1 client API) and the HTTP port. They
+//! convert wire types and codes, nothing more; [`ClientApi`] is what both call.
 
 pub mod grpc;
 pub mod http;
+
+use crate::auth::{Auth, AuthError};
+use crate::code::Code;
+use crate::naming::{InstanceInput, Naming, NamingError, RequestContext, Written};
+
+/// Why a request of the client API was not carried out.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error(transparent)]
+    Naming(#[from] NamingError),
+}
+
+impl ApiError {
+    /// The Polaris code the request is answered with.
+    pub fn code(&self) -> Code {
+        match self {
+            ApiError::Auth(auth) => auth.code(),
+            ApiError::Naming(naming) => naming.code(),
+        }
+    }
+}
+
+/// The Polaris client API without a transport: the auth check, then the layer that
+/// serves the method.
+pub struct ClientApi {
+    auth: Auth,
+    naming: Naming,
+}
+
+impl ClientApi {
+    pub fn new(auth: Auth, naming: Naming) -> Self {
+        ClientApi { auth, naming }
+    }
+
+    pub async fn register(
+        &self,
+        ctx: &RequestContext,
+        input: &InstanceInput,
+    ) -> Result<Written, ApiError> {
+        self.auth.check_write(ctx, input)?;
+        Ok(self.naming.register(ctx, input).await?)
+    }
+
+    pub async fn deregister(
+        &self,
+        ctx: &RequestContext,
+        input: &InstanceInput,
+    ) -> Result<Written, ApiError> {
+        self.auth.check_write(ctx, input)?;
+        Ok(self.naming.deregister(ctx, input).await?)
+    }
+
+    pub fn naming(&self) -> &Naming {
+        &self.naming
+    }
+}

@@ -10,13 +10,22 @@ pub enum FlushReason {
     Size,
     /// The oldest request waited `max_wait`.
     Timeout,
-    /// A store worker is free and nothing else is queued: waiting would only add latency.
+    /// Nothing else is queued and the worker holding the batch is free: waiting would
+    /// only add latency.
     Idle,
     /// The server is stopping: everything queued is written first.
     Shutdown,
 }
 
 impl FlushReason {
+    /// Every reason, in declaration order: `reason as usize` indexes it.
+    pub const ALL: [FlushReason; 4] = [
+        FlushReason::Size,
+        FlushReason::Timeout,
+        FlushReason::Idle,
+        FlushReason::Shutdown,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             FlushReason::Size => "size",
@@ -76,20 +85,15 @@ impl<T> Batcher<T> {
         self.opened_at.map(|opened| opened + self.max_wait)
     }
 
-    /// Whether to flush now, and why. `queue_empty`: nothing more is waiting in the queue;
-    /// `idle_workers`: store workers free to take a batch.
-    pub fn flush_reason(
-        &self,
-        now: Instant,
-        queue_empty: bool,
-        idle_workers: usize,
-    ) -> Option<FlushReason> {
+    /// Whether to flush now, and why, for the store worker that holds the batch (so a
+    /// worker is free). `queue_empty`: nothing more is waiting in the queue.
+    pub fn flush_reason(&self, now: Instant, queue_empty: bool) -> Option<FlushReason> {
         let deadline = self.deadline()?;
         if self.is_full() {
             Some(FlushReason::Size)
         } else if now >= deadline {
             Some(FlushReason::Timeout)
-        } else if queue_empty && idle_workers > 0 {
+        } else if queue_empty {
             Some(FlushReason::Idle)
         } else {
             None
@@ -113,7 +117,7 @@ mod tests {
     fn empty_batch_never_flushes() {
         let batcher: Batcher<u32> = Batcher::new(4, WAIT);
         let now = Instant::now();
-        assert_eq!(batcher.flush_reason(now + WAIT * 10, true, 1), None);
+        assert_eq!(batcher.flush_reason(now + WAIT * 10, true), None);
         assert_eq!(batcher.deadline(), None);
     }
 
@@ -123,12 +127,12 @@ mod tests {
         let t0 = Instant::now();
         for i in 0..3 {
             if i > 0 {
-                assert_eq!(batcher.flush_reason(t0, false, 0), None);
+                assert_eq!(batcher.flush_reason(t0, false), None);
             }
             batcher.push(i, t0);
         }
         assert!(batcher.is_full());
-        assert_eq!(batcher.flush_reason(t0, false, 0), Some(FlushReason::Size));
+        assert_eq!(batcher.flush_reason(t0, false), Some(FlushReason::Size));
         assert_eq!(batcher.take(), vec![0, 1, 2]);
         assert!(batcher.is_empty());
     }
@@ -140,25 +144,30 @@ mod tests {
         batcher.push(1, t0);
         batcher.push(2, t0 + Duration::from_millis(30));
         assert_eq!(
-            batcher.flush_reason(t0 + Duration::from_millis(31), false, 0),
+            batcher.flush_reason(t0 + Duration::from_millis(31), false),
             None
         );
         assert_eq!(
-            batcher.flush_reason(t0 + WAIT, false, 0),
+            batcher.flush_reason(t0 + WAIT, false),
             Some(FlushReason::Timeout)
         );
     }
 
     #[test]
-    fn flushes_at_once_when_a_worker_is_idle_and_the_queue_is_empty() {
+    fn flushes_at_once_when_the_queue_is_empty() {
         let mut batcher = Batcher::new(10, WAIT);
         let t0 = Instant::now();
         batcher.push(1, t0);
-        assert_eq!(batcher.flush_reason(t0, true, 1), Some(FlushReason::Idle));
+        assert_eq!(batcher.flush_reason(t0, true), Some(FlushReason::Idle));
         // More is queued: keep filling.
-        assert_eq!(batcher.flush_reason(t0, false, 1), None);
-        // No worker free: nothing to gain by flushing early.
-        assert_eq!(batcher.flush_reason(t0, true, 0), None);
+        assert_eq!(batcher.flush_reason(t0, false), None);
+    }
+
+    #[test]
+    fn reasons_are_listed_in_declaration_order() {
+        for (index, reason) in FlushReason::ALL.into_iter().enumerate() {
+            assert_eq!(reason as usize, index);
+        }
     }
 
     #[test]
@@ -170,7 +179,7 @@ mod tests {
         let t1 = t0 + Duration::from_millis(31);
         batcher.push(2, t1);
         // The first batch's deadline has passed; the second's has not.
-        assert_eq!(batcher.flush_reason(t0 + WAIT, false, 0), None);
+        assert_eq!(batcher.flush_reason(t0 + WAIT, false), None);
         assert_eq!(batcher.deadline(), Some(t1 + WAIT));
     }
 }

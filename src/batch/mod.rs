@@ -1,10 +1,14 @@
-//! Batch controller: a bounded lock-free queue, a batcher thread, and store workers.
+//! Batch controller: a bounded lock-free queue and the store workers that drain it.
 //!
-//! `submit` never blocks: a full queue is an immediate `QueueFull`. The batcher thread
-//! blocks for the first request, takes whatever else is ready, and hands the batch to a
-//! free store worker on size, on timeout, or at once when a worker is idle and the queue is
-//! empty. Shutdown is a message in the same queue, so everything queued before it is
-//! written first.
+//! `submit` never blocks: a full queue is an immediate `QueueFull`. Each store worker
+//! blocks for the first request, takes whatever else is ready without blocking until the
+//! batch is full, its oldest request has waited `max_wait`, or the queue is empty, and
+//! writes it (TiKV's write worker). So a request crosses one queue and one thread before
+//! its write, and a lone request at low load is written at once. Shutdown is one message
+//! per worker in the same queue, so everything queued before it is written first.
+//!
+//! The layer is generic over the kind of write through [`BatchWrite`]; the kinds this
+//! server writes are in [`writers`].
 
 pub mod batcher;
 pub mod reply;
@@ -18,12 +22,13 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError, select};
+use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
 use tokio::sync::oneshot;
 
+use crate::code::Code;
 use crate::store::StoreError;
 use crate::store::resilient::RowResult;
-use crate::telemetry;
+use crate::telemetry::BatchMetrics;
 pub use batcher::{Batcher, FlushReason};
 pub use reply::{BatchResult, Pending, Reply};
 pub use writers::{DeregisterWrite, RegisterWrite};
@@ -41,7 +46,18 @@ pub enum BatchError {
     Store(#[source] Arc<StoreError>),
 }
 
-/// Writes one batch of distinct operations. Implemented for register and deregister.
+impl BatchError {
+    /// The Polaris code the request is answered with.
+    pub fn code(&self) -> Code {
+        match self {
+            BatchError::QueueFull => Code::InstanceTooManyRequests,
+            BatchError::Store(_) => Code::StoreLayerException,
+            BatchError::ShuttingDown | BatchError::Abandoned => Code::ExecuteException,
+        }
+    }
+}
+
+/// Writes one batch of distinct operations: one implementation per kind of write.
 pub trait BatchWrite: Send + 'static {
     type Op: Send + 'static;
     type Outcome: Clone + Send + 'static;
@@ -67,62 +83,55 @@ type PendingOf<W> = Pending<<W as BatchWrite>::Op, <W as BatchWrite>::Outcome>;
 
 enum Message<W: BatchWrite> {
     Request(PendingOf<W>),
+    /// Stops the one worker that takes it.
     Shutdown,
 }
 
-/// The queue, the batcher thread and the store workers of one kind of write.
+/// The queue and the store workers of one kind of write.
 pub struct BatchController<W: BatchWrite> {
     api: &'static str,
     queue: Sender<Message<W>>,
+    /// Kept to answer what raced in behind the shutdown messages.
+    leftovers: Receiver<Message<W>>,
     closed: AtomicBool,
-    threads: Mutex<Vec<JoinHandle<()>>>,
+    workers: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl<W: BatchWrite> BatchController<W> {
-    /// Starts the batcher thread and one store worker per writer. `api` names the
-    /// controller in metrics and thread names.
+    /// Starts one store worker thread per writer. `api` names the controller in metrics
+    /// and thread names.
     pub fn start(api: &'static str, settings: BatchSettings, writers: Vec<W>) -> Self {
         assert!(
             !writers.is_empty(),
             "a batch controller needs a store worker"
         );
         let (queue_tx, queue_rx) = crossbeam_channel::bounded(settings.queue_size.get());
-        let (work_tx, work_rx) = crossbeam_channel::unbounded::<Vec<PendingOf<W>>>();
-        let (ready_tx, ready_rx) = crossbeam_channel::unbounded::<()>();
-        let workers = writers.len();
-        let mut threads = Vec::with_capacity(workers + 1);
-        for (n, writer) in writers.into_iter().enumerate() {
-            let worker = StoreWorker {
-                api,
-                writer,
-                task_life: settings.task_life,
-            };
-            let (work_rx, ready_tx) = (work_rx.clone(), ready_tx.clone());
-            let thread = std::thread::Builder::new()
-                .name(format!("{api}-store-{n}"))
-                .spawn(move || worker.run(work_rx, ready_tx))
-                .expect("spawn store worker thread");
-            threads.push(thread);
-        }
-        drop(ready_tx);
-        let batcher = BatchLoop::<W> {
-            api,
-            batcher: Batcher::new(settings.max_batch.get(), settings.max_wait),
-            queue: queue_rx,
-            work: work_tx,
-            ready: ready_rx,
-            idle_workers: workers,
-        };
-        let thread = std::thread::Builder::new()
-            .name(format!("{api}-batcher"))
-            .spawn(move || batcher.run())
-            .expect("spawn batcher thread");
-        threads.push(thread);
+        let reasons = FlushReason::ALL.map(FlushReason::as_str);
+        let metrics = BatchMetrics::new(api, &reasons);
+        let workers = writers
+            .into_iter()
+            .enumerate()
+            .map(|(n, writer)| {
+                let worker = StoreWorker {
+                    api,
+                    writer,
+                    queue: queue_rx.clone(),
+                    batcher: Batcher::new(settings.max_batch.get(), settings.max_wait),
+                    task_life: settings.task_life,
+                    metrics: metrics.clone(),
+                };
+                std::thread::Builder::new()
+                    .name(format!("{api}-store-{n}"))
+                    .spawn(move || worker.run())
+                    .expect("spawn store worker thread")
+            })
+            .collect();
         BatchController {
             api,
             queue: queue_tx,
+            leftovers: queue_rx,
             closed: AtomicBool::new(false),
-            threads: Mutex::new(threads),
+            workers: Mutex::new(workers),
         }
     }
 
@@ -159,22 +168,31 @@ impl<W: BatchWrite> BatchController<W> {
     }
 
     /// Requests waiting in the queue (not yet in a batch).
-    pub fn queue_depth(&self) -> usize {
+    #[cfg(test)]
+    fn queue_depth(&self) -> usize {
         self.queue.len()
     }
 
     /// Stops taking requests, writes everything queued, answers every request, and joins
-    /// the threads. Blocks: call it from a blocking context.
+    /// the workers. Blocks: call it from a blocking context.
     pub fn shutdown(&self) {
         if self.closed.swap(true, Ordering::AcqRel) {
             return;
         }
-        // A blocking send: it waits for room behind the requests already queued.
-        let _ = self.queue.send(Message::Shutdown);
-        let threads = std::mem::take(&mut *self.threads.lock().expect("threads lock"));
-        for thread in threads {
-            if thread.join().is_err() {
-                tracing::error!(api = self.api, "a batch thread panicked");
+        let workers = std::mem::take(&mut *self.workers.lock().expect("workers lock"));
+        for _ in &workers {
+            // A blocking send: it waits for room behind the requests already queued.
+            let _ = self.queue.send(Message::Shutdown);
+        }
+        for worker in workers {
+            if worker.join().is_err() {
+                tracing::error!(api = self.api, "a store worker thread panicked");
+            }
+        }
+        // Anything that raced in behind the shutdown messages is answered, not lost.
+        while let Ok(message) = self.leftovers.try_recv() {
+            if let Message::Request(pending) = message {
+                pending.reply.send(Err(BatchError::ShuttingDown));
             }
         }
     }
@@ -186,138 +204,29 @@ impl<W: BatchWrite> Drop for BatchController<W> {
     }
 }
 
-/// The batcher thread: queue in, batches out to free workers.
-struct BatchLoop<W: BatchWrite> {
-    api: &'static str,
-    batcher: Batcher<PendingOf<W>>,
-    queue: Receiver<Message<W>>,
-    work: Sender<Vec<PendingOf<W>>>,
-    ready: Receiver<()>,
-    idle_workers: usize,
-}
-
-impl<W: BatchWrite> BatchLoop<W> {
-    fn run(mut self) {
-        let mut stopping = false;
-        while !stopping {
-            // Take what is already queued, without blocking.
-            let mut queue_empty = false;
-            while !self.batcher.is_full() {
-                match self.queue.try_recv() {
-                    Ok(message) => {
-                        if !self.accept(message) {
-                            stopping = true;
-                            break;
-                        }
-                    }
-                    Err(TryRecvError::Empty) => {
-                        queue_empty = true;
-                        break;
-                    }
-                    Err(TryRecvError::Disconnected) => {
-                        stopping = true;
-                        break;
-                    }
-                }
-            }
-            while self.ready.try_recv().is_ok() {
-                self.idle_workers += 1;
-            }
-            if stopping {
-                break;
-            }
-            let now = Instant::now();
-            if let Some(reason) = self
-                .batcher
-                .flush_reason(now, queue_empty, self.idle_workers)
-            {
-                self.dispatch(reason);
-                continue;
-            }
-            // Nothing to flush yet: wait for a request, a free worker, or the deadline.
-            let wait = self
-                .batcher
-                .deadline()
-                .map(|deadline| deadline.saturating_duration_since(now));
-            stopping = !self.wait(wait);
-        }
-        if !self.batcher.is_empty() {
-            self.dispatch(FlushReason::Shutdown);
-        }
-        // Workers finish the batches handed to them, then see the channel closed.
-        drop(self.work);
-        // Anything that raced in behind the shutdown message is answered, not lost.
-        while let Ok(message) = self.queue.try_recv() {
-            if let Message::Request(pending) = message {
-                pending.reply.send(Err(BatchError::ShuttingDown));
-            }
-        }
-    }
-
-    /// Adds a request to the batch; `false` for the shutdown message.
-    fn accept(&mut self, message: Message<W>) -> bool {
-        match message {
-            Message::Request(pending) => {
-                self.batcher.push(pending, Instant::now());
-                true
-            }
-            Message::Shutdown => false,
-        }
-    }
-
-    /// Blocks until a request or a free worker arrives, or `timeout` passes. `false` when
-    /// the server is stopping.
-    fn wait(&mut self, timeout: Option<Duration>) -> bool {
-        let timeout = timeout.unwrap_or(Duration::from_secs(3600));
-        select! {
-            recv(self.queue) -> message => match message {
-                Ok(message) => self.accept(message),
-                Err(_) => false,
-            },
-            recv(self.ready) -> token => match token {
-                Ok(()) => {
-                    self.idle_workers += 1;
-                    true
-                }
-                // Every worker is gone: nothing can be written any more.
-                Err(_) => false,
-            },
-            default(timeout) => true,
-        }
-    }
-
-    /// Hands the batch to a free worker, waiting for one if none is free.
-    fn dispatch(&mut self, reason: FlushReason) {
-        let batch = self.batcher.take();
-        debug_assert!(!batch.is_empty());
-        telemetry::record_flush(self.api, reason, batch.len());
-        telemetry::set_queue_depth(self.api, self.queue.len());
-        while self.idle_workers == 0 {
-            if self.ready.recv().is_err() {
-                // No worker left; the reply guards answer `Abandoned`.
-                return;
-            }
-            self.idle_workers += 1;
-        }
-        self.idle_workers -= 1;
-        let now = Instant::now();
-        for pending in &batch {
-            telemetry::record_queued(self.api, now.saturating_duration_since(pending.enqueued_at));
-        }
-        let _ = self.work.send(batch);
-    }
-}
-
-/// One store worker: writes the batches it is handed, answers every request in them.
+/// One store worker: takes batches from the queue, writes them, answers every request.
 struct StoreWorker<W: BatchWrite> {
     api: &'static str,
     writer: W,
+    queue: Receiver<Message<W>>,
+    batcher: Batcher<PendingOf<W>>,
     task_life: Duration,
+    metrics: BatchMetrics,
 }
 
 impl<W: BatchWrite> StoreWorker<W> {
-    fn run(mut self, work: Receiver<Vec<PendingOf<W>>>, ready: Sender<()>) {
-        for batch in work {
+    fn run(mut self) {
+        loop {
+            // Block for the first request of the next batch.
+            let first = match self.queue.recv() {
+                Ok(Message::Request(pending)) => pending,
+                Ok(Message::Shutdown) | Err(_) => return,
+            };
+            self.batcher.push(first, Instant::now());
+            let reason = self.fill();
+            let batch = self.batcher.take();
+            self.metrics
+                .flushed(reason as usize, batch.len(), self.queue.len());
             // A panic in a write answers the batch through the reply guards; the worker
             // keeps serving.
             if catch_unwind(AssertUnwindSafe(|| self.write_batch(batch))).is_err() {
@@ -326,8 +235,31 @@ impl<W: BatchWrite> StoreWorker<W> {
                     "store worker panicked while writing a batch"
                 );
             }
-            if ready.send(()).is_err() {
-                break;
+            if reason == FlushReason::Shutdown {
+                return;
+            }
+        }
+    }
+
+    /// Takes what is ready into the batch, without blocking, until the batcher says why
+    /// it must be written now.
+    fn fill(&mut self) -> FlushReason {
+        loop {
+            let now = Instant::now();
+            if let Some(reason) = self.batcher.flush_reason(now, false) {
+                return reason;
+            }
+            match self.queue.try_recv() {
+                Ok(Message::Request(pending)) => self.batcher.push(pending, now),
+                Ok(Message::Shutdown) | Err(TryRecvError::Disconnected) => {
+                    return FlushReason::Shutdown;
+                }
+                Err(TryRecvError::Empty) => {
+                    return self
+                        .batcher
+                        .flush_reason(now, true)
+                        .unwrap_or(FlushReason::Idle);
+                }
             }
         }
     }
@@ -340,10 +272,10 @@ impl<W: BatchWrite> StoreWorker<W> {
         let mut replies: Vec<(Reply<W::Outcome>, usize)> = Vec::with_capacity(batch.len());
         let mut slot_of: HashMap<String, usize> = HashMap::with_capacity(batch.len());
         for pending in batch {
-            if pending.reply.is_detached()
-                && now.duration_since(pending.enqueued_at) > self.task_life
-            {
-                telemetry::record_dropped_task(self.api);
+            let waited = now.saturating_duration_since(pending.enqueued_at);
+            self.metrics.queued(waited);
+            if pending.reply.is_detached() && waited > self.task_life {
+                self.metrics.dropped();
                 tracing::warn!(
                     api = self.api,
                     "async request older than task_life dropped unwritten"

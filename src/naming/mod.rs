@@ -1,6 +1,6 @@
 //! Naming: validates a request, computes the instance id, and hands the write to the batch
-//! layer; turns what the store did into the Polaris answer. A plain async API: the gRPC
-//! adapter and the tests call it alike.
+//! layer; says what the store did as a code and a text, or why it did not. A plain async
+//! API: the transport adapters and the tests call it alike.
 
 pub mod instance_id;
 pub mod validate;
@@ -10,9 +10,10 @@ use std::collections::HashMap;
 use crate::batch::{
     BatchController, BatchError, BatchSettings, BatchWrite, DeregisterWrite, RegisterWrite,
 };
-use crate::code::{Code, RequestError, code_of};
-use crate::store::resilient::{ResilientWriter, RetryPolicy, StoreLabels};
+use crate::code::Code;
+use crate::store::resilient::{ResilientWriter, RetryPolicy};
 use crate::store::{DeregisterOutcome, RegisterOptions, RegisterOutcome, Store, StoreError};
+use crate::telemetry::StoreMetrics;
 pub use validate::ValidationError;
 
 /// An instance as a client sent it, with the wire types gone. Absent fields are `None`.
@@ -67,28 +68,38 @@ pub struct RequestContext {
     pub detached: bool,
 }
 
-/// The answer to one request: code, human text, and the instance it concerns.
+/// What a write did, as the client is told: the code, a human text, and the instance's id.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Answer {
+pub struct Written {
     pub code: Code,
-    pub info: String,
-    pub instance: InstanceInput,
+    pub info: &'static str,
+    pub id: String,
 }
 
-impl Answer {
-    pub fn success(code: Code, info: impl Into<String>, instance: InstanceInput) -> Self {
-        Answer {
-            code,
-            info: info.into(),
-            instance,
-        }
+impl Written {
+    fn new(code: Code, info: &'static str, id: String) -> Self {
+        Written { code, info, id }
     }
+}
 
-    pub fn failed(err: RequestError, instance: InstanceInput) -> Self {
-        Answer {
-            code: code_of(&err),
-            info: err.to_string(),
-            instance,
+/// Why the naming layer did not carry out a write.
+#[derive(Debug, thiserror::Error)]
+pub enum NamingError {
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    #[error("service {service} in namespace {namespace} does not exist")]
+    ServiceNotFound { namespace: String, service: String },
+    #[error(transparent)]
+    Batch(#[from] BatchError),
+}
+
+impl NamingError {
+    /// The Polaris code the request is answered with.
+    pub fn code(&self) -> Code {
+        match self {
+            NamingError::Invalid(invalid) => invalid.code(),
+            NamingError::ServiceNotFound { .. } => Code::NotFoundService,
+            NamingError::Batch(batch) => batch.code(),
         }
     }
 }
@@ -119,17 +130,20 @@ impl Naming {
         let options = RegisterOptions {
             create_services: settings.auto_create_services,
         };
-        let engine = store.engine();
         let writer = |operation: &'static str| -> Result<ResilientWriter, StoreError> {
-            let labels = StoreLabels { engine, operation };
-            Ok(ResilientWriter::new(store.writer()?, settings.retry).labels(labels))
+            let metrics = StoreMetrics::new(store.engine(), operation, store.error_reasons());
+            Ok(ResilientWriter::new(
+                store.writer()?,
+                settings.retry,
+                metrics,
+            ))
         };
         let concurrency = store.concurrency();
         let mut registers = Vec::with_capacity(concurrency);
         let mut deregisters = Vec::with_capacity(concurrency);
         for _ in 0..concurrency {
             let mut register = writer("register")?;
-            if let Err(error) = register.inner().prepare_for_registrations() {
+            if let Err(error) = register.prepare_for_registrations() {
                 tracing::warn!(%error, "store writer not ready; its first batch connects");
             }
             registers.push(RegisterWrite {
@@ -149,84 +163,63 @@ impl Naming {
     }
 
     /// Registers one instance.
-    pub async fn register(&self, ctx: &RequestContext, mut input: InstanceInput) -> Answer {
-        let record = match validate::register_record(&input) {
-            Ok(record) => record,
-            Err(err) => return Answer::failed(err.into(), input),
-        };
-        input.id = Some(record.id.clone());
-        let (namespace, service) = (record.namespace.clone(), record.service.clone());
+    pub async fn register(
+        &self,
+        ctx: &RequestContext,
+        input: &InstanceInput,
+    ) -> Result<Written, NamingError> {
+        let record = validate::register_record(input)?;
+        let id = record.id.clone();
         if ctx.detached {
-            return match self.register.submit_detached(record) {
-                Ok(()) => Answer::success(
-                    Code::ExecuteSuccess,
-                    "accepted; written asynchronously",
-                    input,
-                ),
-                Err(err) => Answer::failed(err.into(), input),
-            };
-        }
-        let outcome = match submit_and_wait(&self.register, record).await {
-            Ok(outcome) => outcome,
-            Err(err) => return Answer::failed(err.into(), input),
-        };
-        match outcome {
-            RegisterOutcome::Created => {
-                Answer::success(Code::ExecuteSuccess, "instance registered", input)
-            }
-            RegisterOutcome::Replaced => {
-                Answer::success(Code::ExecuteSuccess, "instance updated", input)
-            }
-            RegisterOutcome::Unchanged if self.existed_as_success => Answer::success(
+            self.register.submit_detached(record)?;
+            return Ok(Written::new(
                 Code::ExecuteSuccess,
-                "instance already registered, unchanged",
-                input,
-            ),
-            RegisterOutcome::Unchanged => Answer::success(
-                Code::ExistedResource,
-                "instance already registered, unchanged",
-                input,
-            ),
+                "accepted; written asynchronously",
+                id,
+            ));
+        }
+        let (namespace, service) = (record.namespace.clone(), record.service.clone());
+        let written = match submit_and_wait(&self.register, record).await? {
+            RegisterOutcome::Created => {
+                Written::new(Code::ExecuteSuccess, "instance registered", id)
+            }
+            RegisterOutcome::Replaced => Written::new(Code::ExecuteSuccess, "instance updated", id),
+            RegisterOutcome::Unchanged => {
+                let code = if self.existed_as_success {
+                    Code::ExecuteSuccess
+                } else {
+                    Code::ExistedResource
+                };
+                Written::new(code, "instance already registered, unchanged", id)
+            }
             RegisterOutcome::ServiceNotFound => {
                 debug_assert!(!self.auto_create_services);
-                Answer::failed(RequestError::ServiceNotFound { namespace, service }, input)
+                return Err(NamingError::ServiceNotFound { namespace, service });
             }
-        }
+        };
+        Ok(written)
     }
 
     /// Deregisters one instance; an unknown instance is a success (nothing to do).
-    pub async fn deregister(&self, ctx: &RequestContext, mut input: InstanceInput) -> Answer {
-        let id = match validate::deregister_id(&input) {
-            Ok(id) => id,
-            Err(err) => return Answer::failed(err.into(), input),
-        };
-        input.id = Some(id.clone());
+    pub async fn deregister(
+        &self,
+        ctx: &RequestContext,
+        input: &InstanceInput,
+    ) -> Result<Written, NamingError> {
+        let id = validate::deregister_id(input)?;
         if ctx.detached {
-            return match self.deregister.submit_detached(id) {
-                Ok(()) => Answer::success(
-                    Code::ExecuteSuccess,
-                    "accepted; deleted asynchronously",
-                    input,
-                ),
-                Err(err) => Answer::failed(err.into(), input),
-            };
-        }
-        match submit_and_wait(&self.deregister, id).await {
-            Ok(DeregisterOutcome::Deleted) => {
-                Answer::success(Code::ExecuteSuccess, "instance deregistered", input)
-            }
-            Ok(DeregisterOutcome::Absent) => Answer::success(
+            self.deregister.submit_detached(id.clone())?;
+            return Ok(Written::new(
                 Code::ExecuteSuccess,
-                "instance not registered; nothing to do",
-                input,
-            ),
-            Err(err) => Answer::failed(err.into(), input),
+                "accepted; deleted asynchronously",
+                id,
+            ));
         }
-    }
-
-    /// Requests waiting in the register and deregister queues.
-    pub fn queue_depths(&self) -> (usize, usize) {
-        (self.register.queue_depth(), self.deregister.queue_depth())
+        let info = match submit_and_wait(&self.deregister, id.clone()).await? {
+            DeregisterOutcome::Deleted => "instance deregistered",
+            DeregisterOutcome::Absent => "instance not registered; nothing to do",
+        };
+        Ok(Written::new(Code::ExecuteSuccess, info, id))
     }
 
     /// Writes everything queued and answers every request, then stops the threads.

@@ -3,6 +3,7 @@
 
 use super::InstanceInput;
 use super::instance_id::instance_id;
+use crate::code::Code;
 use crate::store::InstanceRecord;
 
 pub const MAX_NAMESPACE_LEN: usize = 64;
@@ -48,6 +49,25 @@ pub enum ValidationError {
     Metadata(&'static str),
     #[error("invalid parameter: {0}")]
     Parameter(&'static str),
+}
+
+impl ValidationError {
+    /// The Polaris code the request is answered with.
+    pub fn code(&self) -> Code {
+        match self {
+            ValidationError::Empty => Code::EmptyRequest,
+            ValidationError::Namespace(_) => Code::InvalidNamespaceName,
+            ValidationError::Service(_) => Code::InvalidServiceName,
+            ValidationError::Id(_) => Code::InvalidInstanceId,
+            ValidationError::Host(_) => Code::InvalidInstanceHost,
+            ValidationError::Port(_) => Code::InvalidInstancePort,
+            ValidationError::Protocol(_) => Code::InvalidInstanceProtocol,
+            ValidationError::Version(_) => Code::InvalidInstanceVersion,
+            ValidationError::LogicSet(_) => Code::InvalidInstanceLogicSet,
+            ValidationError::Metadata(_) => Code::InvalidMetadata,
+            ValidationError::Parameter(_) => Code::InvalidParameter,
+        }
+    }
 }
 
 /// Whether a namespace or service name uses only `[0-9A-Za-z-./:_]`.

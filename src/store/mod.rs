@@ -1,15 +1,24 @@
 //! Store: one trait, one writer per store worker, one transaction per batch.
 //!
-//! The SQLite store is the embedded default; the writer wrapper in `resilient` adds
-//! retries of transient errors and splitting of batches around rows that fail alone.
+//! - `model`: the rows written and read, no wire types;
+//! - `plan`: what a register batch writes, given what is stored (shared by the engines);
+//! - `schema`: the tables, described once: columns, statements, the read SELECT, and the
+//!   few clauses each SQL dialect spells its own way;
+//! - `statements` and `sql`: a planned batch as multi-row statements in a few shapes;
+//! - `sqlite` (the embedded default) and `mysql` (cluster mode): the two engines;
+//! - `resilient`: retries of transient errors, and splitting of batches around rows that
+//!   fail alone;
+//! - `migrate`: numbered migrations, each applied once.
 
 pub mod migrate;
 pub mod model;
 pub mod mysql;
 mod plan;
 pub mod resilient;
+mod schema;
 mod sql;
 pub mod sqlite;
+mod statements;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -55,6 +64,8 @@ pub enum StoreError {
     Runtime(#[source] std::io::Error),
     #[error("another replica held the migration lock for too long")]
     MigrationLock,
+    #[error("column {column} of a stored row cannot be read: {reason}")]
+    BadRow { column: usize, reason: String },
 }
 
 /// MySQL server errors worth another try: deadlock, lock wait timeout, a connection killed
@@ -126,6 +137,7 @@ impl StoreError {
             StoreError::Raced => "raced",
             StoreError::Runtime(_) => "runtime",
             StoreError::MigrationLock => "migration",
+            StoreError::BadRow { .. } => "bad_row",
         }
     }
 }
@@ -142,9 +154,6 @@ pub trait StoreWriter: Send {
 
     /// Deletes a batch of distinct instance ids with their health checks and metadata.
     fn deregister(&mut self, ids: &[String]) -> Result<Vec<DeregisterOutcome>, StoreError>;
-
-    /// Reads one instance back.
-    fn instance(&mut self, id: &str) -> Result<Option<StoredInstance>, StoreError>;
 
     /// Gets this writer ready to register: connects and prepares what a storm of
     /// registrations uses, now and whenever it connects again, so that the first batches
@@ -165,9 +174,19 @@ pub trait Store: Send + Sync + 'static {
     /// The engine name, for logs and metrics.
     fn engine(&self) -> &'static str;
 
+    /// Every [`StoreError::reason`] a write of this engine may fail with, so that their
+    /// metrics are exported from the start.
+    fn error_reasons(&self) -> &'static [&'static str];
+
     /// Services and instances stored, per namespace (for the metrics). Reads on a
     /// connection of its own, never holding up the writers.
     fn namespace_counts(&self) -> Result<Vec<NamespaceCount>, StoreError>;
+
+    /// The stored instances with ids after `after` ("" for the first page), in id
+    /// order, at most `limit`, with their health checks and metadata: a large fleet is
+    /// read a page at a time, never by one query of the whole table. Reads on a
+    /// connection of its own.
+    fn instances_page(&self, after: &str, limit: usize) -> Result<Vec<StoredInstance>, StoreError>;
 }
 
 /// What one namespace holds.
@@ -177,14 +196,6 @@ pub struct NamespaceCount {
     pub services: u64,
     pub instances: u64,
 }
-
-/// The SQL both engines run for [`Store::namespace_counts`].
-pub(crate) const NAMESPACE_COUNTS_SQL: &str = "SELECT s.namespace, COUNT(*), COALESCE(SUM(c.n), 0)
-     FROM service s
-     LEFT JOIN (SELECT service_id, COUNT(*) AS n FROM instance GROUP BY service_id) c
-       ON c.service_id = s.id
-     GROUP BY s.namespace
-     ORDER BY s.namespace";
 
 /// Which store to open and how.
 #[derive(Debug, Clone)]

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use rand::RngExt;
 
-use crate::telemetry;
+use crate::telemetry::StoreMetrics;
 
 use super::{
     DeregisterOutcome, InstanceRecord, RegisterOptions, RegisterOutcome, StoreError, StoreWriter,
@@ -48,46 +48,25 @@ impl RetryPolicy {
     }
 }
 
-/// Called with the reason of each retry, for metrics and logs.
-pub type RetryObserver = Arc<dyn Fn(&StoreError) + Send + Sync>;
+/// One try of a write of `rows` on the writer.
+type Write<'w, R, T> = dyn FnMut(&mut dyn StoreWriter, &[R]) -> Result<Vec<T>, StoreError> + 'w;
 
 /// Wraps a store writer with retries and batch splitting. Every try is timed and every
-/// retry and final error counted in the metrics, under the writer's labels.
+/// retry and final error counted in its metrics.
 pub struct ResilientWriter {
     inner: Box<dyn StoreWriter>,
     policy: RetryPolicy,
-    on_retry: Option<RetryObserver>,
-    labels: StoreLabels,
-}
-
-/// Metric labels of one writer.
-#[derive(Debug, Clone, Copy)]
-pub struct StoreLabels {
-    pub engine: &'static str,
-    pub operation: &'static str,
+    metrics: StoreMetrics,
 }
 
 impl ResilientWriter {
-    pub fn new(inner: Box<dyn StoreWriter>, policy: RetryPolicy) -> Self {
+    /// `metrics` are the writer's, labelled with its engine and operation.
+    pub fn new(inner: Box<dyn StoreWriter>, policy: RetryPolicy, metrics: StoreMetrics) -> Self {
         ResilientWriter {
             inner,
             policy,
-            on_retry: None,
-            labels: StoreLabels {
-                engine: "store",
-                operation: "write",
-            },
+            metrics,
         }
-    }
-
-    pub fn labels(mut self, labels: StoreLabels) -> Self {
-        self.labels = labels;
-        self
-    }
-
-    pub fn on_retry(mut self, observer: RetryObserver) -> Self {
-        self.on_retry = Some(observer);
-        self
     }
 
     /// Registers `rows` (ids unique); one result per row, in order.
@@ -104,14 +83,15 @@ impl ResilientWriter {
         self.split_on_failure(ids, &mut |w, part| w.deregister(part))
     }
 
-    pub fn inner(&mut self) -> &mut dyn StoreWriter {
-        self.inner.as_mut()
+    /// See [`StoreWriter::prepare_for_registrations`].
+    pub fn prepare_for_registrations(&mut self) -> Result<(), StoreError> {
+        self.inner.prepare_for_registrations()
     }
 
     fn split_on_failure<R, T>(
         &mut self,
         rows: &[R],
-        write: &mut dyn FnMut(&mut dyn StoreWriter, &[R]) -> Result<Vec<T>, StoreError>,
+        write: &mut Write<'_, R, T>,
     ) -> Vec<RowResult<T>> {
         if rows.is_empty() {
             return Vec::new();
@@ -128,7 +108,7 @@ impl ResilientWriter {
                 results
             }
             Err(err) => {
-                telemetry::record_store_error(self.labels.engine, self.labels.operation, &err);
+                self.metrics.failed(err.reason());
                 tracing::error!(error = %err, rows = rows.len(), "store write failed");
                 let shared = Arc::new(err);
                 rows.iter().map(|_| Err(Arc::clone(&shared))).collect()
@@ -139,25 +119,16 @@ impl ResilientWriter {
     fn with_retries<R, T>(
         &mut self,
         rows: &[R],
-        write: &mut dyn FnMut(&mut dyn StoreWriter, &[R]) -> Result<Vec<T>, StoreError>,
+        write: &mut Write<'_, R, T>,
     ) -> Result<Vec<T>, StoreError> {
         let mut attempt = 1;
         loop {
             let started = std::time::Instant::now();
             let result = write(self.inner.as_mut(), rows);
-            let StoreLabels { engine, operation } = self.labels;
-            telemetry::record_store_transaction(
-                engine,
-                operation,
-                started.elapsed(),
-                result.is_ok(),
-            );
+            self.metrics.transaction(started.elapsed(), result.is_ok());
             match result {
                 Err(err) if err.is_retriable() && attempt < self.policy.attempts => {
-                    telemetry::record_store_retry(engine, operation, &err);
-                    if let Some(observer) = &self.on_retry {
-                        observer(&err);
-                    }
+                    self.metrics.retried(err.reason());
                     tracing::warn!(attempt, error = %err, rows = rows.len(), "store write failed; retrying");
                     std::thread::sleep(self.policy.backoff(attempt));
                     attempt += 1;

@@ -82,13 +82,13 @@ pub fn padded_lists<T: Copy>(values: &[T], max: usize) -> Vec<Vec<T>> {
 /// (`params_per_row` a row) and about `max_bytes` of values (`bytes` of a row), each run
 /// a power of two of rows (see [`power_of_two_runs`]). A row that alone exceeds
 /// `max_bytes` still gets a statement of its own.
-pub fn statement_chunks<'a, T>(
-    rows: &'a [T],
+pub fn statement_chunks<T>(
+    rows: &[T],
     params_per_row: usize,
     max_params: usize,
     max_bytes: usize,
     bytes: impl Fn(&T) -> usize,
-) -> Vec<&'a [T]> {
+) -> Vec<&[T]> {
     let max_rows = rows_per_statement(max_params, params_per_row);
     let mut chunks = Vec::new();
     let (mut start, mut size) = (0, 0);

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod metrics;
 pub mod mysql;
 
 use std::collections::HashMap;

@@ -1,0 +1,186 @@
+//! Connections: the options every connection opens with, and the one connection a store
+//! worker owns, driven by a current-thread runtime on the worker's own thread.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use mysql_async::{Conn, Opts, OptsBuilder, PoolConstraints, PoolOpts, Transaction, TxOpts};
+
+use super::{CONNECT_TIMEOUT, Shared, shapes};
+use crate::store::StoreError;
+
+/// Connections in the pool for migrations and reads; the store workers have their own.
+const POOL_CONNECTIONS: usize = 2;
+/// Run on every new connection: each transaction is READ COMMITTED (see `write`), set
+/// once per session rather than with a round trip per transaction.
+const SESSION_INIT: &str = "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED";
+/// How long a pooled connection may stay idle before it is closed (down to one).
+const IDLE_CONNECTION_TTL: Duration = Duration::from_secs(60);
+
+/// The options of `url` with the session set up and the pool's connections kept.
+pub(super) fn options(url: &str) -> Result<Opts, StoreError> {
+    let opts = Opts::from_url(url).map_err(|e| StoreError::Mysql(e.into()))?;
+    // A store worker's connection stays open with its prepared statements for as long as
+    // it works. So do the pool's: with no idle TTL, mysql_async keeps only `min` idle
+    // connections and closes every other one as it comes back, and a reset on return
+    // would drop the prepared statements and the session's isolation level.
+    Ok(OptsBuilder::from_opts(opts)
+        .init(vec![SESSION_INIT])
+        .pool_opts(
+            PoolOpts::default()
+                .with_constraints(PoolConstraints::new(1, POOL_CONNECTIONS).expect("1 <= max"))
+                .with_inactive_connection_ttl(IDLE_CONNECTION_TTL)
+                .with_reset_connection(false),
+        )
+        .stmt_cache_size(256)
+        .into())
+}
+
+/// The URL without its password, for messages.
+pub(super) fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &url[scheme + 3..at];
+            let user = credentials.split(':').next().unwrap_or("");
+            format!("{}{}@{}", &url[..scheme + 3], user, &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// The connection one store worker owns.
+pub(super) struct WorkerConnection {
+    pub(super) shared: Arc<Shared>,
+    /// Drives `conn` on the worker's own thread.
+    runtime: tokio::runtime::Runtime,
+    /// Opened on first use; closed after an error that may have broken it, and opened
+    /// again by the next try.
+    conn: Option<Conn>,
+    /// Whether each new connection prepares the statements of registration batches.
+    prepares_registrations: bool,
+}
+
+impl WorkerConnection {
+    pub(super) fn new(shared: Arc<Shared>) -> Result<Self, StoreError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(StoreError::Runtime)?;
+        Ok(WorkerConnection {
+            shared,
+            runtime,
+            conn: None,
+            prepares_registrations: false,
+        })
+    }
+
+    /// From now on, each new connection prepares a storm's statements as it opens; one
+    /// already open prepares them now.
+    pub(super) fn prepare_for_registrations(&mut self) -> Result<(), StoreError> {
+        let already_open = self.conn.is_some();
+        self.prepares_registrations = true;
+        self.run(async |conn| {
+            if already_open {
+                shapes::prepare_register_statements(conn).await
+            } else {
+                Ok(())
+            }
+        })
+    }
+
+    /// Runs `work` on the connection, opening it first if need be.
+    pub(super) fn run<T>(
+        &mut self,
+        work: impl AsyncFnOnce(&mut Conn) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let WorkerConnection {
+            shared,
+            runtime,
+            conn,
+            prepares_registrations,
+        } = self;
+        runtime.block_on(async {
+            let open = match conn {
+                Some(open) => open,
+                None => {
+                    let mut fresh =
+                        tokio::time::timeout(CONNECT_TIMEOUT, Conn::new(shared.opts.clone()))
+                            .await
+                            .map_err(|_| StoreError::ConnectTimeout(CONNECT_TIMEOUT))??;
+                    // Only a head start: batches prepare what is missing themselves.
+                    if *prepares_registrations
+                        && let Err(error) = shapes::prepare_register_statements(&mut fresh).await
+                    {
+                        if !leaves_connection_usable(&error) {
+                            return Err(error);
+                        }
+                        tracing::warn!(%error, "could not prepare a storm's statements ahead");
+                    }
+                    conn.insert(fresh)
+                }
+            };
+            let result = work(open).await;
+            if let Err(error) = &result
+                && !leaves_connection_usable(error)
+            {
+                // Dropped inside the runtime, which closes the socket.
+                *conn = None;
+            }
+            result
+        })
+    }
+
+    /// Runs `work` in one transaction on the connection.
+    pub(super) fn transaction<T>(
+        &mut self,
+        work: impl AsyncFnOnce(&mut Transaction<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.run(async |conn| {
+            // READ COMMITTED: set for the session when the connection opened.
+            let mut tx = conn.start_transaction(TxOpts::default()).await?;
+            let result = work(&mut tx).await?;
+            tx.commit().await?;
+            Ok(result)
+        })
+    }
+}
+
+impl Drop for WorkerConnection {
+    fn drop(&mut self) {
+        // Says goodbye to the server, unless dropped inside async code, where blocking
+        // is not allowed: then the socket just closes.
+        if let Some(conn) = self.conn.take()
+            && tokio::runtime::Handle::try_current().is_err()
+        {
+            self.runtime.block_on(async {
+                let _ = tokio::time::timeout(Duration::from_secs(1), conn.disconnect()).await;
+            });
+        }
+    }
+}
+
+/// Whether the connection can take the next transaction after `error`. The server
+/// answered an error, or the batch raced another writer: the connection is fine, and an
+/// open transaction is rolled back before its next use. Anything else (I/O, protocol,
+/// time-outs) may have left it half way through an exchange.
+fn leaves_connection_usable(error: &StoreError) -> bool {
+    matches!(
+        error,
+        StoreError::Raced | StoreError::Mysql(mysql_async::Error::Server(_))
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact("mysql://root:s3cret@db:3306/x"),
+            "mysql://root@db:3306/x"
+        );
+        assert_eq!(redact("mysql://root@db:3306/x"), "mysql://root@db:3306/x");
+        assert_eq!(redact("mysql://db/x"), "mysql://db/x");
+    }
+}

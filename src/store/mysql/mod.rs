@@ -1,0 +1,256 @@
+//! Cluster mode: a MySQL-compatible database (MySQL 8, MariaDB 10.11, TiDB) shared by
+//! several batchreg replicas. Correctness comes from the database: one READ COMMITTED
+//! transaction per batch that locks the batch's rows in id order, multi-row statements,
+//! and unique keys.
+//!
+//! - `conn`: connection options, and the connection each store worker owns on a
+//!   current-thread runtime of its own (a batch's round trips wake no other thread);
+//! - `migrate`: migrations under a named lock;
+//! - `shapes`: the statements a storm uses, prepared when a connection opens;
+//! - `write`: the register and deregister transactions.
+//!
+//! Migrations and reads use a small pool on the store's own runtime.
+
+mod conn;
+mod migrate;
+mod shapes;
+mod write;
+
+#[cfg(test)]
+mod tests;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mysql_async::prelude::Queryable;
+use mysql_async::{Opts, Params, Pool, Value};
+
+use super::schema::{self, Cell, Dialect, ResultRow};
+use super::statements::{Limits, Statement};
+use super::{NamespaceCount, Store, StoreError, StoreWriter, StoredInstance};
+
+/// The server's limit of bound values in one prepared statement.
+const MAX_PARAMS: usize = 65_535;
+/// How long start-up waits for the first connection, and a store worker for its own.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a read waits for a pooled connection before the try counts as failed.
+const POOL_WAIT: Duration = Duration::from_secs(10);
+/// Store workers per batch controller when the config does not say.
+pub const DEFAULT_CONCURRENCY: usize = 2;
+
+/// The MySQL store.
+pub struct MysqlStore {
+    shared: Arc<Shared>,
+    concurrency: usize,
+}
+
+/// What the store and its writers share.
+struct Shared {
+    pool: Pool,
+    runtime: Option<tokio::runtime::Runtime>,
+    /// What each store worker's own connection is opened with.
+    opts: Opts,
+    /// How large one statement may be: `max_bytes` well below the server's
+    /// max_allowed_packet.
+    limits: Limits,
+}
+
+impl Shared {
+    fn block_on<F: Future>(&self, future: F) -> F::Output {
+        self.runtime
+            .as_ref()
+            .expect("runtime lives as long as the store")
+            .block_on(future)
+    }
+
+    /// Runs `read` on a pooled connection.
+    fn read<T>(
+        &self,
+        read: impl AsyncFnOnce(&mut mysql_async::Conn) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.block_on(async {
+            let mut conn = tokio::time::timeout(POOL_WAIT, self.pool.get_conn())
+                .await
+                .map_err(|_| StoreError::PoolTimeout)??;
+            read(&mut conn).await
+        })
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            // Never blocks, also when the last owner is dropped inside async code.
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl MysqlStore {
+    /// Connects (failing fast with a clear message when the database is unreachable or
+    /// refuses the credentials) and applies the migrations not yet recorded.
+    /// `concurrency`: store workers per controller, each with its own connection.
+    pub fn open(url: &str, concurrency: Option<usize>) -> Result<Self, StoreError> {
+        let concurrency = concurrency.unwrap_or(DEFAULT_CONCURRENCY);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("mysql-io")
+            .enable_all()
+            .build()
+            .map_err(StoreError::Runtime)?;
+        let opts = conn::options(url)?;
+        let _entered = runtime.enter();
+        let pool = Pool::new(opts.clone());
+        let max_packet = runtime.block_on(async {
+            let mut conn = tokio::time::timeout(CONNECT_TIMEOUT, pool.get_conn())
+                .await
+                .map_err(|_| StoreError::Connect {
+                    target: conn::redact(url),
+                    reason: format!("no answer within {CONNECT_TIMEOUT:?}"),
+                })?
+                .map_err(|e| StoreError::Connect {
+                    target: conn::redact(url),
+                    reason: e.to_string(),
+                })?;
+            migrate::apply(&mut conn).await?;
+            let max_packet: Option<u64> = conn.query_first("SELECT @@max_allowed_packet").await?;
+            Ok::<_, StoreError>(max_packet.unwrap_or(4 << 20))
+        })?;
+        drop(_entered);
+        let max_bytes = usize::try_from(max_packet / 2)
+            .unwrap_or(usize::MAX)
+            .clamp(64 << 10, 16 << 20);
+        Ok(MysqlStore {
+            shared: Arc::new(Shared {
+                pool,
+                runtime: Some(runtime),
+                opts,
+                limits: Limits {
+                    dialect: Dialect::Mysql,
+                    max_params: MAX_PARAMS,
+                    max_bytes,
+                },
+            }),
+            concurrency,
+        })
+    }
+}
+
+impl Store for MysqlStore {
+    fn writer(&self) -> Result<Box<dyn StoreWriter>, StoreError> {
+        Ok(Box::new(write::MysqlWriter::new(Arc::clone(&self.shared))?))
+    }
+
+    fn concurrency(&self) -> usize {
+        self.concurrency
+    }
+
+    fn engine(&self) -> &'static str {
+        "mysql"
+    }
+
+    fn error_reasons(&self) -> &'static [&'static str] {
+        &[
+            "deadlock",
+            "lock_wait_timeout",
+            "connection",
+            "mysql",
+            "pool_timeout",
+            "connect_timeout",
+            "raced",
+            "runtime",
+            "bad_row",
+        ]
+    }
+
+    fn namespace_counts(&self) -> Result<Vec<NamespaceCount>, StoreError> {
+        let rows: Vec<(String, u64, u64)> = self
+            .shared
+            .read(async |conn| Ok(conn.query(schema::NAMESPACE_COUNTS).await?))?;
+        Ok(rows
+            .into_iter()
+            .map(|(namespace, services, instances)| NamespaceCount {
+                namespace,
+                services,
+                instances,
+            })
+            .collect())
+    }
+
+    fn instances_page(&self, after: &str, limit: usize) -> Result<Vec<StoredInstance>, StoreError> {
+        self.shared.read(async |conn| {
+            // One snapshot: the page and its metadata are of the same moment.
+            let mut options = mysql_async::TxOpts::default();
+            options
+                .with_isolation_level(mysql_async::IsolationLevel::RepeatableRead)
+                .with_consistent_snapshot(true)
+                .with_readonly(true);
+            let mut tx = conn.start_transaction(options).await?;
+            let rows: Vec<mysql_async::Row> = tx
+                .exec(
+                    schema::instances_page(Dialect::Mysql),
+                    (after, limit as u64),
+                )
+                .await?;
+            let mut page = rows
+                .iter()
+                .map(|row| schema::stored_instance(&MysqlRow(row)))
+                .collect::<Result<Vec<_>, _>>()?;
+            if let (Some(first), Some(last)) = (page.first(), page.last()) {
+                let entries: Vec<(String, String, String)> = tx
+                    .exec(
+                        schema::METADATA_BETWEEN,
+                        (first.record.id.as_str(), last.record.id.as_str()),
+                    )
+                    .await?;
+                schema::attach_metadata(&mut page, entries);
+            }
+            tx.commit().await?;
+            Ok(page)
+        })
+    }
+}
+
+/// A mysql_async row, read by position.
+struct MysqlRow<'a>(&'a mysql_async::Row);
+
+impl MysqlRow<'_> {
+    fn value<T: mysql_async::prelude::FromValue>(&self, column: usize) -> Result<T, StoreError> {
+        let value = self.0.as_ref(column).cloned().unwrap_or(Value::NULL);
+        mysql_async::from_value_opt(value).map_err(|e| StoreError::BadRow {
+            column,
+            reason: e.to_string(),
+        })
+    }
+}
+
+impl ResultRow for MysqlRow<'_> {
+    fn text(&self, column: usize) -> Result<String, StoreError> {
+        self.value(column)
+    }
+
+    fn number(&self, column: usize) -> Result<u32, StoreError> {
+        self.value(column)
+    }
+
+    fn optional_number(&self, column: usize) -> Result<Option<u32>, StoreError> {
+        self.value(column)
+    }
+}
+
+impl From<Cell<'_>> for Value {
+    fn from(cell: Cell<'_>) -> Value {
+        match cell {
+            Cell::Text(text) => Value::from(text),
+            Cell::Number(number) => Value::from(number),
+            Cell::Flag(flag) => Value::from(flag),
+        }
+    }
+}
+
+/// A statement's values as positional parameters.
+fn params(statement: Statement<'_>) -> (String, Params) {
+    let values = statement.cells.into_iter().map(Value::from).collect();
+    (statement.sql, Params::Positional(values))
+}

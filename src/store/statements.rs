@@ -1,0 +1,261 @@
+//! A planned batch as the statements that write it, the same on both engines: multi-row
+//! statements in power-of-two shapes (see `sql::power_of_two_runs`), each under the
+//! engine's limits of bound values and bytes, with the values borrowed from the batch.
+
+use super::plan::PlannedWrite;
+use super::schema::{self, Cell, Dialect, InstanceTable, OnDuplicate};
+use super::sql::{padded_lists, power_of_two_runs, statement_chunks};
+
+/// One statement and the values it binds.
+#[derive(Debug)]
+pub struct Statement<'a> {
+    pub sql: String,
+    pub cells: Vec<Cell<'a>>,
+}
+
+/// How large one statement may be.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub dialect: Dialect,
+    /// Bound values per statement.
+    pub max_params: usize,
+    /// Bytes of values per statement, about.
+    pub max_bytes: usize,
+}
+
+/// Writes the instance rows of `writes`.
+pub fn write_instances<'a>(
+    limits: Limits,
+    writes: &[&'a PlannedWrite<'a>],
+    on_duplicate: OnDuplicate,
+) -> Vec<Statement<'a>> {
+    let columns = schema::INSTANCE_COLUMNS.len();
+    statement_chunks(
+        writes,
+        columns,
+        limits.max_params,
+        limits.max_bytes,
+        schema::instance_bytes,
+    )
+    .into_iter()
+    .map(|chunk| Statement {
+        sql: schema::insert_instances(limits.dialect, chunk.len(), on_duplicate),
+        cells: chunk
+            .iter()
+            .flat_map(|w| schema::instance_cells(w))
+            .collect(),
+    })
+    .collect()
+}
+
+/// Gives every written instance the health check and metadata of its record: those of a
+/// replaced row are deleted first (its health check only when it no longer has one; the
+/// others are replaced in place), then health checks are upserted and metadata inserted.
+pub fn replace_children<'a>(limits: Limits, writes: &'a [PlannedWrite<'a>]) -> Vec<Statement<'a>> {
+    let replaced: Vec<&str> = writes
+        .iter()
+        .filter(|w| w.replaced)
+        .map(|w| w.record.id.as_str())
+        .collect();
+    let unchecked: Vec<&str> = writes
+        .iter()
+        .filter(|w| w.replaced && w.record.health_check_ttl.is_none())
+        .map(|w| w.record.id.as_str())
+        .collect();
+    let mut statements = delete_where_id_in(limits, InstanceTable::Metadata, &replaced);
+    statements.extend(delete_where_id_in(
+        limits,
+        InstanceTable::HealthCheck,
+        &unchecked,
+    ));
+
+    let checked: Vec<(&str, u32)> = writes
+        .iter()
+        .filter_map(|w| {
+            w.record
+                .health_check_ttl
+                .map(|ttl| (w.record.id.as_str(), ttl))
+        })
+        .collect();
+    for run in power_of_two_runs(&checked, limits.max_params / schema::HEALTH_CHECK_VALUES) {
+        statements.push(Statement {
+            sql: schema::upsert_health_checks(limits.dialect, run.len()),
+            cells: run
+                .iter()
+                .flat_map(|&(id, ttl)| [Cell::Text(id), Cell::Number(ttl)])
+                .collect(),
+        });
+    }
+
+    let entries: Vec<(&str, &str, &str)> = writes
+        .iter()
+        .flat_map(|w| {
+            w.record
+                .metadata
+                .iter()
+                .map(move |(k, v)| (w.record.id.as_str(), k.as_str(), v.as_str()))
+        })
+        .collect();
+    let bytes = |(id, k, v): &(&str, &str, &str)| 64 + id.len() + k.len() + v.len();
+    for chunk in statement_chunks(
+        &entries,
+        schema::METADATA_VALUES,
+        limits.max_params,
+        limits.max_bytes,
+        bytes,
+    ) {
+        statements.push(Statement {
+            sql: schema::insert_metadata(limits.dialect, chunk.len()),
+            cells: chunk
+                .iter()
+                .flat_map(|&(id, k, v)| [Cell::Text(id), Cell::Text(k), Cell::Text(v)])
+                .collect(),
+        });
+    }
+    statements
+}
+
+/// Deletes the instances `ids` (sorted) with their health checks and metadata.
+pub fn delete_instances<'a>(limits: Limits, ids: &[&'a str]) -> Vec<Statement<'a>> {
+    [
+        InstanceTable::Metadata,
+        InstanceTable::HealthCheck,
+        InstanceTable::Instance,
+    ]
+    .into_iter()
+    .flat_map(|table| delete_where_id_in(limits, table, ids))
+    .collect()
+}
+
+/// Deletes the rows of `ids` from `table`, in `IN` lists padded to a power of two.
+fn delete_where_id_in<'a>(
+    limits: Limits,
+    table: InstanceTable,
+    ids: &[&'a str],
+) -> Vec<Statement<'a>> {
+    padded_lists(ids, limits.max_params)
+        .into_iter()
+        .map(|list| Statement {
+            sql: schema::delete_where_id_in(table, list.len()),
+            cells: list.into_iter().map(Cell::Text).collect(),
+        })
+        .collect()
+}
+
+/// Reads of `ids`, in `IN` lists padded to a power of two: `sql` makes the statement for
+/// a list of that many.
+pub fn id_lists<'a>(
+    limits: Limits,
+    ids: &[&'a str],
+    sql: impl Fn(usize) -> String,
+) -> Vec<Statement<'a>> {
+    padded_lists(ids, limits.max_params)
+        .into_iter()
+        .map(|list| Statement {
+            sql: sql(list.len()),
+            cells: list.into_iter().map(Cell::Text).collect(),
+        })
+        .collect()
+}
+
+/// Look-ups of the `(namespace, name)` services, padded to a power of two.
+pub fn service_lists<'a>(limits: Limits, services: &'a [(String, String)]) -> Vec<Statement<'a>> {
+    let keys: Vec<&(String, String)> = services.iter().collect();
+    padded_lists(&keys, limits.max_params / schema::SERVICE_KEY_VALUES)
+        .into_iter()
+        .map(|list| Statement {
+            sql: schema::select_services(list.len()),
+            cells: list
+                .iter()
+                .flat_map(|(namespace, name)| [Cell::Text(namespace), Cell::Text(name)])
+                .collect(),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::model::InstanceRecord;
+
+    fn record(id: &str, ttl: Option<u32>, metadata: usize) -> InstanceRecord {
+        InstanceRecord {
+            id: id.to_owned(),
+            namespace: "ns".to_owned(),
+            service: "svc".to_owned(),
+            vpc_id: String::new(),
+            host: "h".to_owned(),
+            port: 1,
+            protocol: String::new(),
+            version: String::new(),
+            priority: 0,
+            weight: 100,
+            healthy: true,
+            isolate: None,
+            enable_health_check: ttl.is_some(),
+            health_check_ttl: ttl,
+            logic_set: String::new(),
+            region: String::new(),
+            zone: String::new(),
+            campus: String::new(),
+            metadata: (0..metadata)
+                .map(|k| (format!("k{k}"), "v".to_owned()))
+                .collect(),
+        }
+    }
+
+    const LIMITS: Limits = Limits {
+        dialect: Dialect::Mysql,
+        max_params: 65_535,
+        max_bytes: usize::MAX,
+    };
+
+    #[test]
+    fn children_of_replaced_rows_are_deleted_first_and_unchecked_ones_lose_their_check() {
+        let (a, b, c) = (
+            record("a", Some(5), 2),
+            record("b", None, 1),
+            record("c", Some(7), 0),
+        );
+        let write = |record, replaced| PlannedWrite {
+            record,
+            service_id: "s",
+            isolate: false,
+            revision: "r".to_owned(),
+            replaced,
+        };
+        let writes = [write(&a, true), write(&b, true), write(&c, false)];
+        let statements = replace_children(LIMITS, &writes);
+        let sql: Vec<&str> = statements.iter().map(|s| s.sql.as_str()).collect();
+        assert!(sql[0].starts_with("DELETE FROM instance_metadata WHERE id IN (?,?)"));
+        assert_eq!(statements[0].cells, [Cell::Text("a"), Cell::Text("b")]);
+        assert!(sql[1].starts_with("DELETE FROM health_check WHERE id IN (?)"));
+        assert_eq!(statements[1].cells, [Cell::Text("b")]);
+        assert!(sql[2].starts_with("INSERT INTO health_check"));
+        assert_eq!(
+            statements[2].cells,
+            [
+                Cell::Text("a"),
+                Cell::Number(5),
+                Cell::Text("c"),
+                Cell::Number(7)
+            ]
+        );
+        assert!(sql[3].starts_with("INSERT INTO instance_metadata"));
+        assert_eq!(statements[3].cells.len(), 2 * schema::METADATA_VALUES);
+        // 3 metadata rows: a run of 2, then 1.
+        assert_eq!(statements[4].cells.len(), schema::METADATA_VALUES);
+        assert_eq!(statements.len(), 5);
+    }
+
+    #[test]
+    fn deletes_go_children_first_in_padded_lists() {
+        let statements = delete_instances(LIMITS, &["a", "b", "c"]);
+        let tables: Vec<&str> = statements
+            .iter()
+            .map(|s| s.sql.split_whitespace().nth(2).unwrap())
+            .collect();
+        assert_eq!(tables, ["instance_metadata", "health_check", "instance"]);
+        assert!(statements.iter().all(|s| s.cells.len() == 4));
+    }
+}
