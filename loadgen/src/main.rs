@@ -5,7 +5,7 @@
 //! - `fleet`: deterministic instances (address, placement, metadata) from a seed
 //! - `pool`: gRPC connections to the targets, round-robin per request
 //! - `schedule`: when requests are due (open-loop rate and ramp, closed-loop ramp)
-//! - `runner`: bounded closed- or open-loop driver, per-worker histograms, progress bar
+//! - `runner`: bounded closed- or open-loop driver, one histogram per operation, progress bar
 //! - `report`: outcome counting, percentiles, table / JSON / .hgrm output
 //! - `scenario`: one module per scenario (`storm`, `restart`, `churn`, `open-loop`)
 
