@@ -120,7 +120,8 @@ pub fn instance_to_wire(instance: InstanceInput) -> proto::Instance {
 }
 
 /// The answer to a write: its code and text, and the instance echoed (with its id once
-/// known). The one place a result becomes a wire `Response`.
+/// known): a registration's identity, a deregistration as sent. The one place a result
+/// becomes a wire `Response`.
 fn write_response(
     result: Result<Written, ApiError>,
     mut instance: InstanceInput,
@@ -156,16 +157,22 @@ impl PolarisGrpcAdapter {
         let started = Instant::now();
         let ctx = request_context(request.metadata());
         let input = instance_from_wire(request.into_inner());
-        let (metrics, result) = match write {
-            Write::Register => (&self.register, self.api.register(&ctx, &input).await),
-            Write::Deregister => (&self.deregister, self.api.deregister(&ctx, &input).await),
+        let (metrics, result, echo) = match write {
+            Write::Register => {
+                let echo = input.identity();
+                (&self.register, self.api.register(&ctx, input).await, echo)
+            }
+            Write::Deregister => {
+                let result = self.api.deregister(&ctx, &input).await;
+                (&self.deregister, result, input)
+            }
         };
         let code = match &result {
             Ok(written) => written.code,
             Err(error) => error.code(),
         };
         metrics.record(code, started.elapsed());
-        GrpcResponse::new(write_response(result, input))
+        GrpcResponse::new(write_response(result, echo))
     }
 }
 

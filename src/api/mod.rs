@@ -42,9 +42,9 @@ impl ClientApi {
     pub async fn register(
         &self,
         ctx: &RequestContext,
-        input: &InstanceInput,
+        input: InstanceInput,
     ) -> Result<Written, ApiError> {
-        self.auth.check_write(ctx, input)?;
+        self.auth.check_write(ctx, &input)?;
         Ok(self.naming.register(ctx, input).await?)
     }
 

@@ -43,6 +43,20 @@ impl InstanceInput {
     pub fn is_empty(&self) -> bool {
         *self == InstanceInput::default()
     }
+
+    /// The fields that name the instance, the ones a registration's answer echoes (as
+    /// Polaris does): id, service, namespace, vpc_id, host and port.
+    pub fn identity(&self) -> InstanceInput {
+        InstanceInput {
+            id: self.id.clone(),
+            service: self.service.clone(),
+            namespace: self.namespace.clone(),
+            vpc_id: self.vpc_id.clone(),
+            host: self.host.clone(),
+            port: self.port,
+            ..InstanceInput::default()
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -162,11 +176,11 @@ impl Naming {
         })
     }
 
-    /// Registers one instance.
+    /// Registers one instance; its values move into the record written.
     pub async fn register(
         &self,
         ctx: &RequestContext,
-        input: &InstanceInput,
+        input: InstanceInput,
     ) -> Result<Written, NamingError> {
         let record = validate::register_record(input)?;
         let id = record.id.clone();

@@ -134,14 +134,15 @@ fn at_most(value: &Option<String>, max: usize) -> bool {
     value.as_deref().is_none_or(|v| v.len() <= max)
 }
 
-/// Validates a register request and builds the record to store.
-pub fn register_record(input: &InstanceInput) -> Result<InstanceRecord, ValidationError> {
+/// Validates a register request and builds the record to store, moving the request's
+/// values into it.
+pub fn register_record(input: InstanceInput) -> Result<InstanceRecord, ValidationError> {
     if input.is_empty() {
         return Err(ValidationError::Empty);
     }
-    let (namespace, service) = check_names(input)?;
-    let id = given_id(input)?;
-    let (host, port) = check_host_port(input)?;
+    check_names(&input)?;
+    given_id(&input)?;
+    check_host_port(&input)?;
     if !at_most(&input.protocol, MAX_PROTOCOL_LEN) {
         return Err(ValidationError::Protocol("longer than 32 characters"));
     }
@@ -160,10 +161,10 @@ pub fn register_record(input: &InstanceInput) -> Result<InstanceRecord, Validati
     if weight > MAX_WEIGHT {
         return Err(ValidationError::Parameter("weight greater than 65535"));
     }
-    let location = input.location.clone().unwrap_or_default();
-    if ![&location.region, &location.zone, &location.campus]
-        .into_iter()
-        .all(|part| at_most(part, MAX_LOCATION_LEN))
+    if let Some(location) = &input.location
+        && ![&location.region, &location.zone, &location.campus]
+            .into_iter()
+            .all(|part| at_most(part, MAX_LOCATION_LEN))
     {
         return Err(ValidationError::Parameter(
             "location field longer than 128 characters",
@@ -172,7 +173,6 @@ pub fn register_record(input: &InstanceInput) -> Result<InstanceRecord, Validati
     if input.metadata.len() > MAX_METADATA_ENTRIES {
         return Err(ValidationError::Metadata("more than 64 entries"));
     }
-    let mut metadata = Vec::with_capacity(input.metadata.len());
     for (key, value) in &input.metadata {
         if key.is_empty() {
             return Err(ValidationError::Metadata("empty key"));
@@ -185,11 +185,9 @@ pub fn register_record(input: &InstanceInput) -> Result<InstanceRecord, Validati
                 "value longer than 4096 characters",
             ));
         }
-        metadata.push((key.clone(), value.clone()));
     }
-    metadata.sort_unstable();
 
-    let vpc_id = input.vpc_id.clone().unwrap_or_default();
+    // Every check passed: the values move into the record.
     let enable_health_check = input
         .enable_health_check
         .unwrap_or(input.health_check.is_some());
@@ -198,25 +196,34 @@ pub fn register_record(input: &InstanceInput) -> Result<InstanceRecord, Validati
             Some(ttl) if ttl > 0 && ttl <= MAX_TTL_SECONDS => ttl,
             _ => DEFAULT_TTL_SECONDS,
         });
+    let mut metadata: Vec<(String, String)> = input.metadata.into_iter().collect();
+    metadata.sort_unstable();
+    let location = input.location.unwrap_or_default();
+    let namespace = input.namespace.unwrap_or_default();
+    let service = input.service.unwrap_or_default();
+    let vpc_id = input.vpc_id.unwrap_or_default();
+    let host = input.host.unwrap_or_default();
+    let port = input.port.unwrap_or_default();
+    let id = match input.id {
+        Some(id) if !id.is_empty() => id,
+        _ => instance_id(&namespace, &service, &vpc_id, &host, port),
+    };
     Ok(InstanceRecord {
-        id: id.map_or_else(
-            || instance_id(namespace, service, &vpc_id, host, port),
-            str::to_owned,
-        ),
-        namespace: namespace.to_owned(),
-        service: service.to_owned(),
+        id,
+        namespace,
+        service,
         vpc_id,
-        host: host.to_owned(),
+        host,
         port,
-        protocol: input.protocol.clone().unwrap_or_default(),
-        version: input.version.clone().unwrap_or_default(),
+        protocol: input.protocol.unwrap_or_default(),
+        version: input.version.unwrap_or_default(),
         priority: input.priority.unwrap_or(0),
         weight,
         healthy: input.healthy.unwrap_or(true),
         isolate: input.isolate,
         enable_health_check,
         health_check_ttl,
-        logic_set: input.logic_set.clone().unwrap_or_default(),
+        logic_set: input.logic_set.unwrap_or_default(),
         region: location.region.unwrap_or_default(),
         zone: location.zone.unwrap_or_default(),
         campus: location.campus.unwrap_or_default(),
@@ -261,7 +268,7 @@ mod tests {
 
     #[test]
     fn defaults() {
-        let record = register_record(&good()).unwrap();
+        let record = register_record(good()).unwrap();
         assert_eq!(record.weight, 100);
         assert!(record.healthy);
         assert_eq!(record.isolate, None);
@@ -277,14 +284,23 @@ mod tests {
     fn health_check_enabled_without_ttl_gets_five_seconds() {
         let mut input = good();
         input.enable_health_check = Some(true);
-        assert_eq!(register_record(&input).unwrap().health_check_ttl, Some(5));
+        assert_eq!(
+            register_record(input.clone()).unwrap().health_check_ttl,
+            Some(5)
+        );
         input.health_check = Some(super::super::HealthCheckInput {
             heartbeat: true,
             ttl: Some(30),
         });
-        assert_eq!(register_record(&input).unwrap().health_check_ttl, Some(30));
+        assert_eq!(
+            register_record(input.clone()).unwrap().health_check_ttl,
+            Some(30)
+        );
         input.enable_health_check = Some(false);
-        assert_eq!(register_record(&input).unwrap().health_check_ttl, None);
+        assert_eq!(
+            register_record(input.clone()).unwrap().health_check_ttl,
+            None
+        );
     }
 
     #[test]
@@ -319,7 +335,7 @@ mod tests {
             let mut input = good();
             input.namespace = Some(namespace.clone());
             input.service = Some(service.clone());
-            let record = register_record(&input).unwrap();
+            let record = register_record(input.clone()).unwrap();
             prop_assert_eq!(record.namespace, namespace);
             prop_assert_eq!(record.service, service);
         }
@@ -331,10 +347,10 @@ mod tests {
             let name = format!("{prefix}{bad}{suffix}");
             let mut input = good();
             input.namespace = Some(name.clone());
-            prop_assert!(matches!(register_record(&input), Err(ValidationError::Namespace(_))));
+            prop_assert!(matches!(register_record(input.clone()), Err(ValidationError::Namespace(_))));
             let mut input = good();
             input.service = Some(name);
-            prop_assert!(matches!(register_record(&input), Err(ValidationError::Service(_))));
+            prop_assert!(matches!(register_record(input.clone()), Err(ValidationError::Service(_))));
         }
 
         #[test]
@@ -342,7 +358,7 @@ mod tests {
             let mut input = good();
             input.port = Some(port);
             input.weight = Some(weight);
-            let result = register_record(&input);
+            let result = register_record(input.clone());
             if port > MAX_PORT {
                 prop_assert!(matches!(result, Err(ValidationError::Port(_))));
             } else if weight > MAX_WEIGHT {
@@ -356,7 +372,7 @@ mod tests {
         fn ttl_is_kept_in_range_else_five(ttl in proptest::option::of(0u32..1_000)) {
             let mut input = good();
             input.health_check = Some(super::super::HealthCheckInput { heartbeat: true, ttl });
-            let stored = register_record(&input).unwrap().health_check_ttl.unwrap();
+            let stored = register_record(input.clone()).unwrap().health_check_ttl.unwrap();
             match ttl {
                 Some(t) if (1..=60).contains(&t) => prop_assert_eq!(stored, t),
                 _ => prop_assert_eq!(stored, 5),
@@ -367,7 +383,7 @@ mod tests {
         fn metadata_is_stored_sorted(entries in proptest::collection::hash_map("[a-z]{1,8}", "[a-z]{0,8}", 0..64)) {
             let mut input = good();
             input.metadata = entries.clone();
-            let record = register_record(&input).unwrap();
+            let record = register_record(input.clone()).unwrap();
             let mut expected: Vec<_> = entries.into_iter().collect();
             expected.sort();
             prop_assert_eq!(record.metadata, expected);

@@ -6,7 +6,36 @@ use std::collections::HashMap;
 use super::model::{DeregisterOutcome, InstanceRecord, RegisterOutcome};
 
 /// `(namespace, service)`.
-pub type ServiceKey = (String, String);
+pub type ServiceKey<'a> = (&'a str, &'a str);
+
+/// Service ids by namespace and name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServiceIds(HashMap<String, HashMap<String, String>>);
+
+impl ServiceIds {
+    pub fn get(&self, namespace: &str, service: &str) -> Option<&str> {
+        self.0.get(namespace)?.get(service).map(String::as_str)
+    }
+
+    pub fn insert(&mut self, namespace: String, service: String, id: String) {
+        self.0.entry(namespace).or_default().insert(service, id);
+    }
+
+    pub fn extend(&mut self, other: ServiceIds) {
+        for (namespace, services) in other.0 {
+            self.0.entry(namespace).or_default().extend(services);
+        }
+    }
+
+    /// Those of `services` that have no id here.
+    pub fn missing<'a>(&self, services: &[ServiceKey<'a>]) -> Vec<ServiceKey<'a>> {
+        services
+            .iter()
+            .filter(|(namespace, service)| self.get(namespace, service).is_none())
+            .copied()
+            .collect()
+    }
+}
 
 /// What the store holds now for an instance the batch names.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,14 +59,13 @@ pub struct PlannedWrite<'a> {
 /// order across concurrent batches).
 pub fn plan_register<'a>(
     rows: &'a [InstanceRecord],
-    service_ids: &'a HashMap<ServiceKey, String>,
+    service_ids: &'a ServiceIds,
     existing: &HashMap<String, Existing>,
 ) -> (Vec<RegisterOutcome>, Vec<PlannedWrite<'a>>) {
     let mut outcomes = Vec::with_capacity(rows.len());
     let mut writes = Vec::with_capacity(rows.len());
     for record in rows {
-        let key = (record.namespace.clone(), record.service.clone());
-        let Some(service_id) = service_ids.get(&key) else {
+        let Some(service_id) = service_ids.get(&record.namespace, &record.service) else {
             outcomes.push(RegisterOutcome::ServiceNotFound);
             continue;
         };
@@ -75,10 +103,10 @@ pub fn all_unchanged(rows: &[InstanceRecord], existing: &HashMap<String, Existin
 }
 
 /// The distinct services a batch names, in a stable order.
-pub fn distinct_services(rows: &[InstanceRecord]) -> Vec<ServiceKey> {
-    let mut keys: Vec<ServiceKey> = rows
+pub fn distinct_services(rows: &[InstanceRecord]) -> Vec<ServiceKey<'_>> {
+    let mut keys: Vec<ServiceKey<'_>> = rows
         .iter()
-        .map(|r| (r.namespace.clone(), r.service.clone()))
+        .map(|r| (r.namespace.as_str(), r.service.as_str()))
         .collect();
     keys.sort();
     keys.dedup();

@@ -142,7 +142,7 @@ pub fn instance_bytes(w: &&PlannedWrite<'_>) -> usize {
 }
 
 /// What an instance insert does with a row whose id is already stored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum OnDuplicate {
     /// Updates it in place (ctime kept).
     Update,
@@ -152,7 +152,7 @@ pub enum OnDuplicate {
 
 /// Inserts `rows` instances. ctime and mtime are the database's time; an update keeps
 /// ctime.
-pub fn insert_instances(dialect: Dialect, rows: usize, on_duplicate: OnDuplicate) -> String {
+fn insert_instances(dialect: Dialect, rows: usize, on_duplicate: OnDuplicate) -> String {
     let now = dialect.now();
     let bound = vec!["?"; INSTANCE_COLUMNS.len()].join(",");
     let row = format!("({bound},0,{now},{now})");
@@ -175,7 +175,7 @@ pub fn insert_instances(dialect: Dialect, rows: usize, on_duplicate: OnDuplicate
 pub const HEALTH_CHECK_VALUES: usize = 2;
 
 /// Inserts or replaces `rows` heartbeat health checks.
-pub fn upsert_health_checks(dialect: Dialect, rows: usize) -> String {
+fn upsert_health_checks(dialect: Dialect, rows: usize) -> String {
     format!(
         "INSERT INTO health_check (id, type, ttl) VALUES {} {}",
         row_placeholders(rows, "(?,1,?)"),
@@ -187,7 +187,7 @@ pub fn upsert_health_checks(dialect: Dialect, rows: usize) -> String {
 pub const METADATA_VALUES: usize = 3;
 
 /// Inserts `rows` metadata entries; ctime and mtime are the database's time.
-pub fn insert_metadata(dialect: Dialect, rows: usize) -> String {
+fn insert_metadata(dialect: Dialect, rows: usize) -> String {
     let now = dialect.now();
     format!(
         "INSERT INTO instance_metadata (id, mkey, mvalue, ctime, mtime) VALUES {}",
@@ -197,7 +197,7 @@ pub fn insert_metadata(dialect: Dialect, rows: usize) -> String {
 
 /// The stored revision and isolate flag of `ids` instances, in id order; `lock` is
 /// [`Dialect::lock`] or "".
-pub fn read_existing(ids: usize, lock: &str) -> String {
+fn read_existing(ids: usize, lock: &str) -> String {
     format!(
         "SELECT id, revision, isolate FROM instance WHERE id IN ({}) ORDER BY id{lock}",
         list_placeholders(ids)
@@ -205,7 +205,7 @@ pub fn read_existing(ids: usize, lock: &str) -> String {
 }
 
 /// The ids among `ids` that are stored, in id order; `lock` as in [`read_existing`].
-pub fn read_present(ids: usize, lock: &str) -> String {
+fn read_present(ids: usize, lock: &str) -> String {
     format!(
         "SELECT id FROM instance WHERE id IN ({}) ORDER BY id{lock}",
         list_placeholders(ids)
@@ -213,7 +213,7 @@ pub fn read_present(ids: usize, lock: &str) -> String {
 }
 
 /// The tables that hold rows keyed by instance id, children first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum InstanceTable {
     Metadata,
     HealthCheck,
@@ -231,7 +231,7 @@ impl InstanceTable {
 }
 
 /// Deletes the rows of `ids` instances from `table`.
-pub fn delete_where_id_in(table: InstanceTable, ids: usize) -> String {
+fn delete_where_id_in(table: InstanceTable, ids: usize) -> String {
     format!(
         "DELETE FROM {} WHERE id IN ({})",
         table.name(),
@@ -243,7 +243,7 @@ pub fn delete_where_id_in(table: InstanceTable, ids: usize) -> String {
 pub const SERVICE_KEY_VALUES: usize = 2;
 
 /// The ids of `services` (namespace, name) pairs that exist.
-pub fn select_services(services: usize) -> String {
+fn select_services(services: usize) -> String {
     format!(
         "SELECT id, namespace, name FROM service WHERE (namespace, name) IN ({})",
         row_placeholders(services, "(?,?)")
@@ -251,7 +251,7 @@ pub fn select_services(services: usize) -> String {
 }
 
 /// Creates a namespace unless it exists; binds its name.
-pub fn create_namespace(dialect: Dialect) -> String {
+fn create_namespace(dialect: Dialect) -> String {
     let now = dialect.now();
     format!(
         "INSERT INTO namespace (name, ctime, mtime) VALUES (?, {now}, {now}) {}",
@@ -260,12 +260,66 @@ pub fn create_namespace(dialect: Dialect) -> String {
 }
 
 /// Creates a service unless it exists; binds its id, name and namespace.
-pub fn create_service(dialect: Dialect) -> String {
+fn create_service(dialect: Dialect) -> String {
     let now = dialect.now();
     format!(
         "INSERT INTO service (id, name, namespace, ctime, mtime) VALUES (?, ?, ?, {now}, {now}) {}",
         dialect.keep_existing("id")
     )
+}
+
+/// Each statement of a batch, by its kind and number of rows: the key under which an
+/// engine keeps it prepared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Shape {
+    InsertInstances {
+        rows: usize,
+        on_duplicate: OnDuplicate,
+    },
+    UpsertHealthChecks {
+        rows: usize,
+    },
+    InsertMetadata {
+        rows: usize,
+    },
+    DeleteWhereIdIn {
+        table: InstanceTable,
+        ids: usize,
+    },
+    /// With `locked`, the rows read are locked until the transaction ends.
+    ReadExisting {
+        ids: usize,
+        locked: bool,
+    },
+    ReadPresent {
+        ids: usize,
+        locked: bool,
+    },
+    SelectServices {
+        services: usize,
+    },
+    CreateNamespace,
+    CreateService,
+}
+
+impl Shape {
+    /// The statement's text in `dialect`.
+    pub fn sql(self, dialect: Dialect) -> String {
+        let lock = |locked: bool| if locked { dialect.lock() } else { "" };
+        match self {
+            Shape::InsertInstances { rows, on_duplicate } => {
+                insert_instances(dialect, rows, on_duplicate)
+            }
+            Shape::UpsertHealthChecks { rows } => upsert_health_checks(dialect, rows),
+            Shape::InsertMetadata { rows } => insert_metadata(dialect, rows),
+            Shape::DeleteWhereIdIn { table, ids } => delete_where_id_in(table, ids),
+            Shape::ReadExisting { ids, locked } => read_existing(ids, lock(locked)),
+            Shape::ReadPresent { ids, locked } => read_present(ids, lock(locked)),
+            Shape::SelectServices { services } => select_services(services),
+            Shape::CreateNamespace => create_namespace(dialect),
+            Shape::CreateService => create_service(dialect),
+        }
+    }
 }
 
 /// Services and instances stored, per namespace.

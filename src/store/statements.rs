@@ -2,21 +2,20 @@
 //! statements in power-of-two shapes (see `sql::power_of_two_runs`), each under the
 //! engine's limits of bound values and bytes, with the values borrowed from the batch.
 
-use super::plan::PlannedWrite;
-use super::schema::{self, Cell, Dialect, InstanceTable, OnDuplicate};
+use super::plan::{PlannedWrite, ServiceKey};
+use super::schema::{self, Cell, InstanceTable, OnDuplicate, Shape};
 use super::sql::{padded_lists, power_of_two_runs, statement_chunks};
 
 /// One statement and the values it binds.
 #[derive(Debug)]
 pub struct Statement<'a> {
-    pub sql: String,
+    pub shape: Shape,
     pub cells: Vec<Cell<'a>>,
 }
 
 /// How large one statement may be.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    pub dialect: Dialect,
     /// Bound values per statement.
     pub max_params: usize,
     /// Bytes of values per statement, about.
@@ -39,7 +38,10 @@ pub fn write_instances<'a>(
     )
     .into_iter()
     .map(|chunk| Statement {
-        sql: schema::insert_instances(limits.dialect, chunk.len(), on_duplicate),
+        shape: Shape::InsertInstances {
+            rows: chunk.len(),
+            on_duplicate,
+        },
         cells: chunk
             .iter()
             .flat_map(|w| schema::instance_cells(w))
@@ -79,7 +81,7 @@ pub fn replace_children<'a>(limits: Limits, writes: &'a [PlannedWrite<'a>]) -> V
         .collect();
     for run in power_of_two_runs(&checked, limits.max_params / schema::HEALTH_CHECK_VALUES) {
         statements.push(Statement {
-            sql: schema::upsert_health_checks(limits.dialect, run.len()),
+            shape: Shape::UpsertHealthChecks { rows: run.len() },
             cells: run
                 .iter()
                 .flat_map(|&(id, ttl)| [Cell::Text(id), Cell::Number(ttl)])
@@ -105,7 +107,7 @@ pub fn replace_children<'a>(limits: Limits, writes: &'a [PlannedWrite<'a>]) -> V
         bytes,
     ) {
         statements.push(Statement {
-            sql: schema::insert_metadata(limits.dialect, chunk.len()),
+            shape: Shape::InsertMetadata { rows: chunk.len() },
             cells: chunk
                 .iter()
                 .flat_map(|&(id, k, v)| [Cell::Text(id), Cell::Text(k), Cell::Text(v)])
@@ -136,35 +138,39 @@ fn delete_where_id_in<'a>(
     padded_lists(ids, limits.max_params)
         .into_iter()
         .map(|list| Statement {
-            sql: schema::delete_where_id_in(table, list.len()),
+            shape: Shape::DeleteWhereIdIn {
+                table,
+                ids: list.len(),
+            },
             cells: list.into_iter().map(Cell::Text).collect(),
         })
         .collect()
 }
 
-/// Reads of `ids`, in `IN` lists padded to a power of two: `sql` makes the statement for
+/// Reads of `ids`, in `IN` lists padded to a power of two: `shape` is the statement for
 /// a list of that many.
 pub fn id_lists<'a>(
     limits: Limits,
     ids: &[&'a str],
-    sql: impl Fn(usize) -> String,
+    shape: impl Fn(usize) -> Shape,
 ) -> Vec<Statement<'a>> {
     padded_lists(ids, limits.max_params)
         .into_iter()
         .map(|list| Statement {
-            sql: sql(list.len()),
+            shape: shape(list.len()),
             cells: list.into_iter().map(Cell::Text).collect(),
         })
         .collect()
 }
 
 /// Look-ups of the `(namespace, name)` services, padded to a power of two.
-pub fn service_lists<'a>(limits: Limits, services: &'a [(String, String)]) -> Vec<Statement<'a>> {
-    let keys: Vec<&(String, String)> = services.iter().collect();
-    padded_lists(&keys, limits.max_params / schema::SERVICE_KEY_VALUES)
+pub fn service_lists<'a>(limits: Limits, services: &[ServiceKey<'a>]) -> Vec<Statement<'a>> {
+    padded_lists(services, limits.max_params / schema::SERVICE_KEY_VALUES)
         .into_iter()
         .map(|list| Statement {
-            sql: schema::select_services(list.len()),
+            shape: Shape::SelectServices {
+                services: list.len(),
+            },
             cells: list
                 .iter()
                 .flat_map(|(namespace, name)| [Cell::Text(namespace), Cell::Text(name)])
@@ -177,6 +183,7 @@ pub fn service_lists<'a>(limits: Limits, services: &'a [(String, String)]) -> Ve
 mod tests {
     use super::*;
     use crate::store::model::InstanceRecord;
+    use crate::store::schema::Dialect;
 
     fn record(id: &str, ttl: Option<u32>, metadata: usize) -> InstanceRecord {
         InstanceRecord {
@@ -205,7 +212,6 @@ mod tests {
     }
 
     const LIMITS: Limits = Limits {
-        dialect: Dialect::Mysql,
         max_params: 65_535,
         max_bytes: usize::MAX,
     };
@@ -226,7 +232,10 @@ mod tests {
         };
         let writes = [write(&a, true), write(&b, true), write(&c, false)];
         let statements = replace_children(LIMITS, &writes);
-        let sql: Vec<&str> = statements.iter().map(|s| s.sql.as_str()).collect();
+        let sql: Vec<String> = statements
+            .iter()
+            .map(|s| s.shape.sql(Dialect::Mysql))
+            .collect();
         assert!(sql[0].starts_with("DELETE FROM instance_metadata WHERE id IN (?,?)"));
         assert_eq!(statements[0].cells, [Cell::Text("a"), Cell::Text("b")]);
         assert!(sql[1].starts_with("DELETE FROM health_check WHERE id IN (?)"));
@@ -251,11 +260,21 @@ mod tests {
     #[test]
     fn deletes_go_children_first_in_padded_lists() {
         let statements = delete_instances(LIMITS, &["a", "b", "c"]);
-        let tables: Vec<&str> = statements
+        let tables: Vec<InstanceTable> = statements
             .iter()
-            .map(|s| s.sql.split_whitespace().nth(2).unwrap())
+            .map(|s| match s.shape {
+                Shape::DeleteWhereIdIn { table, .. } => table,
+                other => panic!("not a delete: {other:?}"),
+            })
             .collect();
-        assert_eq!(tables, ["instance_metadata", "health_check", "instance"]);
+        assert_eq!(
+            tables,
+            [
+                InstanceTable::Metadata,
+                InstanceTable::HealthCheck,
+                InstanceTable::Instance
+            ]
+        );
         assert!(statements.iter().all(|s| s.cells.len() == 4));
     }
 }

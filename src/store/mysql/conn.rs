@@ -1,13 +1,17 @@
 //! Connections: the options every connection opens with, and the one connection a store
 //! worker owns, driven by a current-thread runtime on the worker's own thread.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::time::Duration;
 
-use mysql_async::{Conn, Opts, OptsBuilder, PoolConstraints, PoolOpts, Transaction, TxOpts};
+use mysql_async::prelude::Queryable;
+use mysql_async::{
+    Conn, Opts, OptsBuilder, PoolConstraints, PoolOpts, Statement, Transaction, TxOpts,
+};
 
 use super::{CONNECT_TIMEOUT, Shared, shapes};
 use crate::store::StoreError;
+use crate::store::schema::{Dialect, Shape};
 
 /// Connections in the pool for migrations and reads; the store workers have their own.
 const POOL_CONNECTIONS: usize = 2;
@@ -48,28 +52,60 @@ pub(super) fn redact(url: &str) -> String {
     }
 }
 
+/// The statements prepared on a worker's connection, by shape. The connection's own
+/// statement cache is off, so no handle kept here is closed under it; the shapes are
+/// few (powers of two), so the map stays small.
+#[derive(Default)]
+pub(super) struct Prepared(HashMap<Shape, Statement>);
+
+impl Prepared {
+    /// The statement of `shape`, prepared on `conn` first if need be.
+    pub(super) async fn get(
+        &mut self,
+        conn: &mut impl Queryable,
+        shape: Shape,
+    ) -> Result<Statement, StoreError> {
+        if let Some(statement) = self.0.get(&shape) {
+            return Ok(statement.clone());
+        }
+        let statement = conn.prep(shape.sql(Dialect::Mysql)).await?;
+        self.0.insert(shape, statement.clone());
+        Ok(statement)
+    }
+}
+
+/// The worker's open connection and what is prepared on it.
+pub(super) struct Session {
+    pub(super) conn: Conn,
+    pub(super) prepared: Prepared,
+}
+
 /// The connection one store worker owns.
 pub(super) struct WorkerConnection {
-    pub(super) shared: Arc<Shared>,
-    /// Drives `conn` on the worker's own thread.
+    /// What the connection is opened with: the store's options, without a statement
+    /// cache (see [`Prepared`]).
+    opts: Opts,
+    /// Drives `session` on the worker's own thread.
     runtime: tokio::runtime::Runtime,
     /// Opened on first use; closed after an error that may have broken it, and opened
     /// again by the next try.
-    conn: Option<Conn>,
+    session: Option<Session>,
     /// Whether each new connection prepares the statements of registration batches.
     prepares_registrations: bool,
 }
 
 impl WorkerConnection {
-    pub(super) fn new(shared: Arc<Shared>) -> Result<Self, StoreError> {
+    pub(super) fn new(shared: &Shared) -> Result<Self, StoreError> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(StoreError::Runtime)?;
         Ok(WorkerConnection {
-            shared,
+            opts: OptsBuilder::from_opts(shared.opts.clone())
+                .stmt_cache_size(0)
+                .into(),
             runtime,
-            conn: None,
+            session: None,
             prepares_registrations: false,
         })
     }
@@ -77,11 +113,11 @@ impl WorkerConnection {
     /// From now on, each new connection prepares a storm's statements as it opens; one
     /// already open prepares them now.
     pub(super) fn prepare_for_registrations(&mut self) -> Result<(), StoreError> {
-        let already_open = self.conn.is_some();
+        let already_open = self.session.is_some();
         self.prepares_registrations = true;
-        self.run(async |conn| {
+        self.run(async |session| {
             if already_open {
-                shapes::prepare_register_statements(conn).await
+                shapes::prepare_register_statements(session).await
             } else {
                 Ok(())
             }
@@ -91,22 +127,25 @@ impl WorkerConnection {
     /// Runs `work` on the connection, opening it first if need be.
     pub(super) fn run<T>(
         &mut self,
-        work: impl AsyncFnOnce(&mut Conn) -> Result<T, StoreError>,
+        work: impl AsyncFnOnce(&mut Session) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let WorkerConnection {
-            shared,
+            opts,
             runtime,
-            conn,
+            session,
             prepares_registrations,
         } = self;
         runtime.block_on(async {
-            let open = match conn {
+            let open = match session {
                 Some(open) => open,
                 None => {
-                    let mut fresh =
-                        tokio::time::timeout(CONNECT_TIMEOUT, Conn::new(shared.opts.clone()))
-                            .await
-                            .map_err(|_| StoreError::ConnectTimeout(CONNECT_TIMEOUT))??;
+                    let conn = tokio::time::timeout(CONNECT_TIMEOUT, Conn::new(opts.clone()))
+                        .await
+                        .map_err(|_| StoreError::ConnectTimeout(CONNECT_TIMEOUT))??;
+                    let mut fresh = Session {
+                        conn,
+                        prepared: Prepared::default(),
+                    };
                     // Only a head start: batches prepare what is missing themselves.
                     if *prepares_registrations
                         && let Err(error) = shapes::prepare_register_statements(&mut fresh).await
@@ -116,7 +155,7 @@ impl WorkerConnection {
                         }
                         tracing::warn!(%error, "could not prepare a storm's statements ahead");
                     }
-                    conn.insert(fresh)
+                    session.insert(fresh)
                 }
             };
             let result = work(open).await;
@@ -124,7 +163,7 @@ impl WorkerConnection {
                 && !leaves_connection_usable(error)
             {
                 // Dropped inside the runtime, which closes the socket.
-                *conn = None;
+                *session = None;
             }
             result
         })
@@ -133,12 +172,12 @@ impl WorkerConnection {
     /// Runs `work` in one transaction on the connection.
     pub(super) fn transaction<T>(
         &mut self,
-        work: impl AsyncFnOnce(&mut Transaction<'_>) -> Result<T, StoreError>,
+        work: impl AsyncFnOnce(&mut Transaction<'_>, &mut Prepared) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        self.run(async |conn| {
+        self.run(async |session| {
             // READ COMMITTED: set for the session when the connection opened.
-            let mut tx = conn.start_transaction(TxOpts::default()).await?;
-            let result = work(&mut tx).await?;
+            let mut tx = session.conn.start_transaction(TxOpts::default()).await?;
+            let result = work(&mut tx, &mut session.prepared).await?;
             tx.commit().await?;
             Ok(result)
         })
@@ -149,11 +188,12 @@ impl Drop for WorkerConnection {
     fn drop(&mut self) {
         // Says goodbye to the server, unless dropped inside async code, where blocking
         // is not allowed: then the socket just closes.
-        if let Some(conn) = self.conn.take()
+        if let Some(session) = self.session.take()
             && tokio::runtime::Handle::try_current().is_err()
         {
             self.runtime.block_on(async {
-                let _ = tokio::time::timeout(Duration::from_secs(1), conn.disconnect()).await;
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(1), session.conn.disconnect()).await;
             });
         }
     }

@@ -26,7 +26,7 @@ use std::time::Duration;
 use mysql_async::prelude::Queryable;
 use mysql_async::{Opts, Params, Pool, Value};
 
-use super::schema::{self, Cell, Dialect, ResultRow};
+use super::schema::{self, Cell, Dialect, ResultRow, Shape};
 use super::statements::{Limits, Statement};
 use super::{NamespaceCount, Store, StoreError, StoreWriter, StoredInstance};
 
@@ -127,7 +127,6 @@ impl MysqlStore {
                 runtime: Some(runtime),
                 opts,
                 limits: Limits {
-                    dialect: Dialect::Mysql,
                     max_params: MAX_PARAMS,
                     max_bytes,
                 },
@@ -139,7 +138,7 @@ impl MysqlStore {
 
 impl Store for MysqlStore {
     fn writer(&self) -> Result<Box<dyn StoreWriter>, StoreError> {
-        Ok(Box::new(write::MysqlWriter::new(Arc::clone(&self.shared))?))
+        Ok(Box::new(write::MysqlWriter::new(&self.shared)?))
     }
 
     fn concurrency(&self) -> usize {
@@ -249,8 +248,8 @@ impl From<Cell<'_>> for Value {
     }
 }
 
-/// A statement's values as positional parameters.
-fn params(statement: Statement<'_>) -> (String, Params) {
+/// A statement's shape, and its values as positional parameters.
+fn params(statement: Statement<'_>) -> (Shape, Params) {
     let values = statement.cells.into_iter().map(Value::from).collect();
-    (statement.sql, Params::Positional(values))
+    (statement.shape, Params::Positional(values))
 }

@@ -4,11 +4,9 @@
 //! 2,176 for a 128-row instance insert). Batches use the same shapes (see
 //! `store::statements`), so a connection keeps a few dozen prepared statements.
 
-use mysql_async::Conn;
-use mysql_async::prelude::Queryable;
-
+use super::conn::Session;
 use crate::store::StoreError;
-use crate::store::schema::{self, Dialect, OnDuplicate};
+use crate::store::schema::{OnDuplicate, Shape};
 
 /// Instances per batch whose statements are prepared ahead: the default `max_batch`.
 /// Larger shapes are prepared when first used.
@@ -27,26 +25,26 @@ fn sizes(max: usize) -> impl Iterator<Item = usize> {
 
 /// Prepares, on a new connection, the statements a storm of new and unchanged instances
 /// uses, in every power-of-two size up to the limits above.
-pub(super) async fn prepare_register_statements(conn: &mut Conn) -> Result<(), StoreError> {
-    let mut statements = Vec::new();
+pub(super) async fn prepare_register_statements(session: &mut Session) -> Result<(), StoreError> {
+    let mut shapes = Vec::new();
     for rows in sizes(PREPARED_BATCH_ROWS) {
-        statements.push(schema::read_existing(rows, ""));
-        statements.push(schema::read_existing(rows, Dialect::Mysql.lock()));
-        statements.push(schema::insert_instances(
-            Dialect::Mysql,
+        for locked in [false, true] {
+            shapes.push(Shape::ReadExisting { ids: rows, locked });
+        }
+        shapes.push(Shape::InsertInstances {
             rows,
-            OnDuplicate::Fail,
-        ));
-        statements.push(schema::upsert_health_checks(Dialect::Mysql, rows));
+            on_duplicate: OnDuplicate::Fail,
+        });
+        shapes.push(Shape::UpsertHealthChecks { rows });
     }
     for rows in sizes(PREPARED_BATCH_ROWS * PREPARED_METADATA_PER_INSTANCE) {
-        statements.push(schema::insert_metadata(Dialect::Mysql, rows));
+        shapes.push(Shape::InsertMetadata { rows });
     }
     for services in sizes(PREPARED_SERVICES) {
-        statements.push(schema::select_services(services));
+        shapes.push(Shape::SelectServices { services });
     }
-    for sql in statements {
-        conn.prep(sql).await?;
+    for shape in shapes {
+        session.prepared.get(&mut session.conn, shape).await?;
     }
     Ok(())
 }

@@ -1,8 +1,6 @@
 //! The MySQL store's unit tests on a real database: `BATCHREG_TEST_MYSQL_URL`, each test
 //! on a fresh database of its own; skipped (and saying so) when it is not set.
 
-use std::sync::Arc;
-
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts};
 
@@ -68,15 +66,16 @@ fn row(host: &str) -> InstanceRecord {
 
 /// A writer of `store`, as its concrete type, so tests can use its connection.
 fn writer_of(store: &MysqlStore) -> MysqlWriter {
-    MysqlWriter::new(Arc::clone(&store.shared)).unwrap()
+    MysqlWriter::new(&store.shared).unwrap()
 }
 
 /// Statements this writer's session has prepared so far.
 fn prepared_so_far(writer: &mut MysqlWriter) -> u64 {
     writer
         .connection
-        .run(async |conn| {
-            let row: Option<(String, u64)> = conn
+        .run(async |session| {
+            let row: Option<(String, u64)> = session
+                .conn
                 .query_first("SHOW SESSION STATUS LIKE 'Com_stmt_prepare'")
                 .await?;
             Ok(row.expect("the counter exists").1)
@@ -153,7 +152,8 @@ fn a_worker_keeps_its_read_committed_connection_through_server_errors() {
         writer.register(&[row("10.0.0.1")], options).unwrap(),
         [RegisterOutcome::Created]
     );
-    let session = async |conn: &mut Conn| {
+    let session = async |session: &mut super::conn::Session| {
+        let conn = &mut session.conn;
         let id: Option<u64> = conn.query_first("SELECT CONNECTION_ID()").await?;
         Ok((id, isolation(conn).await?))
     };

@@ -4,18 +4,17 @@
 //! updates the rows it found in place and inserts the ones it did not.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
 
-use mysql_async::prelude::Queryable;
-use mysql_async::{Conn, Transaction};
+use mysql_async::Transaction;
+use mysql_async::prelude::{FromRow, Queryable};
 
-use super::conn::WorkerConnection;
+use super::conn::{Prepared, Session, WorkerConnection};
 use super::{Shared, params};
 use crate::store::model::{
     self, DeregisterOutcome, InstanceRecord, RegisterOptions, RegisterOutcome,
 };
-use crate::store::plan::{self, Existing, PlannedWrite, ServiceKey};
-use crate::store::schema::{self, Dialect, OnDuplicate};
+use crate::store::plan::{self, Existing, PlannedWrite, ServiceIds, ServiceKey};
+use crate::store::schema::{Cell, OnDuplicate, Shape};
 use crate::store::statements::{self, Limits, Statement};
 use crate::store::{StoreError, StoreWriter};
 
@@ -26,6 +25,9 @@ const ER_DUP_ENTRY: u16 = 1062;
 pub(super) struct MysqlWriter {
     pub(super) connection: WorkerConnection,
     limits: Limits,
+    /// The ids of the services this writer has looked up. batchreg never deletes a
+    /// service and a service's id never changes, so an id once read stays right.
+    services: ServiceIds,
     /// Whether the last batch wrote nothing: then the next one is first looked up
     /// without a transaction, since a restart storm re-registers what is stored. In a
     /// storm of new instances that look-up would be wasted, so it is skipped until a
@@ -34,11 +36,11 @@ pub(super) struct MysqlWriter {
 }
 
 impl MysqlWriter {
-    pub(super) fn new(shared: Arc<Shared>) -> Result<Self, StoreError> {
-        let limits = shared.limits;
+    pub(super) fn new(shared: &Shared) -> Result<Self, StoreError> {
         Ok(MysqlWriter {
             connection: WorkerConnection::new(shared)?,
-            limits,
+            limits: shared.limits,
+            services: ServiceIds::default(),
             expect_unchanged: true,
         })
     }
@@ -54,9 +56,16 @@ impl StoreWriter for MysqlWriter {
         // A restart storm re-registers what is already stored: one plain read shows it,
         // with no transaction and no locks. The database held this exact content when read.
         if self.expect_unchanged {
-            let existing = self
-                .connection
-                .run(async |conn| read_existing(conn, limits, rows, "").await)?;
+            let existing = self.connection.run(async |session| {
+                read_existing(
+                    &mut session.conn,
+                    &mut session.prepared,
+                    limits,
+                    rows,
+                    false,
+                )
+                .await
+            })?;
             if plan::all_unchanged(rows, &existing) {
                 return Ok(vec![RegisterOutcome::Unchanged; rows.len()]);
             }
@@ -67,13 +76,17 @@ impl StoreWriter for MysqlWriter {
         // creates a service in that namespace would wait for it, as all do at the start
         // of a storm. A service created for a batch that then fails stays: it would be
         // created again when the batch is tried again.
-        let services = plan::distinct_services(rows);
-        let service_ids = self
-            .connection
-            .run(async |conn| resolve_services(conn, limits, &services, options).await)?;
-        let outcomes = self
-            .connection
-            .transaction(async |tx| register_in(tx, limits, rows, &service_ids).await)?;
+        let missing = self.services.missing(&plan::distinct_services(rows));
+        if !missing.is_empty() {
+            let found = self
+                .connection
+                .run(async |session| resolve_services(session, limits, &missing, options).await)?;
+            self.services.extend(found);
+        }
+        let services = &self.services;
+        let outcomes = self.connection.transaction(async |tx, prepared| {
+            register_in(tx, prepared, limits, rows, services).await
+        })?;
         self.expect_unchanged = outcomes.iter().all(|o| *o == RegisterOutcome::Unchanged);
         Ok(outcomes)
     }
@@ -81,7 +94,7 @@ impl StoreWriter for MysqlWriter {
     fn deregister(&mut self, ids: &[String]) -> Result<Vec<DeregisterOutcome>, StoreError> {
         let limits = self.limits;
         self.connection
-            .transaction(async |tx| deregister_in(tx, limits, ids).await)
+            .transaction(async |tx, prepared| deregister_in(tx, prepared, limits, ids).await)
     }
 
     fn prepare_for_registrations(&mut self) -> Result<(), StoreError> {
@@ -92,35 +105,40 @@ impl StoreWriter for MysqlWriter {
 /// Runs `statements` in order.
 async fn execute(
     conn: &mut impl Queryable,
+    prepared: &mut Prepared,
     statements: Vec<Statement<'_>>,
 ) -> Result<(), StoreError> {
     for statement in statements {
-        let (sql, values) = params(statement);
-        conn.exec_drop(sql, values).await?;
+        let (shape, values) = params(statement);
+        let prepared = prepared.get(conn, shape).await?;
+        conn.exec_drop(prepared, values).await?;
     }
     Ok(())
 }
 
 /// Runs `statements` and collects every row of their results.
-async fn query<T: mysql_async::prelude::FromRow + Send + 'static>(
+async fn query<T: FromRow + Send + 'static>(
     conn: &mut impl Queryable,
+    prepared: &mut Prepared,
     statements: Vec<Statement<'_>>,
 ) -> Result<Vec<T>, StoreError> {
     let mut found = Vec::new();
     for statement in statements {
-        let (sql, values) = params(statement);
-        found.extend(conn.exec::<T, _, _>(sql, values).await?);
+        let (shape, values) = params(statement);
+        let prepared = prepared.get(conn, shape).await?;
+        found.extend(conn.exec::<T, _, _>(prepared, values).await?);
     }
     Ok(found)
 }
 
 async fn register_in(
     tx: &mut Transaction<'_>,
+    prepared: &mut Prepared,
     limits: Limits,
     rows: &[InstanceRecord],
-    service_ids: &HashMap<ServiceKey, String>,
+    service_ids: &ServiceIds,
 ) -> Result<Vec<RegisterOutcome>, StoreError> {
-    let existing = read_existing(tx, limits, rows, Dialect::Mysql.lock()).await?;
+    let existing = read_existing(tx, prepared, limits, rows, true).await?;
     let (outcomes, writes) = plan::plan_register(rows, service_ids, &existing);
     if writes.is_empty() {
         return Ok(outcomes);
@@ -133,11 +151,13 @@ async fn register_in(
         writes.iter().partition(|w| !w.replaced);
     execute(
         tx,
+        prepared,
         statements::write_instances(limits, &replaced, OnDuplicate::Update),
     )
     .await?;
     match execute(
         tx,
+        prepared,
         statements::write_instances(limits, &added, OnDuplicate::Fail),
     )
     .await
@@ -147,67 +167,72 @@ async fn register_in(
         }
         done => done?,
     }
-    execute(tx, statements::replace_children(limits, &writes)).await?;
+    execute(tx, prepared, statements::replace_children(limits, &writes)).await?;
     Ok(outcomes)
 }
 
-/// The ids of the batch's services, creating the missing ones if allowed. Run outside a
+/// The ids of `services`, creating the missing ones if allowed. Run outside a
 /// transaction: each insert commits (and releases its locks) at once.
 async fn resolve_services(
-    conn: &mut Conn,
+    session: &mut Session,
     limits: Limits,
-    services: &[ServiceKey],
+    services: &[ServiceKey<'_>],
     options: RegisterOptions,
-) -> Result<HashMap<ServiceKey, String>, StoreError> {
-    let mut ids = select_services(conn, limits, services).await?;
-    let missing: Vec<ServiceKey> = services
-        .iter()
-        .filter(|k| !ids.contains_key(*k))
-        .cloned()
-        .collect();
+) -> Result<ServiceIds, StoreError> {
+    let Session { conn, prepared } = session;
+    let mut ids = select_services(conn, prepared, limits, services).await?;
+    let missing = ids.missing(services);
     if missing.is_empty() || !options.create_services {
         return Ok(ids);
     }
-    for (namespace, service) in &missing {
-        conn.exec_drop(schema::create_namespace(Dialect::Mysql), (namespace,))
-            .await?;
-        conn.exec_drop(
-            schema::create_service(Dialect::Mysql),
-            (model::service_id(namespace, service), service, namespace),
-        )
-        .await?;
+    for &(namespace, service) in &missing {
+        let id = model::service_id(namespace, service);
+        let creates = [
+            Statement {
+                shape: Shape::CreateNamespace,
+                cells: vec![Cell::Text(namespace)],
+            },
+            Statement {
+                shape: Shape::CreateService,
+                cells: vec![Cell::Text(&id), Cell::Text(service), Cell::Text(namespace)],
+            },
+        ];
+        execute(conn, prepared, creates.into()).await?;
     }
     // Another replica may have created a service first, under another id.
-    ids.extend(select_services(conn, limits, &missing).await?);
+    ids.extend(select_services(conn, prepared, limits, &missing).await?);
     Ok(ids)
 }
 
 /// The ids of the services that exist.
 async fn select_services(
-    conn: &mut Conn,
+    conn: &mut impl Queryable,
+    prepared: &mut Prepared,
     limits: Limits,
-    services: &[ServiceKey],
-) -> Result<HashMap<ServiceKey, String>, StoreError> {
+    services: &[ServiceKey<'_>],
+) -> Result<ServiceIds, StoreError> {
     let found: Vec<(String, String, String)> =
-        query(conn, statements::service_lists(limits, services)).await?;
-    Ok(found
-        .into_iter()
-        .map(|(id, namespace, service)| ((namespace, service), id))
-        .collect())
+        query(conn, prepared, statements::service_lists(limits, services)).await?;
+    let mut ids = ServiceIds::default();
+    for (id, namespace, service) in found {
+        ids.insert(namespace, service, id);
+    }
+    Ok(ids)
 }
 
-/// Reads the stored revisions of the rows the batch names, in id order. With `lock` =
-/// [`Dialect::lock`] inside the batch's transaction it also locks them.
+/// Reads the stored revisions of the rows the batch names, in id order. `locked` inside
+/// the batch's transaction also locks them.
 async fn read_existing(
     conn: &mut impl Queryable,
+    prepared: &mut Prepared,
     limits: Limits,
     rows: &[InstanceRecord],
-    lock: &'static str,
+    locked: bool,
 ) -> Result<HashMap<String, Existing>, StoreError> {
     let mut ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
     ids.sort_unstable();
-    let lists = statements::id_lists(limits, &ids, |n| schema::read_existing(n, lock));
-    let found: Vec<(String, String, bool)> = query(conn, lists).await?;
+    let lists = statements::id_lists(limits, &ids, |ids| Shape::ReadExisting { ids, locked });
+    let found: Vec<(String, String, bool)> = query(conn, prepared, lists).await?;
     Ok(found
         .into_iter()
         .map(|(id, revision, isolate)| (id, Existing { revision, isolate }))
@@ -216,15 +241,20 @@ async fn read_existing(
 
 async fn deregister_in(
     tx: &mut Transaction<'_>,
+    prepared: &mut Prepared,
     limits: Limits,
     ids: &[String],
 ) -> Result<Vec<DeregisterOutcome>, StoreError> {
     let mut sorted: Vec<&str> = ids.iter().map(String::as_str).collect();
     sorted.sort_unstable();
-    let lists = statements::id_lists(limits, &sorted, |n| {
-        schema::read_present(n, Dialect::Mysql.lock())
+    let lists = statements::id_lists(limits, &sorted, |ids| Shape::ReadPresent {
+        ids,
+        locked: true,
     });
-    let present: HashSet<String> = query::<String>(tx, lists).await?.into_iter().collect();
-    execute(tx, statements::delete_instances(limits, &sorted)).await?;
+    let present: HashSet<String> = query::<String>(tx, prepared, lists)
+        .await?
+        .into_iter()
+        .collect();
+    execute(tx, prepared, statements::delete_instances(limits, &sorted)).await?;
     Ok(plan::deregister_outcomes(ids, &present))
 }

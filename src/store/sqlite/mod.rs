@@ -12,8 +12,8 @@ use rusqlite::types::ToSqlOutput;
 use rusqlite::{Connection, ToSql, Transaction, TransactionBehavior};
 
 use super::model::{self, DeregisterOutcome, InstanceRecord, RegisterOptions, RegisterOutcome};
-use super::plan::{self, Existing, ServiceKey};
-use super::schema::{self, Cell, Dialect, OnDuplicate, ResultRow};
+use super::plan::{self, Existing, ServiceIds, ServiceKey};
+use super::schema::{self, Cell, Dialect, OnDuplicate, ResultRow, Shape};
 use super::statements::{self, Limits, Statement};
 use super::{NamespaceCount, Store, StoreError, StoreWriter, StoredInstance, migrate};
 use checkpoint::Checkpointer;
@@ -21,7 +21,6 @@ use checkpoint::Checkpointer;
 /// Bound parameters per statement: below SQLite's default limit of 32,766. A statement's
 /// size in bytes is not limited.
 const LIMITS: Limits = Limits {
-    dialect: Dialect::Sqlite,
     max_params: 32_000,
     max_bytes: usize::MAX,
 };
@@ -247,7 +246,7 @@ impl StoreWriter for SqliteWriter {
 
 fn execute(tx: &Transaction<'_>, statements: Vec<Statement<'_>>) -> Result<(), StoreError> {
     for statement in statements {
-        tx.prepare_cached(&statement.sql)?
+        tx.prepare_cached(&statement.shape.sql(Dialect::Sqlite))?
             .execute(rusqlite::params_from_iter(statement.cells))?;
     }
     Ok(())
@@ -261,7 +260,7 @@ fn query<T>(
 ) -> Result<Vec<T>, StoreError> {
     let mut found = Vec::new();
     for statement in statements {
-        let mut stmt = tx.prepare_cached(&statement.sql)?;
+        let mut stmt = tx.prepare_cached(&statement.shape.sql(Dialect::Sqlite))?;
         let mut rows = stmt.query(rusqlite::params_from_iter(statement.cells))?;
         while let Some(row) = rows.next()? {
             found.push(read(row)?);
@@ -297,31 +296,31 @@ fn register_in(
 }
 
 /// Finds each service's id, creating namespace and service when allowed. A service
-/// missing and not created is absent from the map.
+/// missing and not created has no id.
 fn resolve_services(
     tx: &Transaction<'_>,
-    services: &[ServiceKey],
+    services: &[ServiceKey<'_>],
     options: RegisterOptions,
-) -> Result<HashMap<ServiceKey, String>, StoreError> {
-    let select = |services: &[ServiceKey]| -> Result<HashMap<ServiceKey, String>, StoreError> {
+) -> Result<ServiceIds, StoreError> {
+    let select = |services: &[ServiceKey<'_>]| -> Result<ServiceIds, StoreError> {
         let found = query(tx, statements::service_lists(LIMITS, services), |r| {
-            Ok(((r.get(1)?, r.get(2)?), r.get(0)?))
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
         })?;
-        Ok(found.into_iter().collect())
+        let mut ids = ServiceIds::default();
+        for (id, namespace, service) in found {
+            ids.insert(namespace, service, id);
+        }
+        Ok(ids)
     };
     let mut ids = select(services)?;
-    let missing: Vec<ServiceKey> = services
-        .iter()
-        .filter(|k| !ids.contains_key(*k))
-        .cloned()
-        .collect();
+    let missing = ids.missing(services);
     if missing.is_empty() || !options.create_services {
         return Ok(ids);
     }
-    for (namespace, service) in &missing {
-        tx.prepare_cached(&schema::create_namespace(Dialect::Sqlite))?
+    for &(namespace, service) in &missing {
+        tx.prepare_cached(&Shape::CreateNamespace.sql(Dialect::Sqlite))?
             .execute([namespace])?;
-        tx.prepare_cached(&schema::create_service(Dialect::Sqlite))?
+        tx.prepare_cached(&Shape::CreateService.sql(Dialect::Sqlite))?
             .execute((model::service_id(namespace, service), service, namespace))?;
     }
     ids.extend(select(&missing)?);
@@ -334,7 +333,10 @@ fn read_existing(
 ) -> Result<HashMap<String, Existing>, StoreError> {
     let mut ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
     ids.sort_unstable();
-    let lists = statements::id_lists(LIMITS, &ids, |n| schema::read_existing(n, ""));
+    let lists = statements::id_lists(LIMITS, &ids, |ids| Shape::ReadExisting {
+        ids,
+        locked: false,
+    });
     let found = query(tx, lists, |r| {
         Ok((
             r.get(0)?,
@@ -353,7 +355,10 @@ fn deregister_in(
 ) -> Result<Vec<DeregisterOutcome>, StoreError> {
     let mut sorted: Vec<&str> = ids.iter().map(String::as_str).collect();
     sorted.sort_unstable();
-    let lists = statements::id_lists(LIMITS, &sorted, |n| schema::read_present(n, ""));
+    let lists = statements::id_lists(LIMITS, &sorted, |ids| Shape::ReadPresent {
+        ids,
+        locked: false,
+    });
     let present: HashSet<String> = query(tx, lists, |r| r.get(0))?.into_iter().collect();
     execute(tx, statements::delete_instances(LIMITS, &sorted))?;
     Ok(plan::deregister_outcomes(ids, &present))
