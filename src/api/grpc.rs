@@ -140,33 +140,41 @@ fn write_response(
     }
 }
 
-/// The two writes this adapter serves.
-#[derive(Clone, Copy)]
-enum Write {
-    Register,
-    Deregister,
-}
-
 impl PolarisGrpcAdapter {
-    /// Decodes, calls the client API, records the request, encodes the answer.
-    async fn write(
+    /// Decodes, calls the client API, records the request, encodes the answer. The
+    /// decoding and queueing happen now: the future returned holds only what the answer
+    /// needs, since tonic moves and boxes it.
+    fn register(
         &self,
-        write: Write,
         request: Request<proto::Instance>,
-    ) -> GrpcResponse<proto::Response> {
+    ) -> impl Future<Output = GrpcResponse<proto::Response>> + use<'_> {
         let started = Instant::now();
         let ctx = request_context(request.metadata());
         let input = instance_from_wire(request.into_inner());
-        let (metrics, result, echo) = match write {
-            Write::Register => {
-                let echo = input.identity();
-                (&self.register, self.api.register(&ctx, input).await, echo)
-            }
-            Write::Deregister => {
-                let result = self.api.deregister(&ctx, &input).await;
-                (&self.deregister, result, input)
-            }
-        };
+        let echo = Box::new(input.identity());
+        let written = self.api.register(&ctx, input);
+        async move {
+            let result = written.await;
+            self.answer(&self.register, started, result, *echo)
+        }
+    }
+
+    async fn deregister(&self, request: Request<proto::Instance>) -> GrpcResponse<proto::Response> {
+        let started = Instant::now();
+        let ctx = request_context(request.metadata());
+        let input = instance_from_wire(request.into_inner());
+        let result = self.api.deregister(&ctx, &input).await;
+        self.answer(&self.deregister, started, result, input)
+    }
+
+    /// Records the request and encodes its answer.
+    fn answer(
+        &self,
+        metrics: &RequestMetrics,
+        started: Instant,
+        result: Result<Written, ApiError>,
+        echo: InstanceInput,
+    ) -> GrpcResponse<proto::Response> {
         let code = match &result {
             Ok(written) => written.code,
             Err(error) => error.code(),
@@ -194,14 +202,14 @@ impl PolarisGrpc for PolarisGrpcAdapter {
         &self,
         request: Request<proto::Instance>,
     ) -> Result<GrpcResponse<proto::Response>, Status> {
-        Ok(self.write(Write::Register, request).await)
+        Ok(self.register(request).await)
     }
 
     async fn deregister_instance(
         &self,
         request: Request<proto::Instance>,
     ) -> Result<GrpcResponse<proto::Response>, Status> {
-        Ok(self.write(Write::Deregister, request).await)
+        Ok(self.deregister(request).await)
     }
 
     type DiscoverStream = DiscoverStream;

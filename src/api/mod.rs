@@ -39,13 +39,18 @@ impl ClientApi {
         ClientApi { auth, naming }
     }
 
-    pub async fn register(
+    /// The checks and the queueing happen now; the future returned only waits for the
+    /// write (see [`Naming::register`]).
+    pub fn register(
         &self,
         ctx: &RequestContext,
         input: InstanceInput,
-    ) -> Result<Written, ApiError> {
-        self.auth.check_write(ctx, &input)?;
-        Ok(self.naming.register(ctx, input).await?)
+    ) -> impl Future<Output = Result<Written, ApiError>> + use<'_> {
+        let queued = self
+            .auth
+            .check_write(ctx, &input)
+            .map(|()| self.naming.register(ctx, input));
+        async move { Ok(queued?.await?) }
     }
 
     pub async fn deregister(

@@ -7,8 +7,11 @@ pub mod validate;
 
 use std::collections::HashMap;
 
+use tokio::sync::oneshot;
+
 use crate::batch::{
-    BatchController, BatchError, BatchSettings, BatchWrite, DeregisterWrite, RegisterWrite,
+    BatchController, BatchError, BatchResult, BatchSettings, BatchWrite, DeregisterWrite,
+    RegisterWrite,
 };
 use crate::code::Code;
 use crate::store::resilient::{ResilientWriter, RetryPolicy};
@@ -176,42 +179,68 @@ impl Naming {
         })
     }
 
-    /// Registers one instance; its values move into the record written.
-    pub async fn register(
+    /// Registers one instance; its values move into the record written. Validation and
+    /// queueing happen now; the future returned only waits for the batch, and holds
+    /// little (it is moved and boxed along the transport's path).
+    pub fn register(
         &self,
         ctx: &RequestContext,
         input: InstanceInput,
-    ) -> Result<Written, NamingError> {
+    ) -> impl Future<Output = Result<Written, NamingError>> + use<'_> {
+        let queued = self.queue_register(ctx, input);
+        async move {
+            let (rx, id, names) = match queued? {
+                Queued::Detached(id) => {
+                    return Ok(Written::new(
+                        Code::ExecuteSuccess,
+                        "accepted; written asynchronously",
+                        id,
+                    ));
+                }
+                Queued::Waiting { rx, id, names } => (rx, id, names),
+            };
+            let outcome = rx.await.unwrap_or(Err(BatchError::Abandoned))?;
+            let written = match outcome {
+                RegisterOutcome::Created => {
+                    Written::new(Code::ExecuteSuccess, "instance registered", id)
+                }
+                RegisterOutcome::Replaced => {
+                    Written::new(Code::ExecuteSuccess, "instance updated", id)
+                }
+                RegisterOutcome::Unchanged => {
+                    let code = if self.existed_as_success {
+                        Code::ExecuteSuccess
+                    } else {
+                        Code::ExistedResource
+                    };
+                    Written::new(code, "instance already registered, unchanged", id)
+                }
+                RegisterOutcome::ServiceNotFound => {
+                    let (namespace, service) = names.unwrap_or_default();
+                    return Err(NamingError::ServiceNotFound { namespace, service });
+                }
+            };
+            Ok(written)
+        }
+    }
+
+    /// Validates a registration and queues its record.
+    fn queue_register(
+        &self,
+        ctx: &RequestContext,
+        input: InstanceInput,
+    ) -> Result<Queued<RegisterOutcome>, NamingError> {
         let record = validate::register_record(input)?;
         let id = record.id.clone();
         if ctx.detached {
             self.register.submit_detached(record)?;
-            return Ok(Written::new(
-                Code::ExecuteSuccess,
-                "accepted; written asynchronously",
-                id,
-            ));
+            return Ok(Queued::Detached(id));
         }
-        let (namespace, service) = (record.namespace.clone(), record.service.clone());
-        let written = match submit_and_wait(&self.register, record).await? {
-            RegisterOutcome::Created => {
-                Written::new(Code::ExecuteSuccess, "instance registered", id)
-            }
-            RegisterOutcome::Replaced => Written::new(Code::ExecuteSuccess, "instance updated", id),
-            RegisterOutcome::Unchanged => {
-                let code = if self.existed_as_success {
-                    Code::ExecuteSuccess
-                } else {
-                    Code::ExistedResource
-                };
-                Written::new(code, "instance already registered, unchanged", id)
-            }
-            RegisterOutcome::ServiceNotFound => {
-                debug_assert!(!self.auto_create_services);
-                return Err(NamingError::ServiceNotFound { namespace, service });
-            }
-        };
-        Ok(written)
+        // Only a server that does not create services answers ServiceNotFound, naming them.
+        let names = (!self.auto_create_services)
+            .then(|| (record.namespace.clone(), record.service.clone()));
+        let rx = self.register.submit(record)?;
+        Ok(Queued::Waiting { rx, id, names })
     }
 
     /// Deregisters one instance; an unknown instance is a success (nothing to do).
@@ -242,6 +271,18 @@ impl Naming {
         self.register.shutdown();
         self.deregister.shutdown();
     }
+}
+
+/// A write in a batch queue.
+enum Queued<T> {
+    /// async-regis: nobody waits for it.
+    Detached(String),
+    Waiting {
+        rx: oneshot::Receiver<BatchResult<T>>,
+        id: String,
+        /// The namespace and service, when an answer may have to name them.
+        names: Option<(String, String)>,
+    },
 }
 
 async fn submit_and_wait<W: BatchWrite>(
