@@ -459,6 +459,12 @@ fn mysql_an_instance_inserted_meanwhile_is_replaced_on_retry() {
         writer.register(std::slice::from_ref(&held), CREATE)[..],
         [Ok(RegisterOutcome::Created)]
     ));
+    // After a batch that wrote nothing the writer takes its full path (a locking read
+    // first), not the plain insert it tries after a batch of new instances only.
+    assert!(matches!(
+        writer.register(std::slice::from_ref(&held), CREATE)[..],
+        [Ok(RegisterOutcome::Unchanged)]
+    ));
 
     let (locked, held_locked) = std::sync::mpsc::channel();
     let (new_id, held_id) = (new.id.clone(), held.id.clone());

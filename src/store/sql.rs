@@ -46,16 +46,28 @@ fn floor_power_of_two(n: usize) -> usize {
     }
 }
 
-/// Splits `rows` into runs of at most `max_rows` whose lengths are powers of two, longest
-/// first: 100 rows are 64 + 32 + 4. Multi-row statements then come in a few shapes that
-/// stay prepared, instead of a new shape (a prepare, on MySQL with one column definition
-/// sent back per placeholder) for every batch size.
-pub fn power_of_two_runs<T>(rows: &[T], max_rows: usize) -> Vec<&[T]> {
-    let max_rows = floor_power_of_two(max_rows);
+/// The largest run length not above `n` (at least 1): a power of two, or three times one
+/// (so that 3 metadata entries of 128 instances are one run of 384).
+pub fn floor_run(n: usize) -> usize {
+    let power = floor_power_of_two(n);
+    let three_halves = power / 2 * 3;
+    if power >= 2 && three_halves <= n {
+        three_halves
+    } else {
+        power
+    }
+}
+
+/// Splits `rows` into runs of at most `max_rows` whose lengths are powers of two or three
+/// times one ([`floor_run`]), longest first: 100 rows are 96 + 4. Multi-row statements
+/// then come in a few shapes that stay prepared, instead of a new shape (a prepare, on
+/// MySQL with one column definition sent back per placeholder) for every batch size.
+pub fn shape_runs<T>(rows: &[T], max_rows: usize) -> Vec<&[T]> {
+    let max_rows = floor_run(max_rows);
     let mut runs = Vec::new();
     let mut rest = rows;
     while !rest.is_empty() {
-        let len = floor_power_of_two(rest.len()).min(max_rows);
+        let len = floor_run(rest.len()).min(max_rows);
         let (run, tail) = rest.split_at(len);
         runs.push(run);
         rest = tail;
@@ -80,7 +92,7 @@ pub fn padded_lists<T: Copy>(values: &[T], max: usize) -> Vec<Vec<T>> {
 
 /// Splits `rows` into runs that each fit one statement: at most `max_params` bound values
 /// (`params_per_row` a row) and about `max_bytes` of values (`bytes` of a row), each run
-/// a power of two of rows (see [`power_of_two_runs`]). A row that alone exceeds
+/// of a length [`shape_runs`] gives. A row that alone exceeds
 /// `max_bytes` still gets a statement of its own.
 pub fn statement_chunks<T>(
     rows: &[T],
@@ -95,14 +107,14 @@ pub fn statement_chunks<T>(
     for (i, row) in rows.iter().enumerate() {
         let row_bytes = bytes(row);
         if i > start && (i - start == max_rows || size + row_bytes > max_bytes) {
-            chunks.extend(power_of_two_runs(&rows[start..i], max_rows));
+            chunks.extend(shape_runs(&rows[start..i], max_rows));
             start = i;
             size = 0;
         }
         size += row_bytes;
     }
     if start < rows.len() {
-        chunks.extend(power_of_two_runs(&rows[start..], max_rows));
+        chunks.extend(shape_runs(&rows[start..], max_rows));
     }
     chunks
 }
@@ -115,40 +127,39 @@ mod chunk_tests {
     fn chunks_respect_both_limits() {
         let rows: Vec<usize> = vec![10; 100];
         let by_params = statement_chunks(&rows, 2, 50, usize::MAX, |r| *r);
-        // 25 rows fit; runs are powers of two: 16 + 8 + 1 per 25.
+        // 25 rows fit; runs are of the shapes: 24 + 1 per 25.
         assert_eq!(
             by_params.iter().map(|c| c.len()).collect::<Vec<_>>(),
-            [16, 8, 1].repeat(4)
+            [24, 1].repeat(4)
         );
         let by_bytes = statement_chunks(&rows, 2, 65_535, 95, |r| *r);
         assert!(by_bytes.iter().all(|c| [8, 1].contains(&c.len())));
         assert_eq!(by_bytes.iter().map(|c| c.len()).sum::<usize>(), 100);
         let whole = statement_chunks(&rows, 2, 65_535, usize::MAX, |r| *r);
-        assert_eq!(
-            whole.iter().map(|c| c.len()).collect::<Vec<_>>(),
-            [64, 32, 4]
-        );
+        assert_eq!(whole.iter().map(|c| c.len()).collect::<Vec<_>>(), [96, 4]);
         let huge = vec![1_000usize, 1, 1];
         assert_eq!(statement_chunks(&huge, 1, 10, 100, |r| *r).len(), 2);
         assert!(statement_chunks::<usize>(&[], 1, 10, 100, |r| *r).is_empty());
     }
 
     #[test]
-    fn runs_are_powers_of_two_in_order() {
+    fn runs_are_powers_of_two_or_three_times_one_in_order() {
         let rows: Vec<u32> = (0..100).collect();
-        let runs = power_of_two_runs(&rows, 128);
-        assert_eq!(
-            runs.iter().map(|r| r.len()).collect::<Vec<_>>(),
-            [64, 32, 4]
-        );
+        let runs = shape_runs(&rows, 128);
+        assert_eq!(runs.iter().map(|r| r.len()).collect::<Vec<_>>(), [96, 4]);
         assert_eq!(runs.concat(), rows);
-        // A cap that is no power of two is rounded down.
-        let capped = power_of_two_runs(&rows, 40);
+        // A cap of no such length is rounded down.
+        let capped = shape_runs(&rows, 40);
         assert_eq!(
             capped.iter().map(|r| r.len()).collect::<Vec<_>>(),
             [32, 32, 32, 4]
         );
-        assert!(power_of_two_runs::<u32>(&[], 8).is_empty());
+        assert!(shape_runs::<u32>(&[], 8).is_empty());
+        let lengths: Vec<usize> = (1..=13).map(floor_run).collect();
+        assert_eq!(lengths, [1, 2, 3, 4, 4, 6, 6, 8, 8, 8, 8, 12, 12]);
+        // 3 metadata entries of 128 instances: one statement.
+        let entries: Vec<u32> = (0..384).collect();
+        assert_eq!(shape_runs(&entries, 1 << 15).len(), 1);
     }
 
     #[test]

@@ -1,10 +1,10 @@
 //! A planned batch as the statements that write it, the same on both engines: multi-row
-//! statements in power-of-two shapes (see `sql::power_of_two_runs`), each under the
+//! statements in a few shapes (see `sql::shape_runs`), each under the
 //! engine's limits of bound values and bytes, with the values borrowed from the batch.
 
 use super::plan::{PlannedWrite, ServiceKey};
 use super::schema::{self, Cell, InstanceTable, OnDuplicate, Shape};
-use super::sql::{padded_lists, power_of_two_runs, statement_chunks};
+use super::sql::{padded_lists, shape_runs, statement_chunks};
 
 /// One statement and the values it binds.
 #[derive(Debug)]
@@ -79,7 +79,7 @@ pub fn replace_children<'a>(limits: Limits, writes: &'a [PlannedWrite<'a>]) -> V
                 .map(|ttl| (w.record.id.as_str(), ttl))
         })
         .collect();
-    for run in power_of_two_runs(&checked, limits.max_params / schema::HEALTH_CHECK_VALUES) {
+    for run in shape_runs(&checked, limits.max_params / schema::HEALTH_CHECK_VALUES) {
         statements.push(Statement {
             shape: Shape::UpsertHealthChecks { rows: run.len() },
             cells: run
@@ -251,10 +251,9 @@ mod tests {
             ]
         );
         assert!(sql[3].starts_with("INSERT INTO instance_metadata"));
-        assert_eq!(statements[3].cells.len(), 2 * schema::METADATA_VALUES);
-        // 3 metadata rows: a run of 2, then 1.
-        assert_eq!(statements[4].cells.len(), schema::METADATA_VALUES);
-        assert_eq!(statements.len(), 5);
+        // 3 metadata rows: one run.
+        assert_eq!(statements[3].cells.len(), 3 * schema::METADATA_VALUES);
+        assert_eq!(statements.len(), 4);
     }
 
     #[test]

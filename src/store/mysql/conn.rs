@@ -74,6 +74,12 @@ impl Prepared {
     }
 }
 
+/// How a transaction ends.
+pub(super) enum Decision<T> {
+    Commit(T),
+    RollBack(T),
+}
+
 /// The worker's open connection and what is prepared on it.
 pub(super) struct Session {
     pub(super) conn: Conn,
@@ -166,6 +172,27 @@ impl WorkerConnection {
                 *session = None;
             }
             result
+        })
+    }
+
+    /// Runs `work` in one transaction on the connection, and commits it unless `work`
+    /// says [`Decision::RollBack`].
+    pub(super) fn transaction_or_roll_back<T>(
+        &mut self,
+        work: impl AsyncFnOnce(&mut Transaction<'_>, &mut Prepared) -> Result<Decision<T>, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.run(async |session| {
+            let mut tx = session.conn.start_transaction(TxOpts::default()).await?;
+            match work(&mut tx, &mut session.prepared).await? {
+                Decision::Commit(result) => {
+                    tx.commit().await?;
+                    Ok(result)
+                }
+                Decision::RollBack(result) => {
+                    tx.rollback().await?;
+                    Ok(result)
+                }
+            }
         })
     }
 

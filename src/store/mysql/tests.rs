@@ -179,3 +179,43 @@ fn a_worker_keeps_its_read_committed_connection_through_server_errors() {
     );
     assert_eq!(level_after.as_deref(), Some("READ-COMMITTED"));
 }
+
+#[test]
+fn an_insert_of_a_batch_expected_new_is_rolled_back_whole_when_one_row_exists() {
+    let Some(store) = fresh_store("unit_expect_new") else {
+        return;
+    };
+    let options = RegisterOptions {
+        create_services: true,
+    };
+    let mut writer = writer_of(&store);
+    let first = storm_rows("10.3", 3);
+    assert_eq!(
+        writer.register(&first, options).unwrap(),
+        vec![RegisterOutcome::Created; 3]
+    );
+    // 200 rows are inserted as 192 + 8; the stored one sorts last, so the first
+    // statement inserts 192 rows before the second one fails on it.
+    let mut batch = storm_rows("10.4", 199);
+    let mut stored = first[0].clone();
+    stored.id = "~ sorts last".to_owned();
+    writer
+        .register(std::slice::from_ref(&stored), options)
+        .unwrap();
+    batch.push(stored);
+    let outcomes = writer.register(&batch, options).unwrap();
+    let mut expected = vec![RegisterOutcome::Created; 199];
+    expected.push(RegisterOutcome::Unchanged);
+    assert_eq!(outcomes, expected, "the first 192 were not left committed");
+    let count = writer
+        .connection
+        .run(async |session| {
+            let n: Option<u64> = session
+                .conn
+                .query_first("SELECT COUNT(*) FROM instance")
+                .await?;
+            Ok(n.unwrap())
+        })
+        .unwrap();
+    assert_eq!(count, 3 + 1 + 199);
+}

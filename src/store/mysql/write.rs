@@ -8,7 +8,7 @@ use std::collections::{HashMap, HashSet};
 use mysql_async::Transaction;
 use mysql_async::prelude::{FromRow, Queryable};
 
-use super::conn::{Prepared, Session, WorkerConnection};
+use super::conn::{Decision, Prepared, Session, WorkerConnection};
 use super::{Shared, params};
 use crate::store::model::{
     self, DeregisterOutcome, InstanceRecord, RegisterOptions, RegisterOutcome,
@@ -33,6 +33,11 @@ pub(super) struct MysqlWriter {
     /// storm of new instances that look-up would be wasted, so it is skipped until a
     /// batch writes nothing again.
     pub(super) expect_unchanged: bool,
+    /// Whether the last batch created every one of its instances: then the next one is
+    /// first simply inserted, without reading or locking anything, since a storm of new
+    /// instances registers what is not stored. If one of them is stored after all, that
+    /// transaction is rolled back and the batch takes the full path.
+    expect_new: bool,
 }
 
 impl MysqlWriter {
@@ -42,6 +47,7 @@ impl MysqlWriter {
             limits: shared.limits,
             services: ServiceIds::default(),
             expect_unchanged: true,
+            expect_new: false,
         })
     }
 }
@@ -84,10 +90,20 @@ impl StoreWriter for MysqlWriter {
             self.services.extend(found);
         }
         let services = &self.services;
+        if self.expect_new
+            && let Some(outcomes) =
+                self.connection
+                    .transaction_or_roll_back(async |tx, prepared| {
+                        insert_all(tx, prepared, limits, rows, services).await
+                    })?
+        {
+            return Ok(outcomes);
+        }
         let outcomes = self.connection.transaction(async |tx, prepared| {
             register_in(tx, prepared, limits, rows, services).await
         })?;
         self.expect_unchanged = outcomes.iter().all(|o| *o == RegisterOutcome::Unchanged);
+        self.expect_new = outcomes.iter().all(|o| *o == RegisterOutcome::Created);
         Ok(outcomes)
     }
 
@@ -169,6 +185,33 @@ async fn register_in(
     }
     execute(tx, prepared, statements::replace_children(limits, &writes)).await?;
     Ok(outcomes)
+}
+
+/// Inserts every row as a new instance. `None` (the transaction rolled back) when one of
+/// them is stored already.
+async fn insert_all(
+    tx: &mut Transaction<'_>,
+    prepared: &mut Prepared,
+    limits: Limits,
+    rows: &[InstanceRecord],
+    service_ids: &ServiceIds,
+) -> Result<Decision<Option<Vec<RegisterOutcome>>>, StoreError> {
+    let (outcomes, writes) = plan::plan_register(rows, service_ids, &HashMap::new());
+    let added: Vec<&PlannedWrite<'_>> = writes.iter().collect();
+    match execute(
+        tx,
+        prepared,
+        statements::write_instances(limits, &added, OnDuplicate::Fail),
+    )
+    .await
+    {
+        Err(StoreError::Mysql(mysql_async::Error::Server(err))) if err.code == ER_DUP_ENTRY => {
+            return Ok(Decision::RollBack(None));
+        }
+        done => done?,
+    }
+    execute(tx, prepared, statements::replace_children(limits, &writes)).await?;
+    Ok(Decision::Commit(Some(outcomes)))
 }
 
 /// The ids of `services`, creating the missing ones if allowed. Run outside a
