@@ -6,8 +6,8 @@
 # utime + stime from /proc/<pid>/stat, read right before and right after each storm,
 # divided by the requests answered. Every batchreg run starts on a fresh, empty database.
 #
-# It prints one line per run, then per server build the median µs per request and the
-# median of each round's ratio to the bare server of the same round.
+# It prints one line per run, then per server build the median rate, p99, µs per request
+# and the median of each round's ratio to the bare server of the same round.
 #
 # usage: benches/cpu_per_request.sh [mysql://root@127.0.0.1:3306 | sqlite] [COUNT] [ROUNDS]
 #   SERVERS="label=path ..."  batchreg builds to compare, alternating within each round
@@ -46,7 +46,7 @@ store_url() {
 }
 
 # measure PID SCENARIO: runs one loadgen scenario against the server PID listens for;
-# prints "rate answered µs_per_request".
+# prints "rate answered µs_per_request p99_ms".
 measure() {
   local pid=$1 scenario=$2 before after
   before=$(cpu "$pid")
@@ -58,7 +58,8 @@ import json, sys
 r = json.load(open(sys.argv[1]))
 answered = sum(int(n) for n in r["codes"].values())
 cpu_us = (int(sys.argv[3]) - int(sys.argv[2])) / int(sys.argv[4]) * 1e6
-print("%.0f %d %.2f" % (r["rate_per_s"], answered, cpu_us / max(answered, 1)))
+print("%.0f %d %.2f %.1f" % (r["rate_per_s"], answered, cpu_us / max(answered, 1),
+                            r["latency_ms"]["p99"]))
 PY
 }
 
@@ -67,10 +68,10 @@ for round in $(seq 1 "$rounds"); do
   "$ceiling" --listen "$grpc" 2> "$work/ceiling.log" &
   pid=$!
   for _ in $(seq 1 50); do grep -q serving "$work/ceiling.log" && break; sleep 0.2; done
-  read -r rate answered us < <(measure "$pid" storm)
+  read -r rate answered us p99 < <(measure "$pid" storm)
   kill "$pid"; wait "$pid" || true
-  echo "round $round bare storm rate=$rate answered=$answered cpu_us=$us"
-  echo "$round bare storm $rate $us" >> "$work/results.txt"
+  echo "round $round bare storm rate=$rate answered=$answered cpu_us=$us p99_ms=$p99"
+  echo "$round bare storm $rate $us $p99" >> "$work/results.txt"
   for entry in $servers; do
     label=${entry%%=*}; binary=${entry#*=}
     url=$(store_url "bench_cpu_$label")
@@ -80,9 +81,9 @@ for round in $(seq 1 "$rounds"); do
     pid=$!
     for _ in $(seq 1 50); do curl -sf "http://$http/healthz" >/dev/null && break; sleep 0.2; done
     for scenario in storm restart; do
-      read -r rate answered us < <(measure "$pid" "$scenario")
-      echo "round $round $label $scenario rate=$rate answered=$answered cpu_us=$us"
-      echo "$round $label $scenario $rate $us" >> "$work/results.txt"
+      read -r rate answered us p99 < <(measure "$pid" "$scenario")
+      echo "round $round $label $scenario rate=$rate answered=$answered cpu_us=$us p99_ms=$p99"
+      echo "$round $label $scenario $rate $us $p99" >> "$work/results.txt"
     done
     kill "$pid"; wait "$pid" || true
   done
@@ -96,10 +97,11 @@ print()
 print("server CPU per request, %s storms of %s (3 metadata, ttl 5), %s in flight, medians of %d rounds"
       % (sys.argv[2], sys.argv[3], sys.argv[4], len(bare)))
 print()
-print("| server | run | rate /s | µs per request | × bare (same round) |")
-print("| --- | --- | ---: | ---: | ---: |")
-print("| bare gRPC server | storm | %.0f | %.2f | 1.00 |" % (
-    statistics.median(float(r[3]) for r in rows if r[1] == "bare"), statistics.median(bare.values())))
+print("| server | run | rate /s | p99 ms | µs per request | × bare (same round) |")
+print("| --- | --- | ---: | ---: | ---: | ---: |")
+print("| bare gRPC server | storm | %.0f | %.1f | %.2f | 1.00 |" % (
+    statistics.median(float(r[3]) for r in rows if r[1] == "bare"),
+    statistics.median(float(r[5]) for r in rows if r[1] == "bare"), statistics.median(bare.values())))
 labels = []
 for r in rows:
     if r[1] != "bare" and (r[1], r[2]) not in labels:
@@ -107,8 +109,9 @@ for r in rows:
 for label, scenario in labels:
     runs = [r for r in rows if r[1] == label and r[2] == scenario]
     rate = statistics.median(float(r[3]) for r in runs)
+    p99 = statistics.median(float(r[5]) for r in runs)
     us = statistics.median(float(r[4]) for r in runs)
     ratio = statistics.median(float(r[4]) / bare[r[0]] for r in runs)
     each = " / ".join("%.1f" % float(r[4]) for r in runs)
-    print("| %s | %s | %.0f | %.2f (%s) | %.2f |" % (label, scenario, rate, us, each, ratio))
+    print("| %s | %s | %.0f | %.1f | %.2f (%s) | %.2f |" % (label, scenario, rate, p99, us, each, ratio))
 PY
