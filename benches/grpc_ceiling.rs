@@ -37,6 +37,7 @@ fn success(instance: proto::Instance) -> Response<proto::Response> {
         code: Some(200_000),
         info: Some("execute success".to_owned()),
         instance: Some(instance),
+        client: None,
     })
 }
 

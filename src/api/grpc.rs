@@ -137,6 +137,7 @@ fn write_response(
         code: Some(code.as_u32()),
         info: Some(info),
         instance: Some(instance_to_wire(instance)),
+        client: None,
     }
 }
 
