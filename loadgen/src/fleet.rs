@@ -1,14 +1,16 @@
 //! Deterministic fleet: instance `index` always gets the same namespace, service,
 //! address and metadata for the same seed, so runs are repeatable and any index can
-//! be built on its own by whichever worker pulls it.
+//! be built on its own by whichever worker pulls it. The services it is spread over
+//! form a grid of namespaces × services that `discover` and `verify` walk too.
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
 
 use rand::rngs::Xoshiro256PlusPlus;
 use rand::{RngExt, SeedableRng};
+use sha1::{Digest, Sha1};
 
-use crate::options::FleetOptions;
+use crate::options::{FleetOptions, ServiceGridOptions};
 use crate::proto;
 
 /// Hosts live in 10.0.0.0/8: 2^24 of them.
@@ -23,12 +25,47 @@ const PORT_SPAN: u64 = 65536 - PORT_MIN;
 pub const MAX_FLEET_SIZE: u64 = HOST_SPACE * PORT_SPAN;
 const FEISTEL_ROUNDS: usize = 4;
 
+/// The (namespace, service) pairs a fleet is spread over, numbered by cell: cell `c`
+/// is namespace `c % namespaces` and service `(c / namespaces) % services`, so
+/// namespaces alternate fastest.
+#[derive(Debug, Clone)]
+pub struct ServiceGrid {
+    namespace_names: Vec<String>,
+    service_names: Vec<String>,
+}
+
+impl ServiceGrid {
+    pub fn new(options: &ServiceGridOptions) -> Self {
+        ServiceGrid {
+            namespace_names: (0..options.namespaces.max(1))
+                .map(|i| format!("loadgen-ns-{i}"))
+                .collect(),
+            service_names: (0..options.services.max(1))
+                .map(|i| format!("loadgen-svc-{i}"))
+                .collect(),
+        }
+    }
+
+    /// Number of cells: namespaces × services.
+    pub fn cells(&self) -> u64 {
+        self.namespace_names.len() as u64 * self.service_names.len() as u64
+    }
+
+    /// Namespace and service of cell `cell`; cells past the last wrap around.
+    pub fn cell(&self, cell: u64) -> (&str, &str) {
+        let namespaces = self.namespace_names.len() as u64;
+        let services = self.service_names.len() as u64;
+        let namespace = &self.namespace_names[(cell % namespaces) as usize];
+        let service = &self.service_names[((cell / namespaces) % services) as usize];
+        (namespace, service)
+    }
+}
+
 /// Builds the register requests of one fleet.
 #[derive(Debug, Clone)]
 pub struct Fleet {
     count: u64,
-    namespace_names: Vec<String>,
-    service_names: Vec<String>,
+    grid: ServiceGrid,
     metadata_keys: Vec<String>,
     metadata_size: usize,
     ttl: u32,
@@ -44,12 +81,7 @@ impl Fleet {
         let mut rng = Xoshiro256PlusPlus::seed_from_u64(options.seed);
         Fleet {
             count: options.count,
-            namespace_names: (0..options.namespaces.max(1))
-                .map(|i| format!("loadgen-ns-{i}"))
-                .collect(),
-            service_names: (0..options.services.max(1))
-                .map(|i| format!("loadgen-svc-{i}"))
-                .collect(),
+            grid: ServiceGrid::new(&options.grid),
             metadata_keys: (0..options.metadata).map(|i| format!("k{i}")).collect(),
             metadata_size: options.metadata_size as usize,
             ttl: options.ttl,
@@ -76,14 +108,35 @@ impl Fleet {
         (Ipv4Addr::new(10, a, b, c), port as u16)
     }
 
-    /// Namespace and service of instance `index`: namespaces alternate fastest, so
-    /// every namespace sees each of its services.
+    /// The services the fleet is spread over.
+    pub fn grid(&self) -> &ServiceGrid {
+        &self.grid
+    }
+
+    /// Namespace and service of instance `index`: those of grid cell `index`, so
+    /// namespaces alternate fastest and every namespace sees each of its services.
     pub fn placement(&self, index: u64) -> (&str, &str) {
-        let namespaces = self.namespace_names.len() as u64;
-        let services = self.service_names.len() as u64;
-        let namespace = &self.namespace_names[(index % namespaces) as usize];
-        let service = &self.service_names[((index / namespaces) % services) as usize];
-        (namespace, service)
+        self.grid.cell(index)
+    }
+
+    /// Indices of the fleet's instances in grid cell `cell` (below the cell count),
+    /// in increasing order.
+    pub fn indices_in_cell(&self, cell: u64) -> impl Iterator<Item = u64> + use<> {
+        debug_assert!(cell < self.grid.cells());
+        let step = usize::try_from(self.grid.cells()).unwrap_or(usize::MAX);
+        (cell..self.count).step_by(step)
+    }
+
+    /// The id the server gives instance `index`, which registers without one.
+    pub fn instance_id(&self, index: u64) -> String {
+        hex::encode(self.id_digest(index))
+    }
+
+    /// The digest whose hex is [`Self::instance_id`]: half its size, for large sets.
+    pub fn id_digest(&self, index: u64) -> IdDigest {
+        let (namespace, service) = self.placement(index);
+        let (host, port) = self.address(index);
+        id_digest(namespace, service, &host.to_string(), port)
     }
 
     /// Metadata of instance `index`: keys `k{i}`, values of the configured size.
@@ -139,6 +192,33 @@ impl Fleet {
     }
 }
 
+/// SHA-1 digest of an instance id.
+pub type IdDigest = [u8; 20];
+
+/// The digest of the id a Polaris server computes for an instance registered
+/// without one (and without a VPC): the id is the lowercase hex SHA-1 of
+/// `namespace##service##host##port`.
+pub fn id_digest(namespace: &str, service: &str, host: &str, port: u16) -> IdDigest {
+    let mut hash = Sha1::new();
+    for part in [namespace, service, host] {
+        hash.update(part.as_bytes());
+        hash.update(b"##");
+    }
+    hash.update(port.to_string().as_bytes());
+    hash.finalize().into()
+}
+
+/// The digest an instance id is the hex of; `None` when it is not 40 lowercase hex
+/// digits, as no server-computed id is.
+pub fn parse_id(id: &str) -> Option<IdDigest> {
+    if !id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return None;
+    }
+    let mut digest = IdDigest::default();
+    hex::decode_to_slice(id, &mut digest).ok()?;
+    Some(digest)
+}
+
 /// SplitMix64 finaliser: a cheap, well-spread hash of one word.
 fn mix64(mut value: u64) -> u64 {
     value = value.wrapping_add(0x9E37_79B9_7F4A_7C15);
@@ -155,8 +235,10 @@ mod tests {
     fn options(seed: u64) -> FleetOptions {
         FleetOptions {
             count: 100_000,
-            namespaces: 2,
-            services: 10,
+            grid: ServiceGridOptions {
+                namespaces: 2,
+                services: 10,
+            },
             metadata: 3,
             metadata_size: 16,
             ttl: 5,
@@ -246,5 +328,63 @@ mod tests {
         let fleet = Fleet::new(&options(1));
         let placements: HashSet<_> = (0..20).map(|i| fleet.placement(i)).collect();
         assert_eq!(placements.len(), 20);
+        assert_eq!(fleet.grid().cells(), 20);
+    }
+
+    #[test]
+    fn the_instances_of_a_cell_are_those_placed_in_it() {
+        let fleet = Fleet::new(&FleetOptions {
+            count: 1003,
+            ..options(1)
+        });
+        let mut seen = 0;
+        for cell in 0..fleet.grid().cells() {
+            let indices: Vec<_> = fleet.indices_in_cell(cell).collect();
+            assert!(
+                indices
+                    .iter()
+                    .all(|&index| fleet.placement(index) == fleet.grid().cell(cell))
+            );
+            seen += indices.len();
+        }
+        assert_eq!(seen, 1003);
+        assert_eq!(
+            fleet.indices_in_cell(2).take(3).collect::<Vec<_>>(),
+            [2, 22, 42]
+        );
+    }
+
+    // The server's own test vectors (computed with Python's hashlib).
+    #[test]
+    fn ids_are_those_the_server_computes() {
+        let instance_id =
+            |namespace, service, host, port| hex::encode(id_digest(namespace, service, host, port));
+        assert_eq!(
+            instance_id("default", "echo", "10.0.0.1", 8080),
+            "f66fb94da5404b4c8a541173874f53eb60f82440"
+        );
+        assert_eq!(
+            instance_id("ns", "svc", "h", 65_535),
+            "61abf9c91af4ec52afb55ecc774075a272678e2e"
+        );
+        assert_eq!(
+            parse_id("61abf9c91af4ec52afb55ecc774075a272678e2e"),
+            Some(id_digest("ns", "svc", "h", 65_535))
+        );
+        assert_eq!(parse_id("61abf9"), None);
+        assert_eq!(parse_id("61ABF9C91AF4EC52AFB55ECC774075A272678E2E"), None);
+        assert_eq!(parse_id("not hex"), None);
+        let fleet = Fleet::new(&options(1));
+        let instance = fleet.instance(7);
+        let port = u16::try_from(instance.port.unwrap()).unwrap();
+        assert_eq!(
+            fleet.instance_id(7),
+            instance_id(
+                instance.namespace.as_deref().unwrap(),
+                instance.service.as_deref().unwrap(),
+                instance.host.as_deref().unwrap(),
+                port
+            )
+        );
     }
 }

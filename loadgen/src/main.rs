@@ -7,7 +7,9 @@
 //! - `schedule`: when requests are due (open-loop rate and ramp, closed-loop ramp)
 //! - `runner`: bounded closed- or open-loop driver, one histogram per operation, progress bar
 //! - `report`: outcome counting, percentiles, table / JSON / .hgrm output
-//! - `scenario`: one module per scenario (`storm`, `restart`, `churn`, `open-loop`)
+//! - `verification`: a fleet compared with the server's listings, table / JSON output
+//! - `scenario`: one module per scenario (`storm`, `restart`, `churn`, `open-loop`,
+//!   `discover`, `verify`) and the Discover stream the last two share
 
 mod fleet;
 mod options;
@@ -16,6 +18,7 @@ mod report;
 mod runner;
 mod scenario;
 mod schedule;
+mod verification;
 
 /// Polaris v1 wire types and the gRPC client, compiled from ../proto by build.rs.
 #[allow(clippy::all, clippy::pedantic)]
@@ -35,11 +38,12 @@ use clap::{Parser, Subcommand};
 
 use crate::options::OutputOptions;
 use crate::report::write_percentile_distribution;
-use crate::scenario::{ScenarioRun, churn, open_loop, restart, storm};
+use crate::scenario::{ScenarioRun, churn, discover, open_loop, restart, storm, verify};
 
 /// Exit status when the load could not be run at all (connection, arguments, files).
 const EXIT_SETUP_FAILED: u8 = 2;
-/// Exit status when some answers were not the ones the scenario expects.
+/// Exit status when some answers were not the ones the scenario expects (`verify`:
+/// an instance is missing or listed differently).
 const EXIT_UNEXPECTED_ANSWERS: u8 = 1;
 
 #[derive(Debug, Parser)]
@@ -80,6 +84,26 @@ enum Scenario {
     /// its queue (coordinated omission). The report gives the offered and the
     /// achieved rate, and the latency both from the intended start and from the send.
     OpenLoop(open_loop::OpenLoopArgs),
+    /// Poll the instances of services over Discover streams, as SDKs watch them.
+    ///
+    /// --watchers streams are dealt over the connections; watcher w polls
+    /// --services-per-watcher services of the fleet's grid (namespaces × services)
+    /// from index w on, in turn. Each sends, for each service, the revision of its
+    /// last full answer (200000), so an unchanged service is answered DataNoChange
+    /// (200001); with --cold none is sent and every answer is a full listing. The
+    /// report adds the instances returned, in all and per full answer. Any other
+    /// answer (but 400202 with --allow-not-found) fails the run.
+    Discover(discover::DiscoverArgs),
+    /// Check that the server lists every instance a storm with the same fleet
+    /// options and seed registered.
+    ///
+    /// One cold Discover per service of the fleet, one at a time: every instance must
+    /// be listed with its id, host, port and metadata. Instances the fleet does not
+    /// know are reported but accepted. Services take the connections (and targets)
+    /// in turn. Exits 0 when none is missing or different, 1 otherwise, 2 when the
+    /// check could not be made: no connection, or a service answered with a failure,
+    /// a code other than 200000 or 400202, or not before --timeout.
+    Verify(verify::VerifyArgs),
 }
 
 #[tokio::main]
@@ -101,6 +125,14 @@ async fn main() -> ExitCode {
         Scenario::OpenLoop(args) => {
             let output = args.output.clone();
             (open_loop::run(args).await, output)
+        }
+        Scenario::Discover(args) => {
+            let output = args.output.clone();
+            (discover::run(args).await, output)
+        }
+        Scenario::Verify(args) => {
+            let json = args.json;
+            return judge_verification(verify::run(args).await, json);
         }
     };
     match result {
@@ -145,6 +177,33 @@ fn emit(run: &ScenarioRun, output: &OutputOptions) -> ExitCode {
     eprintln!(
         "batchreg-loadgen: unexpected answers: {}",
         report.unexpected_summary()
+    );
+    ExitCode::from(EXIT_UNEXPECTED_ANSWERS)
+}
+
+/// Prints what `verify` found and picks the exit status.
+fn judge_verification(
+    result: Result<verification::Verification, verify::VerifyError>,
+    json: bool,
+) -> ExitCode {
+    let found = match result {
+        Ok(found) => found,
+        Err(error) => {
+            eprintln!("batchreg-loadgen: {}", error_chain(&error));
+            return ExitCode::from(EXIT_SETUP_FAILED);
+        }
+    };
+    if json {
+        println!("{}", found.to_json());
+    } else {
+        print!("{}", found.to_table());
+    }
+    if found.is_complete() {
+        return ExitCode::SUCCESS;
+    }
+    eprintln!(
+        "batchreg-loadgen: {} instances missing, {} listed differently",
+        found.missing, found.mismatched
     );
     ExitCode::from(EXIT_UNEXPECTED_ANSWERS)
 }
@@ -199,16 +258,57 @@ mod tests {
         };
         assert_eq!(args.connection.targets, ["127.0.0.1:8091"]);
         assert_eq!(args.connection.connections, 8);
-        assert_eq!(args.connection.in_flight, 512);
+        assert_eq!(args.load.in_flight, 512);
         assert_eq!(args.connection.timeout, std::time::Duration::from_secs(30));
         assert_eq!(args.fleet.count, 100_000);
         assert_eq!(args.fleet.metadata, 3);
         assert_eq!(args.fleet.metadata_size, 16);
         assert_eq!(args.fleet.ttl, 5);
-        assert_eq!(args.fleet.namespaces, 1);
-        assert_eq!(args.fleet.services, 10);
+        assert_eq!(args.fleet.grid.namespaces, 1);
+        assert_eq!(args.fleet.grid.services, 10);
         assert_eq!(args.fleet.seed, 1);
         assert!(!args.async_regis && !args.output.json && !args.output.no_progress);
+    }
+
+    #[test]
+    fn discover_and_verify_defaults_match_the_documented_ones() {
+        let Scenario::Discover(args) = parse(&["discover"]) else {
+            panic!("discover");
+        };
+        assert_eq!(args.connection.targets, ["127.0.0.1:8091"]);
+        assert_eq!(args.connection.connections, 8);
+        assert_eq!(args.connection.timeout, std::time::Duration::from_secs(30));
+        assert_eq!((args.grid.namespaces, args.grid.services), (1, 10));
+        assert_eq!(args.watchers, 64);
+        assert_eq!(args.services_per_watcher, 1);
+        assert_eq!(args.interval, std::time::Duration::ZERO);
+        assert_eq!(args.duration, std::time::Duration::from_secs(10));
+        assert_eq!(args.count, None);
+        assert!(!args.cold && !args.allow_not_found);
+        assert!(!args.output.json && !args.output.no_progress);
+
+        let Scenario::Verify(args) = parse(&["verify"]) else {
+            panic!("verify");
+        };
+        assert_eq!(args.connection.targets, ["127.0.0.1:8091"]);
+        assert_eq!(args.fleet.count, 100_000);
+        assert_eq!(
+            (args.fleet.grid.namespaces, args.fleet.grid.services),
+            (1, 10)
+        );
+        assert_eq!((args.fleet.metadata, args.fleet.metadata_size), (3, 16));
+        assert_eq!(args.fleet.seed, 1);
+        assert!(!args.json);
+
+        // Neither keeps a number of requests in flight, nor does verify save latencies.
+        for words in [
+            &["discover", "--in-flight", "5"][..],
+            &["verify", "--in-flight", "5"],
+            &["verify", "--hdr-out", "x.hgrm"],
+        ] {
+            let words = std::iter::once("batchreg-loadgen").chain(words.iter().copied());
+            assert!(Cli::try_parse_from(words).is_err());
+        }
     }
 
     #[test]

@@ -8,7 +8,7 @@ use clap::Args;
 
 use crate::fleet::MAX_FLEET_SIZE;
 
-/// Where the load goes and how much of it is outstanding at once.
+/// Where the requests go.
 #[derive(Debug, Clone, Args)]
 pub struct ConnectionOptions {
     /// Server gRPC address (host:port or http://host:port); repeat or comma-separate
@@ -25,11 +25,6 @@ pub struct ConnectionOptions {
     #[arg(long, value_name = "K", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub connections: u32,
 
-    /// Requests outstanding at once, over all connections. In open-loop, a request
-    /// due while all are busy waits for one, and the wait counts in its latency.
-    #[arg(long = "in-flight", value_name = "C", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
-    pub in_flight: u32,
-
     /// Per-request deadline; a request not answered in time counts as `timeout`.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
@@ -37,6 +32,15 @@ pub struct ConnectionOptions {
     /// Sent as `x-polaris-token` gRPC metadata with every request.
     #[arg(long, value_name = "TOKEN")]
     pub token: Option<String>,
+}
+
+/// How much of a load scenario's work is outstanding at once.
+#[derive(Debug, Clone, Args)]
+pub struct LoadOptions {
+    /// Requests outstanding at once, over all connections. In open-loop, a request
+    /// due while all are busy waits for one, and the wait counts in its latency.
+    #[arg(long = "in-flight", value_name = "C", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub in_flight: u32,
 }
 
 /// The fleet of instances a scenario registers; see [`crate::fleet::Fleet`].
@@ -47,13 +51,8 @@ pub struct FleetOptions {
     #[arg(long, value_name = "N", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..=MAX_FLEET_SIZE))]
     pub count: u64,
 
-    /// Namespaces the instances are spread over (`loadgen-ns-{i}`).
-    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
-    pub namespaces: u32,
-
-    /// Services per namespace the instances are spread over (`loadgen-svc-{i}`).
-    #[arg(long, value_name = "N", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
-    pub services: u32,
+    #[command(flatten)]
+    pub grid: ServiceGridOptions,
 
     /// Metadata entries per instance (keys `k0`, `k1`, ...).
     #[arg(long, value_name = "M", default_value_t = 3)]
@@ -70,6 +69,19 @@ pub struct FleetOptions {
     /// Seed for hosts, ports and metadata values: the same seed gives the same fleet.
     #[arg(long, value_name = "SEED", default_value_t = 1)]
     pub seed: u64,
+}
+
+/// The services a fleet is spread over, and a discover run watches; see
+/// [`crate::fleet::ServiceGrid`].
+#[derive(Debug, Clone, Args)]
+pub struct ServiceGridOptions {
+    /// Namespaces the instances are spread over (`loadgen-ns-{i}`).
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub namespaces: u32,
+
+    /// Services per namespace the instances are spread over (`loadgen-svc-{i}`).
+    #[arg(long, value_name = "N", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    pub services: u32,
 }
 
 /// How the result is shown and saved.

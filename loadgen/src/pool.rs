@@ -9,6 +9,9 @@ use crate::proto::polaris_grpc_client::PolarisGrpcClient;
 
 /// Longest wait for one connection to open.
 const CONNECT_TIMEOUT_CAP: Duration = Duration::from_secs(10);
+/// Largest answer accepted: a full Discover answer lists every instance of a
+/// service, some 250 bytes each, far past tonic's 4 MiB default.
+const MAX_ANSWER_BYTES: usize = 1 << 30;
 
 /// A target that could not be reached, or was not a valid address.
 #[derive(Debug, thiserror::Error)]
@@ -56,7 +59,9 @@ impl ClientPool {
                         target: target.clone(),
                         source,
                     })?;
-                clients.push(PolarisGrpcClient::new(channel));
+                clients.push(
+                    PolarisGrpcClient::new(channel).max_decoding_message_size(MAX_ANSWER_BYTES),
+                );
             }
             by_target.push(clients);
         }

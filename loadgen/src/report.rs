@@ -12,6 +12,7 @@ use serde::Serialize;
 /// Polaris codes this tool names in its table (the set the design document uses).
 const POLARIS_CODE_NAMES: &[(u32, &str)] = &[
     (200000, "ExecuteSuccess"),
+    (200001, "DataNoChange"),
     (400000, "BadRequest"),
     (400001, "ParseException"),
     (400002, "EmptyRequest"),
@@ -43,7 +44,9 @@ const POLARIS_CODE_NAMES: &[(u32, &str)] = &[
 ];
 
 pub const EXECUTE_SUCCESS: u32 = 200000;
+pub const DATA_NO_CHANGE: u32 = 200001;
 pub const EXISTED_RESOURCE: u32 = 400201;
+pub const NOT_FOUND_RESOURCE: u32 = 400202;
 
 /// How one request ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -54,17 +57,20 @@ pub enum Outcome {
     Grpc(tonic::Code),
     /// No answer within the per-request deadline.
     Timeout,
+    /// The server ended a Discover stream without a status before answering.
+    StreamEnded,
 }
 
 impl Outcome {
     /// Key used in the table and in JSON: the Polaris code, `grpc:<Code>`,
-    /// `no-code` or `timeout`.
+    /// `no-code`, `timeout` or `stream-ended`.
     pub fn label(&self) -> String {
         match self {
             Outcome::Answered(Some(code)) => code.to_string(),
             Outcome::Answered(None) => "no-code".to_owned(),
             Outcome::Grpc(code) => format!("grpc:{code:?}"),
             Outcome::Timeout => "timeout".to_owned(),
+            Outcome::StreamEnded => "stream-ended".to_owned(),
         }
     }
 
@@ -78,6 +84,7 @@ impl Outcome {
             Outcome::Answered(None) => "Response without code",
             Outcome::Grpc(code) => code.description(),
             Outcome::Timeout => "no answer before --timeout",
+            Outcome::StreamEnded => "stream ended before the answer",
         }
     }
 }
@@ -113,6 +120,11 @@ impl Tally {
 
     pub fn total(&self) -> u64 {
         self.counts.values().sum()
+    }
+
+    /// Answers that ended in `outcome`.
+    pub fn count(&self, outcome: Outcome) -> u64 {
+        self.counts.get(&outcome).copied().unwrap_or(0)
     }
 
     /// Outcomes with their counts, most frequent first (ties by label).
@@ -220,6 +232,9 @@ pub struct Report {
     /// Only for open-loop runs.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub open_loop: Option<OpenLoopReport>,
+    /// Only for discover runs; its keys sit at the top level.
+    #[serde(flatten)]
+    pub discover: Option<DiscoverFigures>,
     /// Count per outcome label, over all operations.
     pub codes: BTreeMap<String, u64>,
     /// Over all operations; from the intended start in an open loop.
@@ -256,6 +271,43 @@ pub struct OpenLoopReport {
     /// From the actual send to the answer, without the wait for the due time's
     /// in-flight slot; the top-level `latency_ms` counts from the due time.
     pub service_latency_ms: LatencySummary,
+}
+
+/// How a discover run polled and what its full answers carried.
+#[derive(Debug, Clone, Serialize)]
+pub struct DiscoverFigures {
+    pub watchers: u32,
+    pub services_per_watcher: u32,
+    /// Whether the watchers never sent a revision.
+    pub cold: bool,
+    /// Instances listed by all the full (ExecuteSuccess) answers.
+    pub instances_returned: u64,
+    /// Mean instances per full answer; 0 without any.
+    pub instances_per_full_answer: f64,
+}
+
+impl DiscoverFigures {
+    /// Figures of a run whose `full_answers` full answers listed `instances_returned`.
+    pub fn new(
+        watchers: u32,
+        services_per_watcher: u32,
+        cold: bool,
+        instances_returned: u64,
+        full_answers: u64,
+    ) -> Self {
+        let instances_per_full_answer = if full_answers > 0 {
+            instances_returned as f64 / full_answers as f64
+        } else {
+            0.0
+        };
+        DiscoverFigures {
+            watchers,
+            services_per_watcher,
+            cold,
+            instances_returned,
+            instances_per_full_answer,
+        }
+    }
 }
 
 /// The load an open-loop run offered.
@@ -342,6 +394,7 @@ impl Report {
             elapsed_s,
             rate_per_s,
             open_loop,
+            discover: None,
             codes: labelled(&tally.sorted()),
             latency_ms: LatencySummary::from_micros(&latency),
             unexpected,
@@ -404,6 +457,23 @@ impl Report {
             None => {
                 let _ = writeln!(out, "rate         {:.1} req/s", self.rate_per_s);
             }
+        }
+        if let Some(discover) = &self.discover {
+            let revisions = if discover.cold {
+                "cold"
+            } else {
+                "revisions sent"
+            };
+            let _ = writeln!(
+                out,
+                "watchers     {} x {} services, {revisions}",
+                discover.watchers, discover.services_per_watcher
+            );
+            let _ = writeln!(
+                out,
+                "instances    {} returned, {:.1} per full answer",
+                discover.instances_returned, discover.instances_per_full_answer
+            );
         }
         let _ = writeln!(out);
 
@@ -586,6 +656,45 @@ mod tests {
     }
 
     #[test]
+    fn discover_figures_sit_at_the_top_level() {
+        let tally = tally_of([
+            (Outcome::Answered(Some(EXECUTE_SUCCESS)), 4),
+            (Outcome::Answered(Some(DATA_NO_CHANGE)), 6),
+        ]);
+        let mut report = Report::new(
+            RunSetup {
+                scenario: "discover",
+                ..setup()
+            },
+            Duration::from_secs(1),
+            &[measured(REGISTER, tally, [1000; 10])],
+        );
+        let plain: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
+        assert!(plain.get("instances_returned").is_none());
+        report.discover = Some(DiscoverFigures::new(2, 3, false, 10, 4));
+        let json: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
+        assert_eq!(json["instances_returned"], 10);
+        assert_eq!(json["instances_per_full_answer"], 2.5);
+        assert_eq!(json["watchers"], 2);
+        assert_eq!(json["cold"], false);
+        assert_eq!(json["codes"]["200001"], 6);
+        let table = report.to_table();
+        assert!(
+            table.contains("watchers     2 x 3 services, revisions sent"),
+            "{table}"
+        );
+        assert!(
+            table.contains("instances    10 returned, 2.5 per full answer"),
+            "{table}"
+        );
+        assert!(table.contains("  DataNoChange"), "{table}");
+        assert_eq!(
+            DiscoverFigures::new(1, 1, true, 0, 0).instances_per_full_answer,
+            0.0
+        );
+    }
+
+    #[test]
     fn outcomes_have_stable_labels() {
         assert_eq!(Outcome::Answered(Some(200000)).label(), "200000");
         assert_eq!(Outcome::Answered(None).label(), "no-code");
@@ -594,6 +703,7 @@ mod tests {
             "grpc:Unavailable"
         );
         assert_eq!(Outcome::Timeout.label(), "timeout");
+        assert_eq!(Outcome::StreamEnded.label(), "stream-ended");
         assert_eq!(
             Outcome::Answered(Some(400201)).description(),
             "ExistedResource"
@@ -622,6 +732,8 @@ mod tests {
         second.record(Outcome::Answered(Some(429001)));
         first.merge(&second);
         assert_eq!(first.total(), 5);
+        assert_eq!(first.count(Outcome::Answered(Some(200000))), 3);
+        assert_eq!(first.count(Outcome::Answered(Some(200001))), 0);
         assert_eq!(
             first.sorted(),
             [

@@ -72,11 +72,11 @@ pub struct RunOutcome {
 
 /// Counters the progress bar reads while the workers run.
 #[derive(Debug, Default)]
-struct LiveCounters {
+pub struct LiveCounters {
     /// Requests with all their operations done.
-    done: AtomicU64,
+    pub done: AtomicU64,
     /// Answers the operation's expectation does not accept.
-    errors: AtomicU64,
+    pub errors: AtomicU64,
 }
 
 /// What every worker shares.
@@ -112,7 +112,7 @@ where
     let counters = Arc::new(LiveCounters::default());
     let progress = plan
         .show_progress
-        .then(|| ProgressDisplay::start(plan.total, Arc::clone(&counters)));
+        .then(|| ProgressDisplay::start(Some(plan.total), Arc::clone(&counters)));
 
     let shared = Arc::new(Shared {
         plan,
@@ -315,19 +315,23 @@ pub fn progress_wanted(no_progress: bool) -> bool {
 }
 
 /// Progress bar on stderr, redrawn by its own task from the live counters.
-struct ProgressDisplay {
+pub struct ProgressDisplay {
     bar: ProgressBar,
     ticker: tokio::task::JoinHandle<()>,
 }
 
 impl ProgressDisplay {
-    fn start(total: u64, counters: Arc<LiveCounters>) -> Self {
-        let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
-        let style = ProgressStyle::with_template(
-            "{elapsed_precise} [{wide_bar:.cyan/blue}] {pos}/{len} {msg}",
-        )
-        .expect("valid progress template")
-        .progress_chars("=> ");
+    /// A bar up to `total` requests; without one (a run bounded by time), a counter.
+    pub fn start(total: Option<u64>, counters: Arc<LiveCounters>) -> Self {
+        let bar = ProgressBar::with_draw_target(total, ProgressDrawTarget::stderr());
+        let template = if total.is_some() {
+            "{elapsed_precise} [{wide_bar:.cyan/blue}] {pos}/{len} {msg}"
+        } else {
+            "{elapsed_precise} {pos} {msg}"
+        };
+        let style = ProgressStyle::with_template(template)
+            .expect("valid progress template")
+            .progress_chars("=> ");
         bar.set_style(style);
         let ticker = tokio::spawn(Self::redraw(bar.clone(), counters));
         ProgressDisplay { bar, ticker }
@@ -346,7 +350,7 @@ impl ProgressDisplay {
         }
     }
 
-    async fn finish(self) {
+    pub async fn finish(self) {
         self.ticker.abort();
         let _ = self.ticker.await;
         self.bar.finish_and_clear();

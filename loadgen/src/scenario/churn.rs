@@ -11,7 +11,7 @@ use std::time::Duration;
 use clap::Args;
 
 use crate::fleet::{Fleet, MAX_FLEET_SIZE};
-use crate::options::{ConnectionOptions, FleetOptions, OutputOptions};
+use crate::options::{ConnectionOptions, FleetOptions, LoadOptions, OutputOptions};
 use crate::proto;
 use crate::report::{EXECUTE_SUCCESS, Expectation, Operation};
 use crate::runner::{Pacing, RunPlan, progress_wanted, run_load};
@@ -42,6 +42,9 @@ const OPERATIONS: &[Operation] = &[
 pub struct ChurnArgs {
     #[command(flatten)]
     pub connection: ConnectionOptions,
+
+    #[command(flatten)]
+    pub load: LoadOptions,
 
     #[command(flatten)]
     pub fleet: FleetOptions,
@@ -91,13 +94,13 @@ pub async fn run(args: ChurnArgs) -> Result<ScenarioRun, SetupError> {
     let fleet = Fleet::new(&args.fleet);
     let plan = RunPlan {
         total: fleet.count(),
-        in_flight: connection.in_flight,
+        in_flight: args.load.in_flight,
         pacing: Pacing::ClosedLoop { ramp: args.ramp },
         operations: OPERATIONS,
         request_timeout: connection.timeout,
         show_progress: progress_wanted(args.output.no_progress),
     };
-    let setup = run_setup("churn", connection, &pool, args.ramp, None);
+    let setup = run_setup("churn", connection, &args.load, &pool, args.ramp, None);
 
     let measured = run_load(plan, move |index, step| {
         // Both operations of a pair go over the same connection.

@@ -1,23 +1,31 @@
-//! Scenarios: each builds its requests, runs them through [`crate::runner`] and
-//! returns a [`ScenarioRun`]; connecting, headers, printing and the exit code are
-//! shared.
+//! Scenarios: each builds its requests, runs them and returns a [`ScenarioRun`]
+//! (`verify`: a [`crate::verification::Verification`]); connecting, headers,
+//! printing and the exit code are shared.
 //!
 //! - `storm`: the whole fleet registers once, closed loop
 //! - `restart`: the same fleet registers again, unchanged
 //! - `churn`: each instance registers, then deregisters
 //! - `open_loop`: registrations at a fixed arrival rate
+//! - `discover`: watchers poll services over Discover streams, with revisions or cold
+//! - `verify`: the server's listing of each service checked against the fleet
+//! - `discover_stream`: one Discover stream, request by request (discover, verify)
 
 pub mod churn;
+pub mod discover;
+pub mod discover_stream;
+#[cfg(test)]
+mod fake_discover;
 pub mod open_loop;
 pub mod restart;
 pub mod storm;
+pub mod verify;
 
 use std::time::Duration;
 
 use tonic::metadata::{AsciiMetadataValue, MetadataValue};
 
 use crate::fleet::MAX_FLEET_SIZE;
-use crate::options::ConnectionOptions;
+use crate::options::{ConnectionOptions, LoadOptions};
 use crate::pool::{ClientPool, ConnectError};
 use crate::proto;
 use crate::report::{Measurements, OfferedLoad, Outcome, Report, RunSetup};
@@ -98,6 +106,7 @@ async fn connect(
 fn run_setup(
     scenario: &'static str,
     connection: &ConnectionOptions,
+    load: &LoadOptions,
     pool: &ClientPool,
     ramp: Duration,
     offered: Option<OfferedLoad>,
@@ -105,7 +114,7 @@ fn run_setup(
     RunSetup {
         scenario,
         targets: connection.targets.clone(),
-        in_flight: connection.in_flight,
+        in_flight: load.in_flight,
         connections: pool.connection_count(),
         ramp,
         offered,

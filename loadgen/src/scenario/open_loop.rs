@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::Args;
 
 use crate::fleet::{Fleet, MAX_FLEET_SIZE};
-use crate::options::{ConnectionOptions, FleetOptions, OutputOptions};
+use crate::options::{ConnectionOptions, FleetOptions, LoadOptions, OutputOptions};
 use crate::report::{OfferedLoad, Operation};
 use crate::runner::{Pacer, Pacing, RunPlan, progress_wanted, run_load};
 use crate::scenario::{
@@ -36,6 +36,9 @@ const UNCHANGED_OPERATIONS: &[Operation] = &[Operation {
 pub struct OpenLoopArgs {
     #[command(flatten)]
     pub connection: ConnectionOptions,
+
+    #[command(flatten)]
+    pub load: LoadOptions,
 
     #[command(flatten)]
     pub fleet: FleetOptions,
@@ -146,7 +149,7 @@ pub async fn run(args: OpenLoopArgs) -> Result<ScenarioRun, SetupError> {
     };
     let plan = RunPlan {
         total: requests,
-        in_flight: connection.in_flight,
+        in_flight: args.load.in_flight,
         pacing: Pacing::OpenLoop {
             schedule,
             pacer: Pacer::Thread,
@@ -159,7 +162,14 @@ pub async fn run(args: OpenLoopArgs) -> Result<ScenarioRun, SetupError> {
         rate_per_s: schedule.rate(),
         schedule: schedule.offset(requests - 1),
     };
-    let setup = run_setup("open-loop", connection, &pool, args.ramp, Some(offered));
+    let setup = run_setup(
+        "open-loop",
+        connection,
+        &args.load,
+        &pool,
+        args.ramp,
+        Some(offered),
+    );
 
     let measured = run_load(plan, move |index, _| {
         let mut client = pool.client(index);

@@ -6,7 +6,7 @@ use std::time::Duration;
 use clap::Args;
 
 use crate::fleet::Fleet;
-use crate::options::{ConnectionOptions, FleetOptions, OutputOptions};
+use crate::options::{ConnectionOptions, FleetOptions, LoadOptions, OutputOptions};
 use crate::report::{EXECUTE_SUCCESS, EXISTED_RESOURCE, Expectation, Operation};
 use crate::runner::{Pacing, RunPlan, progress_wanted, run_load};
 use crate::scenario::{REGISTER, ScenarioRun, SetupError, connect, finish, outcome_of, run_setup};
@@ -26,6 +26,9 @@ const OPERATIONS: &[Operation] = &[Operation {
 pub struct StormArgs {
     #[command(flatten)]
     pub connection: ConnectionOptions,
+
+    #[command(flatten)]
+    pub load: LoadOptions,
 
     #[command(flatten)]
     pub fleet: FleetOptions,
@@ -67,13 +70,13 @@ pub(crate) async fn register_fleet(
     let fleet = fleet_of(&args);
     let plan = RunPlan {
         total: fleet.count(),
-        in_flight: connection.in_flight,
+        in_flight: args.load.in_flight,
         pacing: Pacing::ClosedLoop { ramp: args.ramp },
         operations,
         request_timeout: connection.timeout,
         show_progress: progress_wanted(args.output.no_progress),
     };
-    let setup = run_setup(scenario, connection, &pool, args.ramp, None);
+    let setup = run_setup(scenario, connection, &args.load, &pool, args.ramp, None);
 
     let measured = run_load(plan, move |index, _| {
         let mut client = pool.client(index);
