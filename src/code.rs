@@ -31,7 +31,13 @@ macro_rules! codes {
 
 codes! {
     ExecuteSuccess = 200000,
+    /// Discover: the client's revision is current; nothing to send.
+    DataNoChange = 200001,
+    /// A request that does not decode.
+    ParseException = 400001,
     EmptyRequest = 400002,
+    /// Discover of a type this server does not serve.
+    InvalidDiscoverResource = 400004,
     InvalidParameter = 400103,
     InvalidNamespaceName = 400110,
     InvalidServiceName = 400120,
@@ -44,6 +50,8 @@ codes! {
     InvalidMetadata = 400150,
     /// An unchanged re-registration.
     ExistedResource = 400201,
+    /// Discover of a service that does not exist.
+    NotFoundResource = 400202,
     NotFoundService = 400301,
     NotAllowedAccess = 401001,
     EmptyAutToken = 401002,

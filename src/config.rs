@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 use crate::auth::TokenGrant;
 use crate::batch::BatchSettings;
+use crate::discovery::feed::FeedSettings;
 use crate::naming::NamingSettings;
 use crate::store::StoreOptions;
 use crate::store::resilient::RetryPolicy;
@@ -51,6 +52,7 @@ pub struct Config {
     pub store: StoreConfig,
     pub naming: NamingConfig,
     pub batch: BatchConfigs,
+    pub discovery: DiscoveryConfig,
     pub auth: AuthConfig,
     pub telemetry: TelemetryConfig,
 }
@@ -147,6 +149,32 @@ impl Default for BatchConfig {
     }
 }
 
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DiscoveryConfig {
+    /// Cluster mode: how often each replica reads the changes other replicas wrote.
+    #[serde(with = "humantime_serde")]
+    pub refresh_interval: Duration,
+    /// How far before its last read each read of the changes starts, so that a
+    /// transaction that committed late is read too.
+    #[serde(with = "humantime_serde")]
+    pub feed_overlap: Duration,
+    /// How long a deregistered instance's row is kept (so that every replica sees the
+    /// deregistration) before it is purged.
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+}
+
+impl Default for DiscoveryConfig {
+    fn default() -> Self {
+        DiscoveryConfig {
+            refresh_interval: Duration::from_secs(1),
+            feed_overlap: Duration::from_secs(5),
+            retention: Duration::from_secs(3600),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
@@ -191,6 +219,7 @@ pub struct Settings {
     pub shutdown_timeout: Duration,
     pub store: StoreOptions,
     pub naming: NamingSettings,
+    pub discovery: FeedSettings,
     /// `None` when auth is off.
     pub auth: Option<Vec<TokenGrant>>,
     pub metrics: bool,
@@ -260,6 +289,20 @@ impl Config {
                 "must not exceed store.retry_max_backoff",
             ));
         }
+        let discovery = &self.discovery;
+        if discovery.refresh_interval.is_zero() {
+            return Err(invalid(
+                "discovery.refresh_interval",
+                "must be greater than 0",
+            ));
+        }
+        // A deregistration must stay visible for at least one read of every replica.
+        if discovery.retention < discovery.refresh_interval + discovery.feed_overlap {
+            return Err(invalid(
+                "discovery.retention",
+                "must be at least discovery.refresh_interval + discovery.feed_overlap",
+            ));
+        }
         let register = batch_settings("batch.register", &self.batch.register)?;
         let deregister = batch_settings("batch.deregister", &self.batch.deregister)?;
         let auth = if self.auth.enabled {
@@ -305,6 +348,11 @@ impl Config {
                     first_backoff: self.store.retry_first_backoff,
                     max_backoff: self.store.retry_max_backoff,
                 },
+            },
+            discovery: FeedSettings {
+                refresh: discovery.refresh_interval,
+                overlap: discovery.feed_overlap,
+                retention: discovery.retention,
             },
             auth,
             metrics: self.telemetry.metrics,
@@ -374,6 +422,14 @@ mod tests {
             ("[auth]\nenabled = true\n", "auth.tokens"),
             ("[server]\ngrpc_listen = \"nowhere\"\n", "grpc_listen"),
             ("[store]\nurl = \"postgres://x\"\n", "store.url"),
+            (
+                "[discovery]\nretention = \"2s\"\nrefresh_interval = \"1s\"\n",
+                "discovery.retention",
+            ),
+            (
+                "[discovery]\nrefresh_interval = \"0s\"\n",
+                "refresh_interval",
+            ),
         ] {
             let err = Config::from_toml(text).unwrap().validate().unwrap_err();
             assert!(err.to_string().contains(key), "{text}: {err}");

@@ -27,6 +27,7 @@ pub mod auth;
 pub mod batch;
 pub mod code;
 pub mod config;
+pub mod discovery;
 pub mod naming;
 pub mod server;
 pub mod store;

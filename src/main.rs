@@ -90,9 +90,12 @@ fn main() -> ExitCode {
             .map_err(|e| e.to_string())
             .and_then(|settings| {
                 let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
-                runtime
-                    .block_on(batchreg::run(settings, shutdown_signal()))
-                    .map_err(|e| e.to_string())
+                runtime.block_on(async {
+                    let shutdown = shutdown_signal().map_err(|e| e.to_string())?;
+                    batchreg::run(settings, shutdown)
+                        .await
+                        .map_err(|e| e.to_string())
+                })
             }),
     };
     match result {
@@ -104,20 +107,17 @@ fn main() -> ExitCode {
     }
 }
 
-/// Completes on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut terminate =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .expect("install SIGTERM handler");
+/// Installs the SIGINT and SIGTERM handlers now, before the server starts, so that a
+/// signal that arrives while it starts is not lost; the future completes on either.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    Ok(async move {
         tokio::select! {
-            _ = interrupt => {}
+            _ = interrupt.recv() => {}
             _ = terminate.recv() => {}
         }
-    }
-    #[cfg(not(unix))]
-    let _ = interrupt.await;
-    tracing::info!("shutdown signal received: draining");
+        tracing::info!("shutdown signal received: draining");
+    })
 }

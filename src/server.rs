@@ -1,20 +1,24 @@
-//! The server's lifecycle: opens the store, starts the pipeline, binds both ports, and
-//! stops it all cleanly.
+//! The server's lifecycle: binds both ports, serves `/healthz` (503 "loading") while it
+//! opens the store and loads the registry cache, then starts the pipeline and the gRPC
+//! server; and stops it all cleanly.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::api::ClientApi;
-use crate::api::grpc::PolarisGrpcAdapter;
-use crate::api::http::HttpState;
+use crate::api::discover::PolarisService;
+use crate::api::http::{HttpState, Readiness, ReadinessFlag};
 use crate::auth::Auth;
 use crate::config::Settings;
+use crate::discovery::cache::RegistryCache;
+use crate::discovery::feed::Feed;
+use crate::discovery::{self, Discovery};
 use crate::naming::Naming;
 use crate::store::{self, StoreError};
 use crate::{api, telemetry};
@@ -47,33 +51,24 @@ pub async fn run(
     server.shutdown().await
 }
 
-/// A started server: the listeners are bound, the batch controllers run.
+/// A started server: the listeners are bound, the cache is loaded, the pipeline runs.
 pub struct Server {
     grpc_addr: SocketAddr,
     http_addr: SocketAddr,
     api: Arc<ClientApi>,
-    ready: Arc<AtomicBool>,
+    readiness: Arc<ReadinessFlag>,
     stop: watch::Sender<bool>,
     grpc: JoinHandle<Result<(), tonic::transport::Error>>,
     http: JoinHandle<std::io::Result<()>>,
-    shutdown_timeout: std::time::Duration,
+    feed: Option<Feed>,
+    shutdown_timeout: Duration,
 }
 
 impl Server {
-    /// Opens the store (applying migrations), starts the pipeline and binds both ports
-    /// (port 0 picks a free one: see [`Server::grpc_addr`]).
+    /// Binds both ports (port 0 picks a free one: see [`Server::grpc_addr`]), opens the
+    /// store (applying migrations), loads the registry cache and starts the pipeline.
     pub async fn start(settings: Settings) -> Result<Server, ServerError> {
         let metrics = settings.metrics.then(telemetry::install);
-        let store_options = settings.store.clone();
-        let naming_settings = settings.naming.clone();
-        let (store, naming) = tokio::task::spawn_blocking(move || {
-            let store = store::open(&store_options)?;
-            let naming = Naming::start(store.as_ref(), &naming_settings)?;
-            Ok::<_, StoreError>((store, naming))
-        })
-        .await??;
-        let api = Arc::new(ClientApi::new(Auth::new(settings.auth.clone()), naming));
-
         let bind = |addr: SocketAddr| async move {
             TcpListener::bind(addr)
                 .await
@@ -85,18 +80,7 @@ impl Server {
         let http_addr = local_addr(&http_listener, settings.http_listen)?;
 
         let (stop, stopped) = watch::channel(false);
-        if settings.metrics {
-            tokio::spawn(refresh_namespace_counts(
-                store,
-                until_stopped(stopped.clone()),
-            ));
-        }
-        let ready = Arc::new(AtomicBool::new(true));
-        let grpc = tokio::spawn(serve_grpc(
-            grpc_listener,
-            PolarisGrpcAdapter::new(Arc::clone(&api)),
-            until_stopped(stopped.clone()),
-        ));
+        let readiness = Arc::new(ReadinessFlag::new(Readiness::Loading));
         let process = metrics_process::Collector::new(telemetry::PROCESS_PREFIX);
         if metrics.is_some() {
             process.describe();
@@ -104,21 +88,71 @@ impl Server {
         let router = api::http::router(HttpState {
             metrics,
             process,
-            ready: Arc::clone(&ready),
+            readiness: Arc::clone(&readiness),
         });
+        let http_stopped = stopped.clone();
         let http = tokio::spawn(async move {
             axum::serve(http_listener, router)
-                .with_graceful_shutdown(until_stopped(stopped))
+                .with_graceful_shutdown(until_stopped(http_stopped))
                 .await
         });
+
+        let opened = tokio::task::spawn_blocking({
+            let settings = settings.clone();
+            move || open_pipeline(&settings)
+        })
+        .await
+        .map_err(ServerError::from)
+        .and_then(|opened| opened.map_err(ServerError::from));
+        let Pipeline {
+            store,
+            cache,
+            naming,
+            since,
+        } = match opened {
+            Ok(pipeline) => pipeline,
+            Err(error) => {
+                let _ = stop.send(true);
+                let _ = http.await;
+                return Err(error);
+            }
+        };
+        let feed_metrics = telemetry::FeedMetrics::default();
+        let follow = !store.single_writer();
+        let feed = Feed::start(
+            Arc::clone(&store),
+            Arc::clone(&cache),
+            settings.discovery,
+            follow,
+            since,
+            feed_metrics,
+        );
+        if settings.metrics {
+            tokio::spawn(refresh_namespace_counts(
+                Arc::clone(&cache),
+                until_stopped(stopped.clone()),
+            ));
+        }
+        let api = Arc::new(ClientApi::new(
+            Auth::new(settings.auth.clone()),
+            naming,
+            Discovery::new(cache),
+        ));
+        let grpc = tokio::spawn(serve_grpc(
+            grpc_listener,
+            PolarisService::new(Arc::clone(&api)),
+            until_stopped(stopped),
+        ));
+        readiness.set(Readiness::Serving);
         Ok(Server {
             grpc_addr,
             http_addr,
             api,
-            ready,
+            readiness,
             stop,
             grpc,
             http,
+            feed: Some(feed),
             shutdown_timeout: settings.shutdown_timeout,
         })
     }
@@ -138,8 +172,8 @@ impl Server {
 
     /// Stops taking requests, lets in-flight ones be answered (up to the shutdown
     /// timeout), writes everything still queued, then returns.
-    pub async fn shutdown(self) -> Result<(), ServerError> {
-        self.ready.store(false, Ordering::Release);
+    pub async fn shutdown(mut self) -> Result<(), ServerError> {
+        self.readiness.set(Readiness::Stopping);
         let _ = self.stop.send(true);
         let grpc_result = match tokio::time::timeout(self.shutdown_timeout, self.grpc).await {
             Ok(joined) => joined?.map_err(ServerError::from),
@@ -149,7 +183,12 @@ impl Server {
             }
         };
         let api = self.api;
-        tokio::task::spawn_blocking(move || api.naming().shutdown()).await?;
+        let feed = self.feed.take();
+        tokio::task::spawn_blocking(move || {
+            api.naming().shutdown();
+            drop(feed);
+        })
+        .await?;
         if let Ok(joined) = tokio::time::timeout(self.shutdown_timeout, self.http).await
             && let Err(err) = joined?
         {
@@ -160,51 +199,71 @@ impl Server {
     }
 }
 
+/// The store, the loaded cache and the write pipeline over them.
+struct Pipeline {
+    store: Arc<dyn store::Store>,
+    cache: Arc<RegistryCache>,
+    naming: Naming,
+    /// The store's time when the cache started loading: the change feed reads from there.
+    since: String,
+}
+
+/// Opens the store, loads the cache and starts the batch controllers. Blocks.
+fn open_pipeline(settings: &Settings) -> Result<Pipeline, StoreError> {
+    let store = store::open(&settings.store)?;
+    let cache = Arc::new(RegistryCache::default());
+    let since = store.now()?;
+    let loaded = discovery::load(store.as_ref(), &cache, discovery::LOAD_PAGE)?;
+    tracing::info!(
+        services = loaded.services,
+        instances = loaded.instances,
+        took = ?loaded.took,
+        "registry cache loaded"
+    );
+    let naming = Naming::start(store.as_ref(), Arc::clone(&cache), &settings.naming)?;
+    Ok(Pipeline {
+        store,
+        cache,
+        naming,
+        since,
+    })
+}
+
 fn local_addr(listener: &TcpListener, addr: SocketAddr) -> Result<SocketAddr, ServerError> {
     listener
         .local_addr()
         .map_err(|source| ServerError::Bind { addr, source })
 }
 
-/// How often the instances/services gauges are refreshed from the store, at most.
-const COUNTS_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
-/// The count scans the instance index, so its cost grows with the fleet (on MariaDB
-/// 14 ms for 12,000 instances, about 1.2 s for a million): the wait after a count is at
-/// least this many times what the count took, which keeps the scans under 2% of the
-/// database's time however large the fleet.
-const COUNTS_IDLE_FACTOR: u32 = 50;
+/// How often the per-namespace instance and service gauges are refreshed.
+const COUNTS_EVERY: Duration = Duration::from_secs(5);
 
-/// The wait before the next count, after one that took `took`.
-fn next_count_after(took: std::time::Duration) -> std::time::Duration {
-    COUNTS_EVERY.max(took.saturating_mul(COUNTS_IDLE_FACTOR))
-}
-
-/// Keeps the per-namespace instance and service gauges current until the server stops.
-async fn refresh_namespace_counts(store: Arc<dyn store::Store>, stopped: impl Future<Output = ()>) {
+/// Keeps the per-namespace instance and service gauges current, from the registry
+/// cache, until the server stops.
+async fn refresh_namespace_counts(cache: Arc<RegistryCache>, stopped: impl Future<Output = ()>) {
     let mut known = Vec::new();
     tokio::pin!(stopped);
     loop {
-        let reading = Arc::clone(&store);
-        let started = tokio::time::Instant::now();
-        match tokio::task::spawn_blocking(move || reading.namespace_counts()).await {
-            Ok(Ok(counts)) => {
-                let gauges: Vec<telemetry::NamespaceGauge<'_>> = counts
-                    .iter()
-                    .map(|c| telemetry::NamespaceGauge {
-                        namespace: &c.namespace,
-                        services: c.services,
-                        instances: c.instances,
-                    })
-                    .collect();
-                telemetry::set_namespace_counts(&gauges, &mut known);
+        let mut counts: Vec<telemetry::NamespaceGauge<'_>> = Vec::new();
+        let services = cache.services_of(None);
+        for service in &services {
+            match counts.last_mut() {
+                Some(last) if last.namespace == &*service.namespace => {
+                    last.services += 1;
+                    last.instances += service.instance_count() as u64;
+                }
+                _ => counts.push(telemetry::NamespaceGauge {
+                    namespace: &service.namespace,
+                    services: 1,
+                    instances: service.instance_count() as u64,
+                }),
             }
-            Ok(Err(err)) => tracing::warn!(error = %err, "cannot count instances for the metrics"),
-            Err(err) => tracing::warn!(error = %err, "instance count task failed"),
         }
-        let wait = next_count_after(started.elapsed());
+        telemetry::set_namespace_counts(&counts, &mut known);
+        drop(counts);
         tokio::select! {
             _ = &mut stopped => return,
-            _ = tokio::time::sleep(wait) => {}
+            _ = tokio::time::sleep(COUNTS_EVERY) => {}
         }
     }
 }
@@ -215,31 +274,13 @@ async fn until_stopped(mut stopped: watch::Receiver<bool>) {
 
 async fn serve_grpc(
     listener: TcpListener,
-    adapter: PolarisGrpcAdapter,
+    service: PolarisService,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
     // No Nagle delay: a small answer must not wait for the client's delayed ACK.
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     tonic::transport::Server::builder()
-        .add_service(adapter.into_server())
+        .add_service(service)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::time::Duration;
-
-    #[test]
-    fn counts_wait_the_period_or_fifty_times_the_last_count() {
-        assert_eq!(next_count_after(Duration::ZERO), COUNTS_EVERY);
-        assert_eq!(next_count_after(Duration::from_millis(14)), COUNTS_EVERY);
-        assert_eq!(next_count_after(Duration::from_millis(100)), COUNTS_EVERY);
-        assert_eq!(
-            next_count_after(Duration::from_millis(1_200)),
-            Duration::from_secs(60)
-        );
-        assert_eq!(next_count_after(Duration::MAX), Duration::MAX);
-    }
 }

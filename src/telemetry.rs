@@ -24,6 +24,15 @@ pub const ASYNC_DROPPED_TOTAL: &str = "batchreg_async_dropped_total";
 pub const STORE_RETRIES_TOTAL: &str = "batchreg_store_retries_total";
 pub const STORE_TRANSACTION_DURATION_SECONDS: &str = "batchreg_store_transaction_duration_seconds";
 pub const STORE_ERRORS_TOTAL: &str = "batchreg_store_errors_total";
+pub const DISCOVER_REQUESTS_TOTAL: &str = "batchreg_discover_requests_total";
+pub const DISCOVER_DURATION_SECONDS: &str = "batchreg_discover_duration_seconds";
+pub const DISCOVER_ANSWERS_TOTAL: &str = "batchreg_discover_answers_total";
+pub const CACHE_SERVICES: &str = "batchreg_cache_services";
+pub const CACHE_INSTANCES: &str = "batchreg_cache_instances";
+pub const CHANGE_FEED_LAG_SECONDS: &str = "batchreg_change_feed_lag_seconds";
+pub const CHANGE_FEED_APPLIED_TOTAL: &str = "batchreg_change_feed_applied_total";
+pub const CHANGE_FEED_ERRORS_TOTAL: &str = "batchreg_change_feed_errors_total";
+pub const DEREGISTERED_PURGED_TOTAL: &str = "batchreg_deregistered_purged_total";
 pub const INSTANCES_REGISTERED: &str = "batchreg_instances_registered";
 pub const SERVICES_REGISTERED: &str = "batchreg_services_registered";
 /// Prefix of the process metrics (CPU, RSS, open fds) that metrics-process collects.
@@ -112,6 +121,46 @@ fn describe() {
     describe_counter!(
         STORE_ERRORS_TOTAL,
         "Store writes that failed for good (after retries, or alone after splitting), by reason."
+    );
+    describe_counter!(
+        DISCOVER_REQUESTS_TOTAL,
+        "Discover requests answered, by protocol, type and Polaris code."
+    );
+    describe_histogram!(
+        DISCOVER_DURATION_SECONDS,
+        Unit::Seconds,
+        "Time to answer one Discover request, from decoded to encoded."
+    );
+    describe_counter!(
+        DISCOVER_ANSWERS_TOTAL,
+        "Full Discover answers, by source: encoded for this request, or reused (encoded once per revision)."
+    );
+    describe_gauge!(
+        CACHE_SERVICES,
+        Unit::Count,
+        "Services in the registry cache."
+    );
+    describe_gauge!(
+        CACHE_INSTANCES,
+        Unit::Count,
+        "Live instances in the registry cache."
+    );
+    describe_gauge!(
+        CHANGE_FEED_LAG_SECONDS,
+        Unit::Seconds,
+        "Cluster mode: age of the newest change the change feed applied, when it applied one."
+    );
+    describe_counter!(
+        CHANGE_FEED_APPLIED_TOTAL,
+        "Cluster mode: instances the change feed put in or removed from the cache."
+    );
+    describe_counter!(
+        CHANGE_FEED_ERRORS_TOTAL,
+        "Cluster mode: reads of the store's changes that failed (tried again at the next refresh)."
+    );
+    describe_counter!(
+        DEREGISTERED_PURGED_TOTAL,
+        "Deregistered instance rows deleted after the retention."
     );
     describe_gauge!(
         INSTANCES_REGISTERED,
@@ -262,6 +311,134 @@ impl StoreMetrics {
 fn increment_reason(counters: &[(&'static str, Counter)], reason: &'static str) {
     if let Some((_, counter)) = counters.iter().find(|(known, _)| *known == reason) {
         counter.increment(1);
+    }
+}
+
+/// Discover requests of one protocol: a counter per type and code, their durations, and
+/// how full answers were made.
+#[derive(Clone)]
+pub struct DiscoverMetrics {
+    protocol: &'static str,
+    by_kind: Vec<(&'static str, Code, Counter)>,
+    duration: Histogram,
+    encoded: Counter,
+    reused: Counter,
+}
+
+impl DiscoverMetrics {
+    /// Registers, at 0, the answers each served type gives.
+    pub fn new(protocol: &'static str) -> Self {
+        let known: [(&'static str, &[Code]); 6] = [
+            (
+                "INSTANCE",
+                &[
+                    Code::ExecuteSuccess,
+                    Code::DataNoChange,
+                    Code::InvalidServiceName,
+                    Code::NotFoundResource,
+                ],
+            ),
+            ("SERVICES", &[Code::ExecuteSuccess, Code::DataNoChange]),
+            ("ROUTING", &[Code::ExecuteSuccess]),
+            ("RATE_LIMIT", &[Code::ExecuteSuccess]),
+            ("CIRCUIT_BREAKER", &[Code::ExecuteSuccess]),
+            ("FAULT_DETECTOR", &[Code::ExecuteSuccess]),
+        ];
+        let by_kind = known
+            .iter()
+            .flat_map(|(kind, codes)| {
+                codes
+                    .iter()
+                    .map(move |&code| (*kind, code, discover_counter(protocol, kind, code)))
+            })
+            .collect();
+        let answers = |source: &'static str| counter!(DISCOVER_ANSWERS_TOTAL, "source" => source);
+        DiscoverMetrics {
+            protocol,
+            by_kind,
+            duration: histogram!(DISCOVER_DURATION_SECONDS, "protocol" => protocol),
+            encoded: answers("encoded"),
+            reused: answers("reused"),
+        }
+    }
+
+    /// One answered request; `full` when it carried a full answer, `reused` when those
+    /// bytes were encoded for an earlier request.
+    pub fn record(
+        &self,
+        kind: &'static str,
+        code: Code,
+        full: bool,
+        reused: bool,
+        elapsed: Duration,
+    ) {
+        match self
+            .by_kind
+            .iter()
+            .find(|(known, known_code, _)| *known == kind && *known_code == code)
+        {
+            Some((_, _, counter)) => counter.increment(1),
+            None => discover_counter(self.protocol, kind, code).increment(1),
+        }
+        if full {
+            if reused {
+                self.reused.increment(1);
+            } else {
+                self.encoded.increment(1);
+            }
+        }
+        self.duration.record(elapsed);
+    }
+}
+
+fn discover_counter(protocol: &'static str, kind: &'static str, code: Code) -> Counter {
+    counter!(DISCOVER_REQUESTS_TOTAL, "protocol" => protocol, "type" => kind, "code" => code.label())
+}
+
+/// The registry cache's upkeep: its sizes, the change feed, the purge.
+#[derive(Clone)]
+pub struct FeedMetrics {
+    services: Gauge,
+    instances: Gauge,
+    lag: Gauge,
+    applied: Counter,
+    errors: Counter,
+    purged: Counter,
+}
+
+impl Default for FeedMetrics {
+    fn default() -> Self {
+        FeedMetrics {
+            services: gauge!(CACHE_SERVICES),
+            instances: gauge!(CACHE_INSTANCES),
+            lag: gauge!(CHANGE_FEED_LAG_SECONDS),
+            applied: counter!(CHANGE_FEED_APPLIED_TOTAL),
+            errors: counter!(CHANGE_FEED_ERRORS_TOTAL),
+            purged: counter!(DEREGISTERED_PURGED_TOTAL),
+        }
+    }
+}
+
+impl FeedMetrics {
+    pub fn cache_sizes(&self, services: usize, instances: usize) {
+        self.services.set(services as f64);
+        self.instances.set(instances as f64);
+    }
+
+    /// One read of the feed: what it applied, and the age of its newest change.
+    pub fn polled(&self, applied: usize, lag: Option<Duration>) {
+        self.applied.increment(applied as u64);
+        if let Some(lag) = lag {
+            self.lag.set(lag.as_secs_f64());
+        }
+    }
+
+    pub fn poll_failed(&self) {
+        self.errors.increment(1);
+    }
+
+    pub fn purged(&self, rows: usize) {
+        self.purged.increment(rows as u64);
     }
 }
 

@@ -73,7 +73,7 @@ async fn missing_wrong_and_right_tokens() {
         401_001
     );
     assert_eq!(
-        t.count("instance"),
+        t.live_instances(),
         0,
         "nothing written for refused requests"
     );
@@ -103,7 +103,7 @@ async fn missing_wrong_and_right_tokens() {
         ),
         200_000
     );
-    assert_eq!(t.count("instance"), 2);
+    assert_eq!(t.live_instances(), 2);
 
     // Deregister is guarded the same way.
     let mut no_token = own.clone();
@@ -118,11 +118,11 @@ async fn missing_wrong_and_right_tokens() {
         ),
         401_002
     );
-    assert_eq!(t.count("instance"), 2);
+    assert_eq!(t.live_instances(), 2);
     assert_eq!(
         code(&client.deregister_instance(own).await.unwrap().into_inner()),
         200_000
     );
-    assert_eq!(t.count("instance"), 1);
+    assert_eq!(t.live_instances(), 1);
     t.server.shutdown().await.unwrap();
 }

@@ -6,7 +6,7 @@ mod common;
 use std::collections::HashMap;
 
 use batchreg::proto::{self, Instance};
-use common::{TestServer, code, expected_id, instance, metadata, row, ttl};
+use common::{TestServer, code, deregistered, expected_id, instance, metadata, row, ttl};
 use tonic::Request;
 
 const SUCCESS: u32 = 200_000;
@@ -59,7 +59,7 @@ async fn five_thousand_concurrent_registrations_are_all_stored() {
     }
     assert_eq!(answered, 5_000);
 
-    assert_eq!(t.count("instance"), 5_000);
+    assert_eq!(t.live_instances(), 5_000);
     assert_eq!(t.count("health_check"), 5_000);
     assert_eq!(t.count("instance_metadata"), 15_000);
     assert_eq!(t.count("service"), 7);
@@ -192,7 +192,7 @@ async fn changed_reregistration_replaces_in_place_and_keeps_ctime() {
         None,
         "health check removed with enable_health_check = false"
     );
-    assert_eq!(t.count("instance"), 1);
+    assert_eq!(t.live_instances(), 1);
     t.server.shutdown().await.unwrap();
 }
 
@@ -387,7 +387,7 @@ async fn services_are_not_created_when_switched_off() {
         .unwrap()
         .into_inner();
     assert_eq!(code(&answer), 400_301, "{answer:?}");
-    assert_eq!(t.count("instance"), 0);
+    assert_eq!(t.live_instances(), 0);
     assert_eq!(t.count("service"), 0);
     t.server.shutdown().await.unwrap();
 }
@@ -418,9 +418,13 @@ async fn deregister_removes_all_rows_and_unknown_is_success() {
     );
     let db = t.db();
     assert!(row(&db, &gone_id).is_none());
+    assert!(
+        deregistered(&db, &gone_id),
+        "the row stays, marked, for other replicas"
+    );
     assert!(metadata(&db, &gone_id).is_empty());
     assert_eq!(ttl(&db, &gone_id), None);
-    assert_eq!(t.count("instance"), 1);
+    assert_eq!(t.live_instances(), 1);
     assert_eq!(t.count("instance_metadata"), 3);
 
     // By id alone.
@@ -439,7 +443,7 @@ async fn deregister_removes_all_rows_and_unknown_is_success() {
         ),
         SUCCESS
     );
-    assert_eq!(t.count("instance"), 0);
+    assert_eq!(t.live_instances(), 0);
     assert_eq!(t.count("health_check"), 0);
 
     // Unknown: nothing to do, still a success.

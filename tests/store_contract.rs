@@ -12,8 +12,8 @@ use mysql_async::prelude::Queryable;
 
 use batchreg::store::resilient::{ResilientWriter, RetryPolicy};
 use batchreg::store::{
-    DeregisterOutcome, InstanceRecord, RegisterOptions, RegisterOutcome, Store, StoreError,
-    StoreOptions, StoredInstance,
+    ChangedRow, DeregisterOutcome, InstanceRecord, RegisterOptions, RegisterOutcome, Registered,
+    Store, StoreError, StoreOptions, StoreWriter, StoredInstance,
 };
 use batchreg::telemetry::StoreMetrics;
 
@@ -66,6 +66,31 @@ fn instance(store: &dyn Store, id: &str) -> Result<Option<StoredInstance>, Store
     }
 }
 
+/// What each row's write did, as the store reports it.
+fn register(
+    writer: &mut dyn StoreWriter,
+    rows: &[InstanceRecord],
+    options: RegisterOptions,
+) -> Result<Vec<RegisterOutcome>, StoreError> {
+    Ok(writer
+        .register(rows, options)?
+        .into_iter()
+        .map(|r| r.outcome)
+        .collect())
+}
+
+/// What each row's write did, through the retrying writer.
+fn resilient_register(
+    writer: &mut ResilientWriter,
+    rows: &[InstanceRecord],
+) -> Vec<Result<RegisterOutcome, Arc<StoreError>>> {
+    writer
+        .register(rows, CREATE)
+        .into_iter()
+        .map(|result| result.map(|r| r.outcome))
+        .collect()
+}
+
 /// Labels of a test's own writer: the metrics of every test binary share one recorder.
 fn labels(store: &dyn Store, operation: &'static str) -> StoreMetrics {
     metrics::rendered();
@@ -79,7 +104,9 @@ pub fn run_contract(open: &dyn Fn() -> Arc<dyn Store>) {
     omitted_isolate_keeps_the_stored_flag(open().as_ref());
     missing_services_are_not_created_when_not_allowed(open().as_ref());
     a_bad_row_does_not_fail_its_batch_mates(open().as_ref());
-    deregister_deletes_every_row(open().as_ref());
+    deregister_marks_the_row_and_lists_it_no_more(open().as_ref());
+    a_write_reports_exactly_what_is_stored(open().as_ref());
+    changes_are_read_since_a_time(open().as_ref());
     batches_larger_than_one_statement_are_chunked(open().as_ref());
     names_that_differ_only_in_case_are_distinct(open().as_ref());
     instances_are_read_in_pages_in_id_order(open().as_ref());
@@ -97,7 +124,7 @@ fn instances_are_read_in_pages_in_id_order(store: &dyn Store) {
         })
         .collect();
     assert_eq!(
-        writer.register(&rows, CREATE).unwrap(),
+        register(writer.as_mut(), &rows, CREATE).unwrap(),
         vec![RegisterOutcome::Created; 10]
     );
     rows.sort_by(|a, b| a.id.cmp(&b.id));
@@ -133,7 +160,7 @@ fn new_instances_are_created_and_read_back(store: &dyn Store) {
         record("a", "10.0.0.2", 2),
         record("b", "10.0.0.1", 3),
     ];
-    let outcomes = writer.register(&rows, CREATE).unwrap();
+    let outcomes = register(writer.as_mut(), &rows, CREATE).unwrap();
     assert_eq!(outcomes, vec![RegisterOutcome::Created; 3]);
     for row in &rows {
         let stored = instance(store, &row.id).unwrap().expect("stored");
@@ -158,18 +185,14 @@ fn new_instances_are_created_and_read_back(store: &dyn Store) {
 fn unchanged_writes_nothing_changed_replaces_in_place(store: &dyn Store) {
     let mut writer = store.writer().unwrap();
     let original = record("a", "10.0.0.1", 1);
-    writer
-        .register(std::slice::from_ref(&original), CREATE)
-        .unwrap();
+    register(writer.as_mut(), std::slice::from_ref(&original), CREATE).unwrap();
     let before = instance(store, &original.id).unwrap().unwrap();
     std::thread::sleep(std::time::Duration::from_millis(5));
 
     // Twice: a store may answer a batch after a write and one after a batch that wrote
     // nothing by different paths (MySQL looks the second up without a transaction).
     for _ in 0..2 {
-        let outcomes = writer
-            .register(std::slice::from_ref(&original), CREATE)
-            .unwrap();
+        let outcomes = register(writer.as_mut(), std::slice::from_ref(&original), CREATE).unwrap();
         assert_eq!(outcomes, vec![RegisterOutcome::Unchanged]);
         assert_eq!(
             instance(store, &original.id).unwrap().unwrap(),
@@ -178,9 +201,12 @@ fn unchanged_writes_nothing_changed_replaces_in_place(store: &dyn Store) {
         );
     }
     let newcomer = record("a", "10.0.0.9", 9);
-    let outcomes = writer
-        .register(&[original.clone(), newcomer.clone()], CREATE)
-        .unwrap();
+    let outcomes = register(
+        writer.as_mut(),
+        &[original.clone(), newcomer.clone()],
+        CREATE,
+    )
+    .unwrap();
     assert_eq!(
         outcomes,
         vec![RegisterOutcome::Unchanged, RegisterOutcome::Created]
@@ -193,9 +219,7 @@ fn unchanged_writes_nothing_changed_replaces_in_place(store: &dyn Store) {
     changed.metadata = vec![("c".to_owned(), "3".to_owned())];
     changed.enable_health_check = false;
     changed.health_check_ttl = None;
-    let outcomes = writer
-        .register(std::slice::from_ref(&changed), CREATE)
-        .unwrap();
+    let outcomes = register(writer.as_mut(), std::slice::from_ref(&changed), CREATE).unwrap();
     assert_eq!(outcomes, vec![RegisterOutcome::Replaced]);
     let after = instance(store, &original.id).unwrap().unwrap();
     assert_eq!(after.ctime, before.ctime);
@@ -212,23 +236,17 @@ fn omitted_isolate_keeps_the_stored_flag(store: &dyn Store) {
     let mut writer = store.writer().unwrap();
     let mut isolated = record("a", "10.0.0.9", 9);
     isolated.isolate = Some(true);
-    writer
-        .register(std::slice::from_ref(&isolated), CREATE)
-        .unwrap();
+    register(writer.as_mut(), std::slice::from_ref(&isolated), CREATE).unwrap();
     let mut omitted = isolated.clone();
     omitted.isolate = None;
     // Same content with the stored flag: unchanged.
     assert_eq!(
-        writer
-            .register(std::slice::from_ref(&omitted), CREATE)
-            .unwrap(),
+        register(writer.as_mut(), std::slice::from_ref(&omitted), CREATE).unwrap(),
         vec![RegisterOutcome::Unchanged]
     );
     omitted.version = "2.0".to_owned();
     assert_eq!(
-        writer
-            .register(std::slice::from_ref(&omitted), CREATE)
-            .unwrap(),
+        register(writer.as_mut(), std::slice::from_ref(&omitted), CREATE).unwrap(),
         vec![RegisterOutcome::Replaced]
     );
     assert!(instance(store, &isolated.id).unwrap().unwrap().isolate);
@@ -236,21 +254,19 @@ fn omitted_isolate_keeps_the_stored_flag(store: &dyn Store) {
 
 fn missing_services_are_not_created_when_not_allowed(store: &dyn Store) {
     let mut writer = store.writer().unwrap();
-    writer
-        .register(&[record("known", "10.0.0.1", 1)], CREATE)
-        .unwrap();
+    register(writer.as_mut(), &[record("known", "10.0.0.1", 1)], CREATE).unwrap();
     let rows = vec![
         record("known", "10.0.0.1", 2),
         record("unknown", "10.0.0.1", 3),
     ];
-    let outcomes = writer
-        .register(
-            &rows,
-            RegisterOptions {
-                create_services: false,
-            },
-        )
-        .unwrap();
+    let outcomes = register(
+        writer.as_mut(),
+        &rows,
+        RegisterOptions {
+            create_services: false,
+        },
+    )
+    .unwrap();
     assert_eq!(
         outcomes,
         vec![RegisterOutcome::Created, RegisterOutcome::ServiceNotFound]
@@ -267,7 +283,7 @@ fn a_bad_row_does_not_fail_its_batch_mates(store: &dyn Store) {
     let mut rows: Vec<InstanceRecord> = (0..10).map(|i| record("split", "10.0.1.1", i)).collect();
     // Past the host column's limit: only validation in front of the store would stop it.
     rows[6].host = "h".repeat(200);
-    let results = writer.register(&rows, CREATE);
+    let results = resilient_register(&mut writer, &rows);
     assert_eq!(results.len(), 10);
     for (i, result) in results.iter().enumerate() {
         if i == 6 {
@@ -284,20 +300,40 @@ fn a_bad_row_does_not_fail_its_batch_mates(store: &dyn Store) {
     }
 }
 
-fn deregister_deletes_every_row(store: &dyn Store) {
+/// Deregistration is a soft delete: the row stays, marked, so that other replicas' change
+/// feeds see it; its metadata and health check go; it is no longer listed; it is purged
+/// after the retention.
+fn deregister_marks_the_row_and_lists_it_no_more(store: &dyn Store) {
     let mut writer = store.writer().unwrap();
     let rows = vec![record("d", "10.0.0.1", 1), record("d", "10.0.0.1", 2)];
-    writer.register(&rows, CREATE).unwrap();
+    let before = store.now().unwrap();
+    register(writer.as_mut(), &rows, CREATE).unwrap();
     let ids = vec![rows[0].id.clone(), "never-registered".to_owned()];
     let outcomes = writer.deregister(&ids).unwrap();
-    assert_eq!(
-        outcomes,
-        vec![DeregisterOutcome::Deleted, DeregisterOutcome::Absent]
-    );
+    let DeregisterOutcome::Deleted { at } = &outcomes[0] else {
+        panic!("{outcomes:?}");
+    };
+    assert!(*at >= before, "{at} < {before}");
+    assert_eq!(outcomes[1], DeregisterOutcome::Absent);
     assert!(instance(store, &rows[0].id).unwrap().is_none());
     assert!(instance(store, &rows[1].id).unwrap().is_some());
+    let marked: Vec<ChangedRow> = store
+        .changed_since(&before)
+        .unwrap()
+        .into_iter()
+        .filter(|row| row.id == rows[0].id)
+        .collect();
+    assert_eq!(marked.len(), 1);
+    assert!(marked[0].deleted);
+    assert_eq!(&marked[0].mtime, at);
+    // Deregistered again: nothing to do.
+    assert_eq!(
+        writer.deregister(&ids[..1]).unwrap(),
+        vec![DeregisterOutcome::Absent]
+    );
+
     // Registered again after a deregister: a new instance, no stale metadata.
-    let outcomes = writer.register(&rows[..1], CREATE).unwrap();
+    let outcomes = register(writer.as_mut(), &rows[..1], CREATE).unwrap();
     assert_eq!(outcomes, vec![RegisterOutcome::Created]);
     assert_eq!(
         instance(store, &rows[0].id)
@@ -307,24 +343,141 @@ fn deregister_deletes_every_row(store: &dyn Store) {
             .metadata,
         rows[0].metadata
     );
+
+    // The purge deletes rows deregistered before its time, and only those.
+    writer.deregister(&[rows[1].id.clone()]).unwrap();
+    assert_eq!(store.purge_deregistered(&before, 100).unwrap(), 0);
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    let after = store.now().unwrap();
+    assert_eq!(store.purge_deregistered(&after, 100).unwrap(), 1);
+    let left: Vec<String> = store
+        .changed_since(&before)
+        .unwrap()
+        .into_iter()
+        .map(|row| row.id)
+        .collect();
+    assert_eq!(left, vec![rows[0].id.clone()]);
+}
+
+/// What a write reports as stored is what the store then reads back: the registry
+/// cache is built from both.
+fn a_write_reports_exactly_what_is_stored(store: &dyn Store) {
+    let mut writer = store.writer().unwrap();
+    let mut isolated = record("exact", "10.0.5.1", 1);
+    isolated.isolate = Some(true);
+    let plain = record("exact", "10.0.5.2", 2);
+    let check = |result: &Registered, id: &str| {
+        let stored = result.stored.as_ref().expect("stored");
+        let read = instance(store, id).unwrap().expect("listed");
+        assert_eq!(
+            (
+                &stored.revision,
+                stored.isolate,
+                &stored.ctime,
+                &stored.mtime,
+                &stored.service.id
+            ),
+            (
+                &read.revision,
+                read.isolate,
+                &read.ctime,
+                &read.mtime,
+                &read.service_id
+            ),
+            "{id}"
+        );
+    };
+    let first = writer
+        .register(&[isolated.clone(), plain.clone()], CREATE)
+        .unwrap();
+    check(&first[0], &isolated.id);
+    check(&first[1], &plain.id);
+
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    // Isolate omitted: the stored flag is kept.
+    let mut omitted = isolated.clone();
+    omitted.isolate = None;
+    let mut changed = plain.clone();
+    changed.weight = 7;
+    let second = writer.register(&[omitted, changed], CREATE).unwrap();
+    assert_eq!(second[0].outcome, RegisterOutcome::Unchanged);
+    assert_eq!(second[1].outcome, RegisterOutcome::Replaced);
+    check(&second[0], &isolated.id);
+    check(&second[1], &plain.id);
+    assert!(second[0].stored.as_ref().unwrap().isolate);
+    let (before, after) = (
+        first[1].stored.as_ref().unwrap(),
+        second[1].stored.as_ref().unwrap(),
+    );
+    assert_eq!(before.ctime, after.ctime, "ctime kept");
+    assert!(after.mtime > before.mtime, "mtime moved");
+}
+
+/// The change feed's reads: the rows written since a time, the live instances among a
+/// set of ids, the services written since a time.
+fn changes_are_read_since_a_time(store: &dyn Store) {
+    let mut writer = store.writer().unwrap();
+    let old = record("feed-old", "10.0.6.1", 1);
+    register(writer.as_mut(), std::slice::from_ref(&old), CREATE).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    let since = store.now().unwrap();
+    let rows = vec![record("feed", "10.0.6.2", 2), record("feed", "10.0.6.3", 3)];
+    let results = writer.register(&rows, CREATE).unwrap();
+    writer.deregister(&[rows[0].id.clone()]).unwrap();
+
+    let mut changed = store.changed_since(&since).unwrap();
+    changed.sort_by(|a, b| a.id.cmp(&b.id));
+    let mut expected: Vec<(String, bool)> =
+        vec![(rows[0].id.clone(), true), (rows[1].id.clone(), false)];
+    expected.sort();
+    assert_eq!(
+        changed
+            .iter()
+            .map(|row| (row.id.clone(), row.deleted))
+            .collect::<Vec<_>>(),
+        expected,
+        "the old row is not among them"
+    );
+    let live = changed.iter().find(|row| row.id == rows[1].id).unwrap();
+    assert_eq!(live.revision, results[1].stored.as_ref().unwrap().revision);
+
+    let ids = vec![rows[1].id.clone(), rows[0].id.clone(), "unknown".to_owned()];
+    let read = store.instances(&ids).unwrap();
+    assert_eq!(read.len(), 1, "only the live one");
+    assert_eq!(read[0].record.id, rows[1].id);
+    assert_eq!(read[0].record.metadata, rows[1].metadata);
+
+    let services: Vec<String> = store
+        .services(Some(&since))
+        .unwrap()
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
+    assert_eq!(services, vec!["feed".to_owned()]);
+    let all = store.services(None).unwrap();
+    assert!(all.iter().any(|s| s.name == "feed-old"));
 }
 
 fn batches_larger_than_one_statement_are_chunked(store: &dyn Store) {
     let mut writer = store.writer().unwrap();
     // 5,000 rows × 19 columns is past any engine's placeholder limit for one statement.
     let rows: Vec<InstanceRecord> = (0..5_000).map(|i| record("big", "10.9.0.1", i)).collect();
-    let outcomes = writer.register(&rows, CREATE).unwrap();
+    let outcomes = register(writer.as_mut(), &rows, CREATE).unwrap();
     assert!(outcomes.iter().all(|o| *o == RegisterOutcome::Created));
     for i in [0, 1_234, 4_999] {
         let stored = instance(store, &rows[i].id).unwrap().unwrap();
         assert_eq!(stored.record.metadata.len(), 2);
         assert_eq!(stored.record.health_check_ttl, Some(5));
     }
-    let outcomes = writer.register(&rows, CREATE).unwrap();
+    let outcomes = register(writer.as_mut(), &rows, CREATE).unwrap();
     assert!(outcomes.iter().all(|o| *o == RegisterOutcome::Unchanged));
     let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
     let outcomes = writer.deregister(&ids).unwrap();
-    assert!(outcomes.iter().all(|o| *o == DeregisterOutcome::Deleted));
+    assert!(
+        outcomes
+            .iter()
+            .all(|o| matches!(o, DeregisterOutcome::Deleted { .. }))
+    );
 }
 
 /// Ids, metadata keys and service names are compared byte for byte, as the naming layer
@@ -339,9 +492,7 @@ fn names_that_differ_only_in_case_are_distinct(store: &dyn Store) {
     ];
     let mut upper = record("Svc", "10.0.0.1", 1);
     upper.id = "INSTANCE-A".to_owned();
-    let outcomes = writer
-        .register(&[lower.clone(), upper.clone()], CREATE)
-        .unwrap();
+    let outcomes = register(writer.as_mut(), &[lower.clone(), upper.clone()], CREATE).unwrap();
     assert_eq!(outcomes, vec![RegisterOutcome::Created; 2]);
     let stored_lower = instance(store, &lower.id)
         .unwrap()
@@ -356,12 +507,10 @@ fn names_that_differ_only_in_case_are_distinct(store: &dyn Store) {
     assert_eq!(stored_upper.record.service, "Svc");
     assert_ne!(stored_lower.service_id, stored_upper.service_id);
     // Registered again, each is unchanged, not mistaken for the other.
-    let outcomes = writer
-        .register(&[upper.clone(), lower.clone()], CREATE)
-        .unwrap();
+    let outcomes = register(writer.as_mut(), &[upper.clone(), lower.clone()], CREATE).unwrap();
     assert_eq!(outcomes, vec![RegisterOutcome::Unchanged; 2]);
     let outcomes = writer.deregister(&["INSTANCE-A".to_owned()]).unwrap();
-    assert_eq!(outcomes, vec![DeregisterOutcome::Deleted]);
+    assert!(matches!(outcomes[..], [DeregisterOutcome::Deleted { .. }]));
     assert!(
         instance(store, &lower.id).unwrap().is_some(),
         "the other case is kept"
@@ -421,7 +570,7 @@ fn mysql_writers_keep_their_connections() {
             for (w, writer) in writers.iter_mut().enumerate() {
                 scope.spawn(move || {
                     let row = record("pool", &format!("10.1.{w}.{round}"), 80);
-                    let outcomes = writer.register(&[row], CREATE).unwrap();
+                    let outcomes = register(writer.as_mut(), &[row], CREATE).unwrap();
                     assert_eq!(outcomes, [RegisterOutcome::Created]);
                 });
             }
@@ -456,13 +605,13 @@ fn mysql_an_instance_inserted_meanwhile_is_replaced_on_retry() {
         labels(store.as_ref(), "raced_test"),
     );
     assert!(matches!(
-        writer.register(std::slice::from_ref(&held), CREATE)[..],
+        resilient_register(&mut writer, std::slice::from_ref(&held))[..],
         [Ok(RegisterOutcome::Created)]
     ));
     // After a batch that wrote nothing the writer takes its full path (a locking read
     // first), not the plain insert it tries after a batch of new instances only.
     assert!(matches!(
-        writer.register(std::slice::from_ref(&held), CREATE)[..],
+        resilient_register(&mut writer, std::slice::from_ref(&held))[..],
         [Ok(RegisterOutcome::Unchanged)]
     ));
 
@@ -487,7 +636,7 @@ fn mysql_an_instance_inserted_meanwhile_is_replaced_on_retry() {
                     .query_first(
                         "SELECT COUNT(*) FROM information_schema.PROCESSLIST
                          WHERE DB = DATABASE() AND ID <> CONNECTION_ID() AND TIME >= 1
-                           AND INFO LIKE 'SELECT id, revision, isolate FROM instance%FOR UPDATE'",
+                           AND INFO LIKE 'SELECT id, revision, isolate, flag%FOR UPDATE'",
                     )
                     .await
                     .unwrap();
@@ -515,7 +664,7 @@ fn mysql_an_instance_inserted_meanwhile_is_replaced_on_retry() {
         })
     });
     held_locked.recv().unwrap();
-    let results = writer.register(&[new.clone(), held.clone()], CREATE);
+    let results = resilient_register(&mut writer, &[new.clone(), held.clone()]);
     other.join().unwrap();
 
     assert!(
@@ -594,7 +743,7 @@ fn mysql_a_database_from_the_first_migration_is_upgraded_in_place() {
     let mut other_case = old.clone();
     other_case.id = old.id.to_uppercase();
     assert_eq!(
-        writer.register(&[old.clone(), other_case], CREATE).unwrap(),
+        register(writer.as_mut(), &[old.clone(), other_case], CREATE).unwrap(),
         vec![RegisterOutcome::Unchanged, RegisterOutcome::Created]
     );
 }

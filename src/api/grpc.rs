@@ -219,7 +219,8 @@ impl PolarisGrpc for PolarisGrpcAdapter {
         &self,
         _request: Request<Streaming<proto::DiscoverRequest>>,
     ) -> Result<GrpcResponse<Self::DiscoverStream>, Status> {
-        Err(Status::unimplemented("Discover is not served by batchreg"))
+        // Served by `api::discover`, in front of this adapter, with encoded answers.
+        Err(Status::internal("Discover is routed to api::discover"))
     }
 
     async fn heartbeat(

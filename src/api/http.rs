@@ -1,7 +1,7 @@
 //! The HTTP port: `GET /metrics` (Prometheus text) and `GET /healthz`.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use axum::Router;
 use axum::extract::State;
@@ -16,8 +16,41 @@ pub struct HttpState {
     pub metrics: Option<PrometheusHandle>,
     /// Reads the process figures (CPU, RSS, open fds) at each scrape.
     pub process: metrics_process::Collector,
-    /// True from start-up until shutdown begins.
-    pub ready: Arc<AtomicBool>,
+    /// What `/healthz` answers.
+    pub readiness: Arc<ReadinessFlag>,
+}
+
+/// Where the server is in its life, as `/healthz` says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Readiness {
+    /// Opening the store and loading the registry cache: not serving yet.
+    Loading = 0,
+    Serving = 1,
+    /// Shutdown has begun.
+    Stopping = 2,
+}
+
+/// A [`Readiness`] shared between the server and the HTTP handlers.
+#[derive(Debug)]
+pub struct ReadinessFlag(AtomicU8);
+
+impl ReadinessFlag {
+    pub fn new(readiness: Readiness) -> Self {
+        ReadinessFlag(AtomicU8::new(readiness as u8))
+    }
+
+    pub fn set(&self, readiness: Readiness) {
+        self.0.store(readiness as u8, Ordering::Release);
+    }
+
+    pub fn get(&self) -> Readiness {
+        match self.0.load(Ordering::Acquire) {
+            0 => Readiness::Loading,
+            1 => Readiness::Serving,
+            _ => Readiness::Stopping,
+        }
+    }
 }
 
 pub fn router(state: HttpState) -> Router {
@@ -41,9 +74,12 @@ async fn metrics(State(state): State<HttpState>) -> (StatusCode, String) {
 }
 
 async fn healthz(State(state): State<HttpState>) -> (StatusCode, &'static str) {
-    if state.ready.load(Ordering::Acquire) {
-        (StatusCode::OK, "ok\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
+    match state.readiness.get() {
+        Readiness::Serving => (StatusCode::OK, "ok\n"),
+        Readiness::Loading => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "loading the registry cache\n",
+        ),
+        Readiness::Stopping => (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n"),
     }
 }

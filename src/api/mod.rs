@@ -1,12 +1,15 @@
 //! The transport adapters: gRPC (the Polaris v1 client API) and the HTTP port. They
 //! convert wire types and codes, nothing more; [`ClientApi`] is what both call.
 
+pub mod discover;
 pub mod grpc;
 pub mod http;
 
 use crate::auth::{Auth, AuthError};
 use crate::code::Code;
+use crate::discovery::{Answered, Discovery};
 use crate::naming::{InstanceInput, Naming, NamingError, RequestContext, Written};
+use crate::proto;
 
 /// Why a request of the client API was not carried out.
 #[derive(Debug, thiserror::Error)]
@@ -32,11 +35,21 @@ impl ApiError {
 pub struct ClientApi {
     auth: Auth,
     naming: Naming,
+    discovery: Discovery,
 }
 
 impl ClientApi {
-    pub fn new(auth: Auth, naming: Naming) -> Self {
-        ClientApi { auth, naming }
+    pub fn new(auth: Auth, naming: Naming, discovery: Discovery) -> Self {
+        ClientApi {
+            auth,
+            naming,
+            discovery,
+        }
+    }
+
+    /// Answers one Discover request from the registry cache.
+    pub fn discover(&self, request: &proto::DiscoverRequest) -> Answered {
+        self.discovery.answer(request)
     }
 
     /// The checks and the queueing happen now; the future returned only waits for the
@@ -64,5 +77,9 @@ impl ClientApi {
 
     pub fn naming(&self) -> &Naming {
         &self.naming
+    }
+
+    pub fn discovery(&self) -> &Discovery {
+        &self.discovery
     }
 }

@@ -8,11 +8,10 @@
 //! per worker in the same queue, so everything queued before it is written first.
 //!
 //! The layer is generic over the kind of write through [`BatchWrite`]; the kinds this
-//! server writes are in [`writers`].
+//! server writes are the naming layer's.
 
 pub mod batcher;
 pub mod reply;
-pub mod writers;
 
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
@@ -31,7 +30,6 @@ use crate::store::resilient::RowResult;
 use crate::telemetry::BatchMetrics;
 pub use batcher::{Batcher, FlushReason};
 pub use reply::{BatchResult, Pending, Reply};
-pub use writers::{DeregisterWrite, RegisterWrite};
 
 /// Why a request was not carried out by the batch layer.
 #[derive(Debug, Clone, thiserror::Error)]

@@ -4,20 +4,23 @@
 
 pub mod instance_id;
 pub mod validate;
+mod writes;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use tokio::sync::oneshot;
 
-use crate::batch::{
-    BatchController, BatchError, BatchResult, BatchSettings, BatchWrite, DeregisterWrite,
-    RegisterWrite,
-};
+use crate::batch::{BatchController, BatchError, BatchResult, BatchSettings, BatchWrite};
 use crate::code::Code;
+use crate::discovery::cache::RegistryCache;
 use crate::store::resilient::{ResilientWriter, RetryPolicy};
-use crate::store::{DeregisterOutcome, RegisterOptions, RegisterOutcome, Store, StoreError};
+use crate::store::{
+    DeregisterOutcome, InstanceRecord, RegisterOptions, RegisterOutcome, Store, StoreError,
+};
 use crate::telemetry::StoreMetrics;
 pub use validate::ValidationError;
+use writes::{DeregisterWrite, RegisterWrite};
 
 /// An instance as a client sent it, with the wire types gone. Absent fields are `None`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -137,13 +140,22 @@ pub struct NamingSettings {
 pub struct Naming {
     register: BatchController<RegisterWrite>,
     deregister: BatchController<DeregisterWrite>,
+    cache: Arc<RegistryCache>,
+    /// The store has no other writer, so the cache holds all it holds: an unchanged
+    /// re-registration is answered from the cache, without the store.
+    cache_is_authoritative: bool,
     existed_as_success: bool,
     auto_create_services: bool,
 }
 
 impl Naming {
-    /// Opens `concurrency` store writers for each controller and starts them.
-    pub fn start(store: &dyn Store, settings: &NamingSettings) -> Result<Self, StoreError> {
+    /// Opens `concurrency` store writers for each controller and starts them. Each write
+    /// updates `cache` before it is answered.
+    pub fn start(
+        store: &dyn Store,
+        cache: Arc<RegistryCache>,
+        settings: &NamingSettings,
+    ) -> Result<Self, StoreError> {
         let options = RegisterOptions {
             create_services: settings.auto_create_services,
         };
@@ -166,14 +178,18 @@ impl Naming {
             registers.push(RegisterWrite {
                 writer: register,
                 options,
+                cache: Arc::clone(&cache),
             });
             deregisters.push(DeregisterWrite {
                 writer: writer("deregister")?,
+                cache: Arc::clone(&cache),
             });
         }
         Ok(Naming {
             register: BatchController::start("register", settings.register, registers),
             deregister: BatchController::start("deregister", settings.deregister, deregisters),
+            cache,
+            cache_is_authoritative: store.single_writer(),
             existed_as_success: settings.existed_as_success,
             auto_create_services: settings.auto_create_services,
         })
@@ -189,7 +205,7 @@ impl Naming {
     ) -> impl Future<Output = Result<Written, NamingError>> + use<'_> {
         let queued = self.queue_register(ctx, input);
         async move {
-            let (rx, id, names) = match queued? {
+            let (outcome, id, names) = match queued? {
                 Queued::Detached(id) => {
                     return Ok(Written::new(
                         Code::ExecuteSuccess,
@@ -197,9 +213,11 @@ impl Naming {
                         id,
                     ));
                 }
-                Queued::Waiting { rx, id, names } => (rx, id, names),
+                Queued::Done(outcome, id) => (outcome, id, None),
+                Queued::Waiting { rx, id, names } => {
+                    (rx.await.unwrap_or(Err(BatchError::Abandoned))?, id, names)
+                }
             };
-            let outcome = rx.await.unwrap_or(Err(BatchError::Abandoned))?;
             let written = match outcome {
                 RegisterOutcome::Created => {
                     Written::new(Code::ExecuteSuccess, "instance registered", id)
@@ -224,7 +242,8 @@ impl Naming {
         }
     }
 
-    /// Validates a registration and queues its record.
+    /// Validates a registration and queues its record, unless the cache shows it
+    /// unchanged and holds all the store holds.
     fn queue_register(
         &self,
         ctx: &RequestContext,
@@ -232,6 +251,9 @@ impl Naming {
     ) -> Result<Queued<RegisterOutcome>, NamingError> {
         let record = validate::register_record(input)?;
         let id = record.id.clone();
+        if self.cache_is_authoritative && self.is_cached_unchanged(&record) {
+            return Ok(Queued::Done(RegisterOutcome::Unchanged, id));
+        }
         if ctx.detached {
             self.register.submit_detached(record)?;
             return Ok(Queued::Detached(id));
@@ -259,10 +281,21 @@ impl Naming {
             ));
         }
         let info = match submit_and_wait(&self.deregister, id.clone()).await? {
-            DeregisterOutcome::Deleted => "instance deregistered",
+            DeregisterOutcome::Deleted { .. } => "instance deregistered",
             DeregisterOutcome::Absent => "instance not registered; nothing to do",
         };
         Ok(Written::new(Code::ExecuteSuccess, info, id))
+    }
+
+    /// Whether the cache holds this exact instance. A write of the same id still queued
+    /// is concurrent with this request, and may come after it.
+    fn is_cached_unchanged(&self, record: &InstanceRecord) -> bool {
+        let Some((service, held)) = self.cache.instance(&record.id) else {
+            return false;
+        };
+        *service.namespace == *record.namespace
+            && *service.name == *record.service
+            && *held.revision == *record.revision(record.isolate.unwrap_or(held.isolate))
     }
 
     /// Writes everything queued and answers every request, then stops the threads.
@@ -277,6 +310,8 @@ impl Naming {
 enum Queued<T> {
     /// async-regis: nobody waits for it.
     Detached(String),
+    /// Answered without a write.
+    Done(T, String),
     Waiting {
         rx: oneshot::Receiver<BatchResult<T>>,
         id: String,

@@ -14,11 +14,18 @@ pub struct Migration {
 }
 
 /// The SQLite migrations, in the order they apply.
-pub const SQLITE: &[Migration] = &[Migration {
-    version: 1,
-    name: "0001_init.sql",
-    sql: include_str!("../../migrations/sqlite/0001_init.sql"),
-}];
+pub const SQLITE: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "0001_init.sql",
+        sql: include_str!("../../migrations/sqlite/0001_init.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "0002_deregistered.sql",
+        sql: include_str!("../../migrations/sqlite/0002_deregistered.sql"),
+    },
+];
 
 /// The MySQL migrations, in the order they apply.
 pub const MYSQL: &[Migration] = &[
@@ -31,6 +38,11 @@ pub const MYSQL: &[Migration] = &[
         version: 2,
         name: "0002_binary_collation.sql",
         sql: include_str!("../../migrations/mysql/0002_binary_collation.sql"),
+    },
+    Migration {
+        version: 3,
+        name: "0003_change_feed.sql",
+        sql: include_str!("../../migrations/mysql/0003_change_feed.sql"),
     },
 ];
 
@@ -101,7 +113,10 @@ mod tests {
     #[test]
     fn each_migration_runs_once() {
         let mut conn = Connection::open_in_memory().unwrap();
-        assert_eq!(apply_sqlite(&mut conn).unwrap(), vec!["0001_init.sql"]);
+        assert_eq!(
+            apply_sqlite(&mut conn).unwrap(),
+            vec!["0001_init.sql", "0002_deregistered.sql"]
+        );
         assert!(apply_sqlite(&mut conn).unwrap().is_empty());
         let recorded: i64 = conn
             .query_row("SELECT count(*) FROM batchreg_migrations", [], |r| r.get(0))

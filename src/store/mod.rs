@@ -10,6 +10,7 @@
 //!   fail alone;
 //! - `migrate`: numbered migrations, each applied once.
 
+pub mod clock;
 pub mod migrate;
 pub mod model;
 pub mod mysql;
@@ -24,7 +25,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 pub use model::{
-    DeregisterOutcome, InstanceRecord, RegisterOptions, RegisterOutcome, StoredInstance,
+    ChangedRow, DeregisterOutcome, InstanceRecord, RegisterOptions, RegisterOutcome, Registered,
+    StoredInstance, StoredService, StoredState,
 };
 
 /// Errors of the store layer, with the driver's error kept as the source.
@@ -38,6 +40,11 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "the store is in use by another batchreg process ({path} is locked); \
+         stop it first, or give this one another store.url"
+    )]
+    Locked { path: PathBuf },
     #[error("migration {name} failed: {source}")]
     Migration {
         name: &'static str,
@@ -119,7 +126,7 @@ impl StoreError {
                 _ => "sqlite",
             },
             StoreError::Sqlite(_) => "sqlite",
-            StoreError::Open { .. } => "open",
+            StoreError::Open { .. } | StoreError::Locked { .. } => "open",
             StoreError::Migration { .. } => "migration",
             StoreError::UnsupportedUrl(_) => "config",
             StoreError::Poisoned => "poisoned",
@@ -144,15 +151,18 @@ impl StoreError {
 
 /// One writer, owned by one store worker. Each call is one transaction.
 pub trait StoreWriter: Send {
-    /// Writes a batch of distinct instances (ids unique), returning one outcome per row,
-    /// in the order given. Fails as a whole: on `Err` nothing of the batch was written.
+    /// Writes a batch of distinct instances (ids unique), returning for each row, in the
+    /// order given, what was done and what is stored now. Fails as a whole: on `Err`
+    /// nothing of the batch was written.
     fn register(
         &mut self,
         rows: &[InstanceRecord],
         options: RegisterOptions,
-    ) -> Result<Vec<RegisterOutcome>, StoreError>;
+    ) -> Result<Vec<Registered>, StoreError>;
 
-    /// Deletes a batch of distinct instance ids with their health checks and metadata.
+    /// Deregisters a batch of distinct instance ids: deletes their health checks and
+    /// metadata and marks their rows deregistered (purged later, see
+    /// [`Store::purge_deregistered`]).
     fn deregister(&mut self, ids: &[String]) -> Result<Vec<DeregisterOutcome>, StoreError>;
 
     /// Gets this writer ready to register: connects and prepares what a storm of
@@ -178,23 +188,33 @@ pub trait Store: Send + Sync + 'static {
     /// metrics are exported from the start.
     fn error_reasons(&self) -> &'static [&'static str];
 
-    /// Services and instances stored, per namespace (for the metrics). Reads on a
-    /// connection of its own, never holding up the writers.
-    fn namespace_counts(&self) -> Result<Vec<NamespaceCount>, StoreError>;
+    /// Whether this process is the store's only writer (the embedded store, whose file
+    /// it locks), so that what it has written is all the store holds.
+    fn single_writer(&self) -> bool;
 
     /// The stored instances with ids after `after` ("" for the first page), in id
     /// order, at most `limit`, with their health checks and metadata: a large fleet is
     /// read a page at a time, never by one query of the whole table. Reads on a
     /// connection of its own.
     fn instances_page(&self, after: &str, limit: usize) -> Result<Vec<StoredInstance>, StoreError>;
-}
 
-/// What one namespace holds.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NamespaceCount {
-    pub namespace: String,
-    pub services: u64,
-    pub instances: u64,
+    /// The live instances among `ids`, with their health checks and metadata.
+    fn instances(&self, ids: &[String]) -> Result<Vec<StoredInstance>, StoreError>;
+
+    /// Every service, or those written at or after `since`.
+    fn services(&self, since: Option<&str>) -> Result<Vec<StoredService>, StoreError>;
+
+    /// The instance rows, live or deregistered, written at or after `since` (the change
+    /// feed's first, light read).
+    fn changed_since(&self, since: &str) -> Result<Vec<ChangedRow>, StoreError>;
+
+    /// The database's time now, in the form of the time columns; also aligns the
+    /// writers' clock with it.
+    fn now(&self) -> Result<String, StoreError>;
+
+    /// Deletes at most `limit` instance rows deregistered before `before`; returns how
+    /// many.
+    fn purge_deregistered(&self, before: &str, limit: usize) -> Result<usize, StoreError>;
 }
 
 /// Which store to open and how.

@@ -1,5 +1,7 @@
 //! What the store writes and reads: plain rows, no wire types.
 
+use std::sync::Arc;
+
 use sha1::{Digest, Sha1};
 
 /// One instance as it is stored, built by the naming layer from a validated request.
@@ -82,10 +84,49 @@ pub enum RegisterOutcome {
     ServiceNotFound,
 }
 
+/// A service as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredService {
+    pub id: String,
+    pub namespace: String,
+    pub name: String,
+    pub ctime: String,
+    pub mtime: String,
+}
+
+/// What the store holds for an instance after a register write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredState {
+    pub service: Arc<StoredService>,
+    pub isolate: bool,
+    pub revision: String,
+    pub ctime: String,
+    pub mtime: String,
+}
+
+/// What a register write did to one instance, and what is stored for it now (`None`
+/// when its service was not found).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registered {
+    pub outcome: RegisterOutcome,
+    pub stored: Option<StoredState>,
+}
+
+/// An instance row written since some moment, as the change feed reads it first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangedRow {
+    pub id: String,
+    pub revision: String,
+    /// Deregistered (soft-deleted).
+    pub deleted: bool,
+    pub mtime: String,
+}
+
 /// What a deregister write did to one instance.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DeregisterOutcome {
-    Deleted,
+    /// Deregistered; `at` is the mtime its row was marked with.
+    Deleted { at: String },
     /// There was no such instance: nothing to do.
     Absent,
 }
@@ -97,7 +138,7 @@ pub struct RegisterOptions {
     pub create_services: bool,
 }
 
-/// An instance as read back from the store, for answers and tests.
+/// A live instance as read from the store.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredInstance {
     pub record: InstanceRecord,

@@ -1,24 +1,31 @@
-//! Deciding what a register batch writes, from the rows already stored. Shared by every
-//! store so that "unchanged" means the same thing on each.
+//! Deciding what a register batch writes, from the rows already stored, and what is
+//! stored afterwards. Shared by every store so that "unchanged" means the same thing on
+//! each.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
-use super::model::{DeregisterOutcome, InstanceRecord, RegisterOutcome};
+use super::model::{
+    DeregisterOutcome, InstanceRecord, RegisterOutcome, Registered, StoredService, StoredState,
+};
 
 /// `(namespace, service)`.
 pub type ServiceKey<'a> = (&'a str, &'a str);
 
-/// Service ids by namespace and name.
+/// Stored services by namespace and name.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ServiceIds(HashMap<String, HashMap<String, String>>);
+pub struct ServiceIds(HashMap<String, HashMap<String, Arc<StoredService>>>);
 
 impl ServiceIds {
-    pub fn get(&self, namespace: &str, service: &str) -> Option<&str> {
-        self.0.get(namespace)?.get(service).map(String::as_str)
+    pub fn get(&self, namespace: &str, service: &str) -> Option<&Arc<StoredService>> {
+        self.0.get(namespace)?.get(service)
     }
 
-    pub fn insert(&mut self, namespace: String, service: String, id: String) {
-        self.0.entry(namespace).or_default().insert(service, id);
+    pub fn insert(&mut self, service: StoredService) {
+        self.0
+            .entry(service.namespace.clone())
+            .or_default()
+            .insert(service.name.clone(), Arc::new(service));
     }
 
     pub fn extend(&mut self, other: ServiceIds) {
@@ -27,7 +34,7 @@ impl ServiceIds {
         }
     }
 
-    /// Those of `services` that have no id here.
+    /// Those of `services` that are not here.
     pub fn missing<'a>(&self, services: &[ServiceKey<'a>]) -> Vec<ServiceKey<'a>> {
         services
             .iter()
@@ -42,6 +49,10 @@ impl ServiceIds {
 pub struct Existing {
     pub revision: String,
     pub isolate: bool,
+    /// Deregistered (soft-deleted): the row is there, the instance is not.
+    pub deleted: bool,
+    pub ctime: String,
+    pub mtime: String,
 }
 
 /// One instance row the batch will write.
@@ -51,45 +62,70 @@ pub struct PlannedWrite<'a> {
     pub service_id: &'a str,
     pub isolate: bool,
     pub revision: String,
-    /// The row existed before: its metadata and health check are replaced.
+    /// The row is in the table (live or deregistered): it is updated in place, its
+    /// metadata and health check replaced.
     pub replaced: bool,
+    pub ctime: String,
+    pub mtime: &'a str,
 }
 
-/// The outcome of every row, in input order, and the writes sorted by id (a stable lock
-/// order across concurrent batches).
+/// What every row did and holds, in input order, and the writes sorted by id (a stable
+/// lock order across concurrent batches). `now` is the batch's time: the mtime of every
+/// row it writes, and the ctime of every instance it creates.
 pub fn plan_register<'a>(
     rows: &'a [InstanceRecord],
-    service_ids: &'a ServiceIds,
+    services: &'a ServiceIds,
     existing: &HashMap<String, Existing>,
-) -> (Vec<RegisterOutcome>, Vec<PlannedWrite<'a>>) {
-    let mut outcomes = Vec::with_capacity(rows.len());
+    now: &'a str,
+) -> (Vec<Registered>, Vec<PlannedWrite<'a>>) {
+    let mut results = Vec::with_capacity(rows.len());
     let mut writes = Vec::with_capacity(rows.len());
     for record in rows {
-        let Some(service_id) = service_ids.get(&record.namespace, &record.service) else {
-            outcomes.push(RegisterOutcome::ServiceNotFound);
+        let Some(service) = services.get(&record.namespace, &record.service) else {
+            results.push(Registered {
+                outcome: RegisterOutcome::ServiceNotFound,
+                stored: None,
+            });
             continue;
         };
-        let prior = existing.get(&record.id);
-        let isolate = record.isolate.or(prior.map(|p| p.isolate)).unwrap_or(false);
+        let row = existing.get(&record.id);
+        let live = row.filter(|r| !r.deleted);
+        let isolate = record.isolate.or(live.map(|r| r.isolate)).unwrap_or(false);
         let revision = record.revision(isolate);
-        let outcome = match prior {
+        let outcome = match live {
             None => RegisterOutcome::Created,
-            Some(p) if p.revision == revision => RegisterOutcome::Unchanged,
+            Some(r) if r.revision == revision => RegisterOutcome::Unchanged,
             Some(_) => RegisterOutcome::Replaced,
         };
-        outcomes.push(outcome);
+        let (ctime, mtime) = match (outcome, live) {
+            (RegisterOutcome::Unchanged, Some(r)) => (r.ctime.clone(), r.mtime.clone()),
+            (RegisterOutcome::Replaced, Some(r)) => (r.ctime.clone(), now.to_owned()),
+            _ => (now.to_owned(), now.to_owned()),
+        };
         if outcome != RegisterOutcome::Unchanged {
             writes.push(PlannedWrite {
                 record,
-                service_id,
+                service_id: &service.id,
                 isolate,
-                revision,
-                replaced: outcome == RegisterOutcome::Replaced,
+                revision: revision.clone(),
+                replaced: row.is_some(),
+                ctime: ctime.clone(),
+                mtime: now,
             });
         }
+        results.push(Registered {
+            outcome,
+            stored: Some(StoredState {
+                service: Arc::clone(service),
+                isolate,
+                revision,
+                ctime,
+                mtime,
+            }),
+        });
     }
     writes.sort_by(|a, b| a.record.id.cmp(&b.record.id));
-    (outcomes, writes)
+    (results, writes)
 }
 
 /// Whether the store already holds every row of the batch with exactly this content, so
@@ -97,7 +133,8 @@ pub fn plan_register<'a>(
 pub fn all_unchanged(rows: &[InstanceRecord], existing: &HashMap<String, Existing>) -> bool {
     rows.iter().all(|record| {
         existing.get(&record.id).is_some_and(|prior| {
-            prior.revision == record.revision(record.isolate.unwrap_or(prior.isolate))
+            !prior.deleted
+                && prior.revision == record.revision(record.isolate.unwrap_or(prior.isolate))
         })
     })
 }
@@ -113,18 +150,128 @@ pub fn distinct_services(rows: &[InstanceRecord]) -> Vec<ServiceKey<'_>> {
     keys
 }
 
-/// The outcome of each id of a deregister batch, given the ids that were present.
+/// The outcome of each id of a deregister batch, given the ids that were present and
+/// the batch's time.
 pub fn deregister_outcomes(
     ids: &[String],
     present: &std::collections::HashSet<String>,
+    at: &str,
 ) -> Vec<DeregisterOutcome> {
     ids.iter()
         .map(|id| {
             if present.contains(id) {
-                DeregisterOutcome::Deleted
+                DeregisterOutcome::Deleted { at: at.to_owned() }
             } else {
                 DeregisterOutcome::Absent
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: &str, isolate: Option<bool>) -> InstanceRecord {
+        InstanceRecord {
+            id: id.to_owned(),
+            namespace: "ns".to_owned(),
+            service: "svc".to_owned(),
+            vpc_id: String::new(),
+            host: "h".to_owned(),
+            port: 1,
+            protocol: String::new(),
+            version: String::new(),
+            priority: 0,
+            weight: 100,
+            healthy: true,
+            isolate,
+            enable_health_check: false,
+            health_check_ttl: None,
+            logic_set: String::new(),
+            region: String::new(),
+            zone: String::new(),
+            campus: String::new(),
+            metadata: Vec::new(),
+        }
+    }
+
+    fn services() -> ServiceIds {
+        let mut services = ServiceIds::default();
+        services.insert(StoredService {
+            id: "s1".to_owned(),
+            namespace: "ns".to_owned(),
+            name: "svc".to_owned(),
+            ctime: "t0".to_owned(),
+            mtime: "t0".to_owned(),
+        });
+        services
+    }
+
+    fn existing(revision: String, isolate: bool, deleted: bool) -> Existing {
+        Existing {
+            revision,
+            isolate,
+            deleted,
+            ctime: "t1".to_owned(),
+            mtime: "t2".to_owned(),
+        }
+    }
+
+    #[test]
+    fn outcomes_times_and_writes_follow_what_is_stored() {
+        let rows = [
+            record("new", None),
+            record("same", None),
+            record("changed", Some(true)),
+            record("gone", None),
+        ];
+        let services = services();
+        let stored = HashMap::from([
+            (
+                "same".to_owned(),
+                existing(rows[1].revision(false), false, false),
+            ),
+            (
+                "changed".to_owned(),
+                existing("old".to_owned(), false, false),
+            ),
+            (
+                "gone".to_owned(),
+                existing(rows[3].revision(true), true, true),
+            ),
+        ]);
+        let (results, writes) = plan_register(&rows, &services, &stored, "now");
+        let outcomes: Vec<RegisterOutcome> = results.iter().map(|r| r.outcome).collect();
+        assert_eq!(
+            outcomes,
+            [
+                RegisterOutcome::Created,
+                RegisterOutcome::Unchanged,
+                RegisterOutcome::Replaced,
+                RegisterOutcome::Created
+            ]
+        );
+        let times: Vec<(&str, &str)> = results
+            .iter()
+            .map(|r| {
+                let s = r.stored.as_ref().unwrap();
+                (s.ctime.as_str(), s.mtime.as_str())
+            })
+            .collect();
+        assert_eq!(
+            times,
+            [("now", "now"), ("t1", "t2"), ("t1", "now"), ("now", "now")]
+        );
+        // A deregistered row's isolate flag is not inherited; the row is updated in place.
+        let gone = writes.iter().find(|w| w.record.id == "gone").unwrap();
+        assert!(!gone.isolate && gone.replaced);
+        let ids: Vec<&str> = writes.iter().map(|w| w.record.id.as_str()).collect();
+        assert_eq!(ids, ["changed", "gone", "new"]);
+        assert!(
+            !all_unchanged(&rows[3..], &stored),
+            "a deregistered row is not stored"
+        );
+        assert!(all_unchanged(&rows[1..2], &stored));
+    }
 }

@@ -10,7 +10,7 @@ use rand::RngExt;
 use crate::telemetry::StoreMetrics;
 
 use super::{
-    DeregisterOutcome, InstanceRecord, RegisterOptions, RegisterOutcome, StoreError, StoreWriter,
+    DeregisterOutcome, InstanceRecord, RegisterOptions, Registered, StoreError, StoreWriter,
 };
 
 /// One row's result; the error is shared by the rows of a batch that failed together.
@@ -74,7 +74,7 @@ impl ResilientWriter {
         &mut self,
         rows: &[InstanceRecord],
         options: RegisterOptions,
-    ) -> Vec<RowResult<RegisterOutcome>> {
+    ) -> Vec<RowResult<Registered>> {
         self.split_on_failure(rows, &mut |w, part| w.register(part, options))
     }
 

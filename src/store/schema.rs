@@ -4,7 +4,7 @@
 //! clauses that differ. Statements carry placeholders only; every value is bound.
 
 use super::StoreError;
-use super::model::{InstanceRecord, StoredInstance};
+use super::model::{InstanceRecord, StoredInstance, StoredService};
 use super::plan::PlannedWrite;
 use super::sql::{list_placeholders, row_placeholders};
 
@@ -75,9 +75,8 @@ pub enum Cell<'a> {
     Flag(bool),
 }
 
-/// The instance columns a write binds, in order. `flag`, `ctime` and `mtime` follow,
-/// written by the statement itself (0 and the database's time).
-pub const INSTANCE_COLUMNS: [&str; 17] = [
+/// The instance columns a write binds, in order. `flag` follows, 0 (live).
+pub const INSTANCE_COLUMNS: [&str; 19] = [
     "id",
     "service_id",
     "vpc_id",
@@ -95,6 +94,8 @@ pub const INSTANCE_COLUMNS: [&str; 17] = [
     "cmdb_idc",
     "priority",
     "revision",
+    "ctime",
+    "mtime",
 ];
 
 /// A planned write's values, in the order of [`INSTANCE_COLUMNS`].
@@ -118,6 +119,8 @@ pub fn instance_cells<'a>(w: &'a PlannedWrite<'_>) -> [Cell<'a>; INSTANCE_COLUMN
         Cell::Text(&r.campus),
         Cell::Number(r.priority),
         Cell::Text(&w.revision),
+        Cell::Text(&w.ctime),
+        Cell::Text(w.mtime),
     ]
 }
 
@@ -150,22 +153,24 @@ pub enum OnDuplicate {
     Fail,
 }
 
-/// Inserts `rows` instances. ctime and mtime are the database's time; an update keeps
-/// ctime.
+/// Inserts `rows` live instances; an update keeps the row's ctime.
 fn insert_instances(dialect: Dialect, rows: usize, on_duplicate: OnDuplicate) -> String {
-    let now = dialect.now();
     let bound = vec!["?"; INSTANCE_COLUMNS.len()].join(",");
-    let row = format!("({bound},0,{now},{now})");
+    let row = format!("({bound},0)");
     let update = match on_duplicate {
         OnDuplicate::Fail => String::new(),
         OnDuplicate::Update => {
-            let mut columns: Vec<&str> = INSTANCE_COLUMNS[1..].to_vec();
-            columns.extend(["flag", "mtime"]);
+            let mut columns: Vec<&str> = INSTANCE_COLUMNS[1..]
+                .iter()
+                .copied()
+                .filter(|&c| c != "ctime")
+                .collect();
+            columns.push("flag");
             dialect.upsert("id", &columns)
         }
     };
     format!(
-        "INSERT INTO instance ({}, flag, ctime, mtime) VALUES {} {update}",
+        "INSERT INTO instance ({}, flag) VALUES {} {update}",
         INSTANCE_COLUMNS.join(", "),
         row_placeholders(rows, &row)
     )
@@ -195,29 +200,38 @@ fn insert_metadata(dialect: Dialect, rows: usize) -> String {
     )
 }
 
-/// The stored revision and isolate flag of `ids` instances, in id order; `lock` is
-/// [`Dialect::lock`] or "".
-fn read_existing(ids: usize, lock: &str) -> String {
+/// The revision, isolate and deleted flags, ctime and mtime of `ids` instance rows, in id
+/// order; `lock` is [`Dialect::lock`] or "".
+fn read_existing(dialect: Dialect, ids: usize, lock: &str) -> String {
     format!(
-        "SELECT id, revision, isolate FROM instance WHERE id IN ({}) ORDER BY id{lock}",
+        "SELECT id, revision, isolate, flag, {}, {} FROM instance WHERE id IN ({}) ORDER BY id{lock}",
+        dialect.time_text("ctime"),
+        dialect.time_text("mtime"),
         list_placeholders(ids)
     )
 }
 
-/// The ids among `ids` that are stored, in id order; `lock` as in [`read_existing`].
+/// The ids among `ids` of live instances, in id order; `lock` as in [`read_existing`].
 fn read_present(ids: usize, lock: &str) -> String {
     format!(
-        "SELECT id FROM instance WHERE id IN ({}) ORDER BY id{lock}",
+        "SELECT id FROM instance WHERE id IN ({}) AND flag = 0 ORDER BY id{lock}",
         list_placeholders(ids)
     )
 }
 
-/// The tables that hold rows keyed by instance id, children first.
+/// Marks `ids` instances deregistered (soft delete); binds the mtime, then the ids.
+fn soft_delete(ids: usize) -> String {
+    format!(
+        "UPDATE instance SET flag = 1, mtime = ? WHERE id IN ({})",
+        list_placeholders(ids)
+    )
+}
+
+/// The tables that hold an instance's children, keyed by its id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum InstanceTable {
     Metadata,
     HealthCheck,
-    Instance,
 }
 
 impl InstanceTable {
@@ -225,7 +239,6 @@ impl InstanceTable {
         match self {
             InstanceTable::Metadata => "instance_metadata",
             InstanceTable::HealthCheck => "health_check",
-            InstanceTable::Instance => "instance",
         }
     }
 }
@@ -242,12 +255,45 @@ fn delete_where_id_in(table: InstanceTable, ids: usize) -> String {
 /// Values bound per service key: namespace and name.
 pub const SERVICE_KEY_VALUES: usize = 2;
 
-/// The ids of `services` (namespace, name) pairs that exist.
-fn select_services(services: usize) -> String {
+/// The `services` (namespace, name) pairs that exist: the columns of
+/// [`stored_service`].
+fn select_services(dialect: Dialect, services: usize) -> String {
     format!(
-        "SELECT id, namespace, name FROM service WHERE (namespace, name) IN ({})",
+        "{} WHERE (namespace, name) IN ({})",
+        service_select(dialect),
         row_placeholders(services, "(?,?)")
     )
+}
+
+/// The columns [`stored_service`] reads.
+fn service_select(dialect: Dialect) -> String {
+    format!(
+        "SELECT id, namespace, name, {}, {} FROM service",
+        dialect.time_text("ctime"),
+        dialect.time_text("mtime")
+    )
+}
+
+/// Every service, or those written at or after the bound time: the columns of
+/// [`stored_service`].
+pub fn services(dialect: Dialect, since: bool) -> String {
+    let select = service_select(dialect);
+    if since {
+        format!("{select} WHERE mtime >= ?")
+    } else {
+        select
+    }
+}
+
+/// A service from a row of [`services`].
+pub fn stored_service(row: &impl ResultRow) -> Result<StoredService, StoreError> {
+    Ok(StoredService {
+        id: row.text(0)?,
+        namespace: row.text(1)?,
+        name: row.text(2)?,
+        ctime: row.text(3)?,
+        mtime: row.text(4)?,
+    })
 }
 
 /// Creates a namespace unless it exists; binds its name.
@@ -295,6 +341,9 @@ pub enum Shape {
         ids: usize,
         locked: bool,
     },
+    SoftDelete {
+        ids: usize,
+    },
     SelectServices {
         services: usize,
     },
@@ -313,26 +362,18 @@ impl Shape {
             Shape::UpsertHealthChecks { rows } => upsert_health_checks(dialect, rows),
             Shape::InsertMetadata { rows } => insert_metadata(dialect, rows),
             Shape::DeleteWhereIdIn { table, ids } => delete_where_id_in(table, ids),
-            Shape::ReadExisting { ids, locked } => read_existing(ids, lock(locked)),
+            Shape::ReadExisting { ids, locked } => read_existing(dialect, ids, lock(locked)),
             Shape::ReadPresent { ids, locked } => read_present(ids, lock(locked)),
-            Shape::SelectServices { services } => select_services(services),
+            Shape::SoftDelete { ids } => soft_delete(ids),
+            Shape::SelectServices { services } => select_services(dialect, services),
             Shape::CreateNamespace => create_namespace(dialect),
             Shape::CreateService => create_service(dialect),
         }
     }
 }
 
-/// Services and instances stored, per namespace.
-pub const NAMESPACE_COUNTS: &str = "SELECT s.namespace, COUNT(*), COALESCE(SUM(c.n), 0)
-     FROM service s
-     LEFT JOIN (SELECT service_id, COUNT(*) AS n FROM instance GROUP BY service_id) c
-       ON c.service_id = s.id
-     GROUP BY s.namespace
-     ORDER BY s.namespace";
-
-/// A page of instances in id order, after the bound id, at most the bound count: the
-/// columns [`stored_instance`] reads.
-pub fn instances_page(dialect: Dialect) -> String {
+/// The columns [`stored_instance`] reads, of live instances.
+fn instance_select(dialect: Dialect) -> String {
     format!(
         "SELECT i.id, s.namespace, s.name, i.vpc_id, i.host, i.port, i.protocol, i.version,
                 i.priority, i.weight, i.health_status, i.isolate, i.enable_health_check,
@@ -341,11 +382,26 @@ pub fn instances_page(dialect: Dialect) -> String {
          FROM instance i
          JOIN service s ON s.id = i.service_id
          LEFT JOIN health_check h ON h.id = i.id
-         WHERE i.id > ?
-         ORDER BY i.id
-         LIMIT ?",
+         WHERE i.flag = 0",
         dialect.time_text("i.ctime"),
         dialect.time_text("i.mtime")
+    )
+}
+
+/// A page of live instances in id order, after the bound id, at most the bound count.
+pub fn instances_page(dialect: Dialect) -> String {
+    format!(
+        "{} AND i.id > ? ORDER BY i.id LIMIT ?",
+        instance_select(dialect)
+    )
+}
+
+/// The live instances among `ids`, in id order.
+pub fn instances_where_id_in(dialect: Dialect, ids: usize) -> String {
+    format!(
+        "{} AND i.id IN ({}) ORDER BY i.id",
+        instance_select(dialect),
+        list_placeholders(ids)
     )
 }
 
@@ -353,6 +409,35 @@ pub fn instances_page(dialect: Dialect) -> String {
 /// id and key order: the metadata of one page.
 pub const METADATA_BETWEEN: &str = "SELECT id, mkey, mvalue FROM instance_metadata
      WHERE id >= ? AND id <= ? ORDER BY id, mkey";
+
+/// The metadata of `ids` instances, in id and key order.
+pub fn metadata_where_id_in(ids: usize) -> String {
+    format!(
+        "SELECT id, mkey, mvalue FROM instance_metadata WHERE id IN ({}) ORDER BY id, mkey",
+        list_placeholders(ids)
+    )
+}
+
+/// The instance rows (live or deregistered) written at or after the bound time: id,
+/// revision, flag and mtime, read from the `instance_mtime` index on MySQL.
+pub fn changed_since(dialect: Dialect) -> String {
+    format!(
+        "SELECT id, revision, flag, {} FROM instance WHERE mtime >= ?",
+        dialect.time_text("mtime")
+    )
+}
+
+/// Deletes at most the bound count of instance rows deregistered before the bound time
+/// (their metadata and health checks went with the deregistration).
+pub fn purge_deleted(dialect: Dialect) -> &'static str {
+    match dialect {
+        Dialect::Sqlite => {
+            "DELETE FROM instance WHERE id IN
+                 (SELECT id FROM instance WHERE flag = 1 AND mtime < ? LIMIT ?)"
+        }
+        Dialect::Mysql => "DELETE FROM instance WHERE flag = 1 AND mtime < ? LIMIT ?",
+    }
+}
 
 /// A row of a query, read by column position, whatever the driver.
 pub trait ResultRow {

@@ -117,16 +117,22 @@ pub fn replace_children<'a>(limits: Limits, writes: &'a [PlannedWrite<'a>]) -> V
     statements
 }
 
-/// Deletes the instances `ids` (sorted) with their health checks and metadata.
-pub fn delete_instances<'a>(limits: Limits, ids: &[&'a str]) -> Vec<Statement<'a>> {
-    [
-        InstanceTable::Metadata,
-        InstanceTable::HealthCheck,
-        InstanceTable::Instance,
-    ]
-    .into_iter()
-    .flat_map(|table| delete_where_id_in(limits, table, ids))
-    .collect()
+/// Deregisters the live instances `ids` (sorted): deletes their metadata and health
+/// checks, and marks their rows deregistered at `mtime` (a soft delete, which the other
+/// replicas' change feeds see; the rows are purged later).
+pub fn deregister<'a>(limits: Limits, ids: &[&'a str], mtime: &'a str) -> Vec<Statement<'a>> {
+    let mut statements = delete_where_id_in(limits, InstanceTable::Metadata, ids);
+    statements.extend(delete_where_id_in(limits, InstanceTable::HealthCheck, ids));
+    for list in padded_lists(ids, limits.max_params - 1) {
+        let mut cells = Vec::with_capacity(list.len() + 1);
+        cells.push(Cell::Text(mtime));
+        cells.extend(list.iter().map(|id| Cell::Text(id)));
+        statements.push(Statement {
+            shape: Shape::SoftDelete { ids: list.len() },
+            cells,
+        });
+    }
+    statements
 }
 
 /// Deletes the rows of `ids` from `table`, in `IN` lists padded to a power of two.
@@ -229,6 +235,8 @@ mod tests {
             isolate: false,
             revision: "r".to_owned(),
             replaced,
+            ctime: "t".to_owned(),
+            mtime: "t",
         };
         let writes = [write(&a, true), write(&b, true), write(&c, false)];
         let statements = replace_children(LIMITS, &writes);
@@ -257,23 +265,32 @@ mod tests {
     }
 
     #[test]
-    fn deletes_go_children_first_in_padded_lists() {
-        let statements = delete_instances(LIMITS, &["a", "b", "c"]);
-        let tables: Vec<InstanceTable> = statements
-            .iter()
-            .map(|s| match s.shape {
-                Shape::DeleteWhereIdIn { table, .. } => table,
-                other => panic!("not a delete: {other:?}"),
-            })
-            .collect();
+    fn a_deregistration_deletes_children_then_marks_the_rows_in_padded_lists() {
+        let statements = deregister(LIMITS, &["a", "b", "c"], "t");
+        let shapes: Vec<Shape> = statements.iter().map(|s| s.shape).collect();
         assert_eq!(
-            tables,
+            shapes,
             [
-                InstanceTable::Metadata,
-                InstanceTable::HealthCheck,
-                InstanceTable::Instance
+                Shape::DeleteWhereIdIn {
+                    table: InstanceTable::Metadata,
+                    ids: 4
+                },
+                Shape::DeleteWhereIdIn {
+                    table: InstanceTable::HealthCheck,
+                    ids: 4
+                },
+                Shape::SoftDelete { ids: 4 },
             ]
         );
-        assert!(statements.iter().all(|s| s.cells.len() == 4));
+        assert_eq!(
+            statements[2].cells,
+            [
+                Cell::Text("t"),
+                Cell::Text("a"),
+                Cell::Text("b"),
+                Cell::Text("c"),
+                Cell::Text("c")
+            ]
+        );
     }
 }

@@ -62,6 +62,16 @@ impl TestServer {
             .query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
             .unwrap()
     }
+
+    /// Instances registered and not deregistered (a deregistered row stays, marked, until
+    /// it is purged).
+    pub fn live_instances(&self) -> i64 {
+        self.db()
+            .query_row("SELECT count(*) FROM instance WHERE flag = 0", [], |r| {
+                r.get(0)
+            })
+            .unwrap()
+    }
 }
 
 /// A register request with 3 metadata entries and a heartbeat ttl of 5 s.
@@ -96,6 +106,14 @@ pub fn expected_id(namespace: &str, service: &str, host: &str, port: u32) -> Str
     ))
 }
 
+/// Whether the instance's row is there, marked deregistered.
+pub fn deregistered(db: &rusqlite::Connection, id: &str) -> bool {
+    db.query_row("SELECT flag FROM instance WHERE id = ?1", [id], |r| {
+        r.get::<_, i64>(0)
+    })
+    .is_ok_and(|flag| flag == 1)
+}
+
 /// One stored instance row, as the tests check it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Row {
@@ -113,11 +131,13 @@ pub struct Row {
     pub namespace: String,
 }
 
+/// A live (registered, not deregistered) instance's row.
 pub fn row(db: &rusqlite::Connection, id: &str) -> Option<Row> {
     db.query_row(
         "SELECT i.host, i.port, i.weight, i.protocol, i.version, i.isolate, i.health_status,
                 i.ctime, i.mtime, i.revision, s.name, s.namespace
-         FROM instance i JOIN service s ON s.id = i.service_id WHERE i.id = ?1",
+         FROM instance i JOIN service s ON s.id = i.service_id
+         WHERE i.id = ?1 AND i.flag = 0",
         [id],
         |r| {
             Ok(Row {

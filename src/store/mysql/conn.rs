@@ -16,8 +16,12 @@ use crate::store::schema::{Dialect, Shape};
 /// Connections in the pool for migrations and reads; the store workers have their own.
 const POOL_CONNECTIONS: usize = 2;
 /// Run on every new connection: each transaction is READ COMMITTED (see `write`), set
-/// once per session rather than with a round trip per transaction.
-const SESSION_INIT: &str = "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED";
+/// once per session rather than with a round trip per transaction; times are UTC, as
+/// batchreg writes them (see `store::clock`).
+const SESSION_INIT: [&str; 2] = [
+    "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
+    "SET time_zone = '+00:00'",
+];
 /// How long a pooled connection may stay idle before it is closed (down to one).
 const IDLE_CONNECTION_TTL: Duration = Duration::from_secs(60);
 
@@ -29,7 +33,7 @@ pub(super) fn options(url: &str) -> Result<Opts, StoreError> {
     // connections and closes every other one as it comes back, and a reset on return
     // would drop the prepared statements and the session's isolation level.
     Ok(OptsBuilder::from_opts(opts)
-        .init(vec![SESSION_INIT])
+        .init(SESSION_INIT.to_vec())
         .pool_opts(
             PoolOpts::default()
                 .with_constraints(PoolConstraints::new(1, POOL_CONNECTIONS).expect("1 <= max"))

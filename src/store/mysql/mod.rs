@@ -7,12 +7,14 @@
 //!   current-thread runtime of its own (a batch's round trips wake no other thread);
 //! - `migrate`: migrations under a named lock;
 //! - `shapes`: the statements a storm uses, prepared when a connection opens;
-//! - `write`: the register and deregister transactions.
+//! - `write`: the register and deregister transactions;
+//! - `read`: what the registry cache loads and follows (pages, changes, services).
 //!
 //! Migrations and reads use a small pool on the store's own runtime.
 
 mod conn;
 mod migrate;
+mod read;
 mod shapes;
 mod write;
 
@@ -26,9 +28,10 @@ use std::time::Duration;
 use mysql_async::prelude::Queryable;
 use mysql_async::{Opts, Params, Pool, Value};
 
-use super::schema::{self, Cell, Dialect, ResultRow, Shape};
+use super::clock::Clock;
+use super::schema::{self, Cell, ResultRow, Shape};
 use super::statements::{Limits, Statement};
-use super::{NamespaceCount, Store, StoreError, StoreWriter, StoredInstance};
+use super::{ChangedRow, Store, StoreError, StoreWriter, StoredInstance, StoredService};
 
 /// The server's limit of bound values in one prepared statement.
 const MAX_PARAMS: usize = 65_535;
@@ -54,6 +57,8 @@ struct Shared {
     /// How large one statement may be: `max_bytes` well below the server's
     /// max_allowed_packet.
     limits: Limits,
+    /// The database's clock, as the writers stamp their rows with it.
+    clock: Clock,
 }
 
 impl Shared {
@@ -117,6 +122,8 @@ impl MysqlStore {
             let max_packet: Option<u64> = conn.query_first("SELECT @@max_allowed_packet").await?;
             Ok::<_, StoreError>(max_packet.unwrap_or(4 << 20))
         })?;
+        let clock = Clock::default();
+        runtime.block_on(read::align_clock(&pool, &clock))?;
         drop(_entered);
         let max_bytes = usize::try_from(max_packet / 2)
             .unwrap_or(usize::MAX)
@@ -130,6 +137,7 @@ impl MysqlStore {
                     max_params: MAX_PARAMS,
                     max_bytes,
                 },
+                clock,
             }),
             concurrency,
         })
@@ -163,50 +171,45 @@ impl Store for MysqlStore {
         ]
     }
 
-    fn namespace_counts(&self) -> Result<Vec<NamespaceCount>, StoreError> {
-        let rows: Vec<(String, u64, u64)> = self
-            .shared
-            .read(async |conn| Ok(conn.query(schema::NAMESPACE_COUNTS).await?))?;
-        Ok(rows
-            .into_iter()
-            .map(|(namespace, services, instances)| NamespaceCount {
-                namespace,
-                services,
-                instances,
-            })
-            .collect())
+    fn single_writer(&self) -> bool {
+        false
     }
 
     fn instances_page(&self, after: &str, limit: usize) -> Result<Vec<StoredInstance>, StoreError> {
+        self.shared
+            .read(async |conn| read::instances_page(conn, after, limit).await)
+    }
+
+    fn instances(&self, ids: &[String]) -> Result<Vec<StoredInstance>, StoreError> {
+        let limits = self.shared.limits;
+        self.shared
+            .read(async |conn| read::instances(conn, limits, ids).await)
+    }
+
+    fn services(&self, since: Option<&str>) -> Result<Vec<StoredService>, StoreError> {
+        self.shared
+            .read(async |conn| read::services(conn, since).await)
+    }
+
+    fn changed_since(&self, since: &str) -> Result<Vec<ChangedRow>, StoreError> {
+        self.shared
+            .read(async |conn| read::changed_since(conn, since).await)
+    }
+
+    fn now(&self) -> Result<String, StoreError> {
+        self.shared
+            .block_on(read::align_clock(&self.shared.pool, &self.shared.clock))?;
+        Ok(self.shared.clock.now())
+    }
+
+    fn purge_deregistered(&self, before: &str, limit: usize) -> Result<usize, StoreError> {
         self.shared.read(async |conn| {
-            // One snapshot: the page and its metadata are of the same moment.
-            let mut options = mysql_async::TxOpts::default();
-            options
-                .with_isolation_level(mysql_async::IsolationLevel::RepeatableRead)
-                .with_consistent_snapshot(true)
-                .with_readonly(true);
-            let mut tx = conn.start_transaction(options).await?;
-            let rows: Vec<mysql_async::Row> = tx
-                .exec(
-                    schema::instances_page(Dialect::Mysql),
-                    (after, limit as u64),
-                )
-                .await?;
-            let mut page = rows
-                .iter()
-                .map(|row| schema::stored_instance(&MysqlRow(row)))
-                .collect::<Result<Vec<_>, _>>()?;
-            if let (Some(first), Some(last)) = (page.first(), page.last()) {
-                let entries: Vec<(String, String, String)> = tx
-                    .exec(
-                        schema::METADATA_BETWEEN,
-                        (first.record.id.as_str(), last.record.id.as_str()),
-                    )
-                    .await?;
-                schema::attach_metadata(&mut page, entries);
-            }
-            tx.commit().await?;
-            Ok(page)
+            conn.exec_drop(
+                schema::purge_deleted(schema::Dialect::Mysql),
+                (before, limit as u64),
+            )
+            .await?;
+            Ok(usize::try_from(conn.affected_rows()).unwrap_or(usize::MAX))
         })
     }
 }

@@ -6,7 +6,14 @@ use mysql_async::{Conn, Opts};
 
 use super::MysqlStore;
 use super::write::MysqlWriter;
-use crate::store::{InstanceRecord, RegisterOptions, RegisterOutcome, StoreError, StoreWriter};
+use crate::store::{
+    InstanceRecord, RegisterOptions, RegisterOutcome, Registered, StoreError, StoreWriter,
+};
+
+/// What each row's write did.
+fn outcomes(results: Vec<Registered>) -> Vec<RegisterOutcome> {
+    results.into_iter().map(|r| r.outcome).collect()
+}
 
 /// A store on a fresh database `<base>_<suffix>` of `BATCHREG_TEST_MYSQL_URL`; `None`
 /// (after saying so) when it is unset, unless `BATCHREG_TEST_REQUIRE_MYSQL` is set.
@@ -108,11 +115,11 @@ fn a_registering_worker_prepares_a_storms_statements_when_it_connects() {
     let mut warm = writer_of(&store);
     warm.prepare_for_registrations().unwrap();
     // The first batch creates the service: those inserts are not prepared ahead.
-    warm.register(&[row("10.0.0.1")], options).unwrap();
+    outcomes(warm.register(&[row("10.0.0.1")], options).unwrap());
     let before = prepared_so_far(&mut warm);
     let batch = storm_rows("10.1", 128);
-    let outcomes = warm.register(&batch, options).unwrap();
-    assert_eq!(outcomes, vec![RegisterOutcome::Created; 128]);
+    let warm_outcomes = outcomes(warm.register(&batch, options).unwrap());
+    assert_eq!(warm_outcomes, vec![RegisterOutcome::Created; 128]);
     assert_eq!(
         prepared_so_far(&mut warm),
         before,
@@ -122,8 +129,8 @@ fn a_registering_worker_prepares_a_storms_statements_when_it_connects() {
     // The same batch on a writer that did not prepare: the count above can move.
     let mut cold = writer_of(&store);
     let before = prepared_so_far(&mut cold);
-    let outcomes = cold.register(&storm_rows("10.2", 128), options).unwrap();
-    assert_eq!(outcomes, vec![RegisterOutcome::Created; 128]);
+    let cold_outcomes = outcomes(cold.register(&storm_rows("10.2", 128), options).unwrap());
+    assert_eq!(cold_outcomes, vec![RegisterOutcome::Created; 128]);
     assert!(prepared_so_far(&mut cold) >= before + 5);
 }
 
@@ -149,7 +156,7 @@ fn a_worker_keeps_its_read_committed_connection_through_server_errors() {
         create_services: true,
     };
     assert_eq!(
-        writer.register(&[row("10.0.0.1")], options).unwrap(),
+        outcomes(writer.register(&[row("10.0.0.1")], options).unwrap()),
         [RegisterOutcome::Created]
     );
     let session = async |session: &mut super::conn::Session| {
@@ -169,7 +176,7 @@ fn a_worker_keeps_its_read_committed_connection_through_server_errors() {
         "{error:?}"
     );
     assert_eq!(
-        writer.register(&[row("10.0.0.2")], options).unwrap(),
+        outcomes(writer.register(&[row("10.0.0.2")], options).unwrap()),
         [RegisterOutcome::Created]
     );
     let (id_after, level_after) = writer.connection.run(session).unwrap();
@@ -191,7 +198,7 @@ fn an_insert_of_a_batch_expected_new_is_rolled_back_whole_when_one_row_exists() 
     let mut writer = writer_of(&store);
     let first = storm_rows("10.3", 3);
     assert_eq!(
-        writer.register(&first, options).unwrap(),
+        outcomes(writer.register(&first, options).unwrap()),
         vec![RegisterOutcome::Created; 3]
     );
     // 200 rows are inserted as 192 + 8; the stored one sorts last, so the first
@@ -199,11 +206,13 @@ fn an_insert_of_a_batch_expected_new_is_rolled_back_whole_when_one_row_exists() 
     let mut batch = storm_rows("10.4", 199);
     let mut stored = first[0].clone();
     stored.id = "~ sorts last".to_owned();
-    writer
-        .register(std::slice::from_ref(&stored), options)
-        .unwrap();
+    outcomes(
+        writer
+            .register(std::slice::from_ref(&stored), options)
+            .unwrap(),
+    );
     batch.push(stored);
-    let outcomes = writer.register(&batch, options).unwrap();
+    let outcomes = outcomes(writer.register(&batch, options).unwrap());
     let mut expected = vec![RegisterOutcome::Created; 199];
     expected.push(RegisterOutcome::Unchanged);
     assert_eq!(outcomes, expected, "the first 192 were not left committed");

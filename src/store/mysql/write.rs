@@ -4,17 +4,18 @@
 //! updates the rows it found in place and inserts the ones it did not.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use mysql_async::Transaction;
 use mysql_async::prelude::{FromRow, Queryable};
 
 use super::conn::{Decision, Prepared, Session, WorkerConnection};
-use super::{Shared, params};
+use super::{MysqlRow, Shared, params};
 use crate::store::model::{
-    self, DeregisterOutcome, InstanceRecord, RegisterOptions, RegisterOutcome,
+    self, DeregisterOutcome, InstanceRecord, RegisterOptions, RegisterOutcome, Registered,
 };
 use crate::store::plan::{self, Existing, PlannedWrite, ServiceIds, ServiceKey};
-use crate::store::schema::{Cell, OnDuplicate, Shape};
+use crate::store::schema::{self, Cell, OnDuplicate, Shape};
 use crate::store::statements::{self, Limits, Statement};
 use crate::store::{StoreError, StoreWriter};
 
@@ -24,6 +25,7 @@ const ER_DUP_ENTRY: u16 = 1062;
 /// The writer of one store worker.
 pub(super) struct MysqlWriter {
     pub(super) connection: WorkerConnection,
+    shared: Arc<Shared>,
     limits: Limits,
     /// The ids of the services this writer has looked up. batchreg never deletes a
     /// service and a service's id never changes, so an id once read stays right.
@@ -41,9 +43,10 @@ pub(super) struct MysqlWriter {
 }
 
 impl MysqlWriter {
-    pub(super) fn new(shared: &Shared) -> Result<Self, StoreError> {
+    pub(super) fn new(shared: &Arc<Shared>) -> Result<Self, StoreError> {
         Ok(MysqlWriter {
             connection: WorkerConnection::new(shared)?,
+            shared: Arc::clone(shared),
             limits: shared.limits,
             services: ServiceIds::default(),
             expect_unchanged: true,
@@ -57,23 +60,19 @@ impl StoreWriter for MysqlWriter {
         &mut self,
         rows: &[InstanceRecord],
         options: RegisterOptions,
-    ) -> Result<Vec<RegisterOutcome>, StoreError> {
+    ) -> Result<Vec<Registered>, StoreError> {
         let limits = self.limits;
+        let now = self.shared.clock.now();
         // A restart storm re-registers what is already stored: one plain read shows it,
         // with no transaction and no locks. The database held this exact content when read.
+        let mut unchanged = None;
         if self.expect_unchanged {
             let existing = self.connection.run(async |session| {
-                read_existing(
-                    &mut session.conn,
-                    &mut session.prepared,
-                    limits,
-                    rows,
-                    false,
-                )
-                .await
+                let Session { conn, prepared } = session;
+                read_existing(conn, prepared, limits, rows, false).await
             })?;
             if plan::all_unchanged(rows, &existing) {
-                return Ok(vec![RegisterOutcome::Unchanged; rows.len()]);
+                unchanged = Some(existing);
             }
         }
         // Services are looked up, and the missing ones created, before the batch's
@@ -90,27 +89,32 @@ impl StoreWriter for MysqlWriter {
             self.services.extend(found);
         }
         let services = &self.services;
+        if let Some(existing) = unchanged {
+            return Ok(plan::plan_register(rows, services, &existing, &now).0);
+        }
         if self.expect_new
-            && let Some(outcomes) =
+            && let Some(results) =
                 self.connection
                     .transaction_or_roll_back(async |tx, prepared| {
-                        insert_all(tx, prepared, limits, rows, services).await
+                        insert_all(tx, prepared, limits, rows, services, &now).await
                     })?
         {
-            return Ok(outcomes);
+            return Ok(results);
         }
-        let outcomes = self.connection.transaction(async |tx, prepared| {
-            register_in(tx, prepared, limits, rows, services).await
+        let results = self.connection.transaction(async |tx, prepared| {
+            register_in(tx, prepared, limits, rows, services, &now).await
         })?;
-        self.expect_unchanged = outcomes.iter().all(|o| *o == RegisterOutcome::Unchanged);
-        self.expect_new = outcomes.iter().all(|o| *o == RegisterOutcome::Created);
-        Ok(outcomes)
+        let all = |outcome| results.iter().all(|r| r.outcome == outcome);
+        self.expect_unchanged = all(RegisterOutcome::Unchanged);
+        self.expect_new = all(RegisterOutcome::Created);
+        Ok(results)
     }
 
     fn deregister(&mut self, ids: &[String]) -> Result<Vec<DeregisterOutcome>, StoreError> {
         let limits = self.limits;
+        let now = self.shared.clock.now();
         self.connection
-            .transaction(async |tx, prepared| deregister_in(tx, prepared, limits, ids).await)
+            .transaction(async |tx, prepared| deregister_in(tx, prepared, limits, ids, &now).await)
     }
 
     fn prepare_for_registrations(&mut self) -> Result<(), StoreError> {
@@ -153,11 +157,12 @@ async fn register_in(
     limits: Limits,
     rows: &[InstanceRecord],
     service_ids: &ServiceIds,
-) -> Result<Vec<RegisterOutcome>, StoreError> {
+    now: &str,
+) -> Result<Vec<Registered>, StoreError> {
     let existing = read_existing(tx, prepared, limits, rows, true).await?;
-    let (outcomes, writes) = plan::plan_register(rows, service_ids, &existing);
+    let (results, writes) = plan::plan_register(rows, service_ids, &existing, now);
     if writes.is_empty() {
-        return Ok(outcomes);
+        return Ok(results);
     }
     // Rows this batch found are locked and updated in place. Rows it did not find are
     // inserted without `ON DUPLICATE KEY`: if another writer inserted one since (read
@@ -184,7 +189,7 @@ async fn register_in(
         done => done?,
     }
     execute(tx, prepared, statements::replace_children(limits, &writes)).await?;
-    Ok(outcomes)
+    Ok(results)
 }
 
 /// Inserts every row as a new instance. `None` (the transaction rolled back) when one of
@@ -195,8 +200,9 @@ async fn insert_all(
     limits: Limits,
     rows: &[InstanceRecord],
     service_ids: &ServiceIds,
-) -> Result<Decision<Option<Vec<RegisterOutcome>>>, StoreError> {
-    let (outcomes, writes) = plan::plan_register(rows, service_ids, &HashMap::new());
+    now: &str,
+) -> Result<Decision<Option<Vec<Registered>>>, StoreError> {
+    let (results, writes) = plan::plan_register(rows, service_ids, &HashMap::new(), now);
     let added: Vec<&PlannedWrite<'_>> = writes.iter().collect();
     match execute(
         tx,
@@ -211,7 +217,7 @@ async fn insert_all(
         done => done?,
     }
     execute(tx, prepared, statements::replace_children(limits, &writes)).await?;
-    Ok(Decision::Commit(Some(outcomes)))
+    Ok(Decision::Commit(Some(results)))
 }
 
 /// The ids of `services`, creating the missing ones if allowed. Run outside a
@@ -254,11 +260,11 @@ async fn select_services(
     limits: Limits,
     services: &[ServiceKey<'_>],
 ) -> Result<ServiceIds, StoreError> {
-    let found: Vec<(String, String, String)> =
+    let found: Vec<mysql_async::Row> =
         query(conn, prepared, statements::service_lists(limits, services)).await?;
     let mut ids = ServiceIds::default();
-    for (id, namespace, service) in found {
-        ids.insert(namespace, service, id);
+    for row in &found {
+        ids.insert(schema::stored_service(&MysqlRow(row))?);
     }
     Ok(ids)
 }
@@ -275,10 +281,23 @@ async fn read_existing(
     let mut ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
     ids.sort_unstable();
     let lists = statements::id_lists(limits, &ids, |ids| Shape::ReadExisting { ids, locked });
-    let found: Vec<(String, String, bool)> = query(conn, prepared, lists).await?;
+    let found: Vec<(String, String, bool, u8, String, String)> =
+        query(conn, prepared, lists).await?;
     Ok(found
         .into_iter()
-        .map(|(id, revision, isolate)| (id, Existing { revision, isolate }))
+        .map(|(id, revision, isolate, flag, ctime, mtime)| {
+            let deleted = flag != 0;
+            (
+                id,
+                Existing {
+                    revision,
+                    isolate,
+                    deleted,
+                    ctime,
+                    mtime,
+                },
+            )
+        })
         .collect())
 }
 
@@ -287,6 +306,7 @@ async fn deregister_in(
     prepared: &mut Prepared,
     limits: Limits,
     ids: &[String],
+    now: &str,
 ) -> Result<Vec<DeregisterOutcome>, StoreError> {
     let mut sorted: Vec<&str> = ids.iter().map(String::as_str).collect();
     sorted.sort_unstable();
@@ -298,6 +318,11 @@ async fn deregister_in(
         .await?
         .into_iter()
         .collect();
-    execute(tx, prepared, statements::delete_instances(limits, &sorted)).await?;
-    Ok(plan::deregister_outcomes(ids, &present))
+    let mut live: Vec<&str> = sorted
+        .into_iter()
+        .filter(|id| present.contains(*id))
+        .collect();
+    live.dedup();
+    execute(tx, prepared, statements::deregister(limits, &live, now)).await?;
+    Ok(plan::deregister_outcomes(ids, &present, now))
 }

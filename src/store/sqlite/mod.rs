@@ -1,21 +1,25 @@
-//! The embedded store: one SQLite file in WAL mode, one writer connection shared by the
-//! store workers (SQLite has one writer), one immediate transaction per batch, and a
-//! read-only connection for reads that must not wait for the writer.
+//! The embedded store: one SQLite file in WAL mode, locked against a second process, one
+//! writer connection shared by the store workers (SQLite has one writer), one immediate
+//! transaction per batch, and a read-only connection for reads that must not wait for
+//! the writer.
 
 mod checkpoint;
 
 use std::collections::{HashMap, HashSet};
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use rusqlite::types::ToSqlOutput;
 use rusqlite::{Connection, ToSql, Transaction, TransactionBehavior};
 
-use super::model::{self, DeregisterOutcome, InstanceRecord, RegisterOptions, RegisterOutcome};
+use super::clock::Clock;
+use super::model::{self, DeregisterOutcome, InstanceRecord, RegisterOptions, Registered};
 use super::plan::{self, Existing, ServiceIds, ServiceKey};
 use super::schema::{self, Cell, Dialect, OnDuplicate, ResultRow, Shape};
+use super::sql;
 use super::statements::{self, Limits, Statement};
-use super::{NamespaceCount, Store, StoreError, StoreWriter, StoredInstance, migrate};
+use super::{ChangedRow, Store, StoreError, StoreWriter, StoredInstance, StoredService, migrate};
 use checkpoint::Checkpointer;
 
 /// Bound parameters per statement: below SQLite's default limit of 32,766. A statement's
@@ -38,6 +42,10 @@ pub enum Synchronous {
 /// The SQLite store.
 pub struct SqliteStore {
     path: PathBuf,
+    /// Held (locked) for as long as the store is open: one process at a time.
+    _lock: File,
+    /// This process's clock: it is the database's.
+    clock: Arc<Clock>,
     /// Opened on first use, for reads that must not wait for the writer.
     reader: Mutex<Option<Connection>>,
     writer: Arc<Mutex<Connection>>,
@@ -47,14 +55,29 @@ pub struct SqliteStore {
 
 impl SqliteStore {
     /// Opens (creating it and its folder if needed) the database file and applies the
-    /// migrations not yet recorded.
+    /// migrations not yet recorded. Fails when another process has it open: the file
+    /// `<path>.lock` beside it is locked while a store is open.
     pub fn open(path: impl AsRef<Path>, synchronous: Synchronous) -> Result<Self, StoreError> {
         let path = path.as_ref().to_path_buf();
+        let open_error = |source| StoreError::Open {
+            path: path.clone(),
+            source,
+        };
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(|source| StoreError::Open {
-                path: path.clone(),
-                source,
-            })?;
+            std::fs::create_dir_all(parent).map_err(open_error)?;
+        }
+        let lock_path = path.with_extension("db.lock");
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(open_error)?;
+        if let Err(error) = lock.try_lock() {
+            return Err(match error {
+                std::fs::TryLockError::WouldBlock => StoreError::Locked { path: lock_path },
+                std::fs::TryLockError::Error(source) => open_error(source),
+            });
         }
         let mut conn = Connection::open(&path)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
@@ -78,6 +101,8 @@ impl SqliteStore {
         let checkpointer = Arc::new(Checkpointer::start(&path, Arc::clone(&writer))?);
         Ok(SqliteStore {
             path,
+            _lock: lock,
+            clock: Arc::new(Clock::default()),
             reader: Mutex::new(None),
             writer,
             checkpointer,
@@ -106,6 +131,7 @@ impl Store for SqliteStore {
     fn writer(&self) -> Result<Box<dyn StoreWriter>, StoreError> {
         Ok(Box::new(SqliteWriter {
             conn: Arc::clone(&self.writer),
+            clock: Arc::clone(&self.clock),
             _checkpointer: Arc::clone(&self.checkpointer),
         }))
     }
@@ -131,33 +157,119 @@ impl Store for SqliteStore {
         ]
     }
 
-    fn namespace_counts(&self) -> Result<Vec<NamespaceCount>, StoreError> {
-        self.with_reader(|conn| {
-            let mut stmt = conn.prepare_cached(schema::NAMESPACE_COUNTS)?;
-            let counts = stmt
-                .query_map([], |r| {
-                    Ok(NamespaceCount {
-                        namespace: r.get(0)?,
-                        services: r.get::<_, i64>(1)?.max(0) as u64,
-                        instances: r.get::<_, i64>(2)?.max(0) as u64,
-                    })
-                })?
-                .collect::<Result<_, _>>()?;
-            Ok(counts)
-        })
+    fn single_writer(&self) -> bool {
+        true
     }
 
     fn instances_page(&self, after: &str, limit: usize) -> Result<Vec<StoredInstance>, StoreError> {
+        self.read_snapshot(|conn| read_page(conn, after, limit))
+    }
+
+    fn instances(&self, ids: &[String]) -> Result<Vec<StoredInstance>, StoreError> {
+        self.read_snapshot(|conn| read_instances(conn, ids))
+    }
+
+    fn services(&self, since: Option<&str>) -> Result<Vec<StoredService>, StoreError> {
         self.with_reader(|conn| {
-            // One read transaction: the page and its metadata are of the same moment.
-            conn.execute_batch("BEGIN")?;
-            let page = read_page(conn, after, limit);
-            let ended = conn.execute_batch("COMMIT");
-            let page = page?;
-            ended?;
-            Ok(page)
+            let mut stmt =
+                conn.prepare_cached(&schema::services(Dialect::Sqlite, since.is_some()))?;
+            let mut rows = match since {
+                Some(since) => stmt.query([since])?,
+                None => stmt.query([])?,
+            };
+            let mut services = Vec::new();
+            while let Some(row) = rows.next()? {
+                services.push(schema::stored_service(&SqliteRow(row))?);
+            }
+            Ok(services)
         })
     }
+
+    fn changed_since(&self, since: &str) -> Result<Vec<ChangedRow>, StoreError> {
+        self.with_reader(|conn| {
+            let mut stmt = conn.prepare_cached(&schema::changed_since(Dialect::Sqlite))?;
+            let changed = stmt
+                .query_map([since], |r| {
+                    Ok(ChangedRow {
+                        id: r.get(0)?,
+                        revision: r.get(1)?,
+                        deleted: r.get::<_, i64>(2)? != 0,
+                        mtime: r.get(3)?,
+                    })
+                })?
+                .collect::<Result<_, _>>()?;
+            Ok(changed)
+        })
+    }
+
+    fn now(&self) -> Result<String, StoreError> {
+        Ok(self.clock.now())
+    }
+
+    fn purge_deregistered(&self, before: &str, limit: usize) -> Result<usize, StoreError> {
+        let conn = self.writer.lock().map_err(|_| StoreError::Poisoned)?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        Ok(conn
+            .prepare_cached(schema::purge_deleted(Dialect::Sqlite))?
+            .execute((before, limit))?)
+    }
+}
+
+impl SqliteStore {
+    /// Runs `read` in one read transaction on the read-only connection: what it reads
+    /// is of one moment.
+    fn read_snapshot<T>(
+        &self,
+        read: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.with_reader(|conn| {
+            conn.execute_batch("BEGIN")?;
+            let result = read(conn);
+            let ended = conn.execute_batch("COMMIT");
+            let result = result?;
+            ended?;
+            Ok(result)
+        })
+    }
+}
+
+/// Reads the rows of `stmt` as instances, then gives each its metadata from the rows of
+/// `metadata`.
+fn instances_with_metadata(
+    mut rows: rusqlite::Rows<'_>,
+    metadata: impl FnOnce(&[StoredInstance]) -> Result<Vec<(String, String, String)>, StoreError>,
+) -> Result<Vec<StoredInstance>, StoreError> {
+    let mut instances = Vec::new();
+    while let Some(row) = rows.next()? {
+        instances.push(schema::stored_instance(&SqliteRow(row))?);
+    }
+    if !instances.is_empty() {
+        let entries = metadata(&instances)?;
+        schema::attach_metadata(&mut instances, entries);
+    }
+    Ok(instances)
+}
+
+fn read_instances(conn: &Connection, ids: &[String]) -> Result<Vec<StoredInstance>, StoreError> {
+    let mut sorted: Vec<&str> = ids.iter().map(String::as_str).collect();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut instances = Vec::new();
+    for list in sql::padded_lists(&sorted, LIMITS.max_params) {
+        let mut stmt =
+            conn.prepare_cached(&schema::instances_where_id_in(Dialect::Sqlite, list.len()))?;
+        let rows = stmt.query(rusqlite::params_from_iter(&list))?;
+        instances.extend(instances_with_metadata(rows, |_| {
+            let mut stmt = conn.prepare_cached(&schema::metadata_where_id_in(list.len()))?;
+            let entries = stmt
+                .query_map(rusqlite::params_from_iter(&list), |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(entries)
+        })?);
+    }
+    Ok(instances)
 }
 
 fn read_page(
@@ -167,21 +279,15 @@ fn read_page(
 ) -> Result<Vec<StoredInstance>, StoreError> {
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     let mut stmt = conn.prepare_cached(&schema::instances_page(Dialect::Sqlite))?;
-    let mut rows = stmt.query((after, limit))?;
-    let mut page = Vec::new();
-    while let Some(row) = rows.next()? {
-        page.push(schema::stored_instance(&SqliteRow(row))?);
-    }
-    if let (Some(first), Some(last)) = (page.first(), page.last()) {
+    let rows = stmt.query((after, limit))?;
+    instances_with_metadata(rows, |page| {
+        let (first, last) = (&page[0].record.id, &page[page.len() - 1].record.id);
         let mut stmt = conn.prepare_cached(schema::METADATA_BETWEEN)?;
         let entries = stmt
-            .query_map((&first.record.id, &last.record.id), |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-            })?
+            .query_map((first, last), |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
             .collect::<Result<Vec<_>, _>>()?;
-        schema::attach_metadata(&mut page, entries);
-    }
-    Ok(page)
+        Ok(entries)
+    })
 }
 
 /// A rusqlite row, read by position.
@@ -213,6 +319,7 @@ impl ToSql for Cell<'_> {
 
 struct SqliteWriter {
     conn: Arc<Mutex<Connection>>,
+    clock: Arc<Clock>,
     _checkpointer: Arc<Checkpointer>,
 }
 
@@ -235,12 +342,14 @@ impl StoreWriter for SqliteWriter {
         &mut self,
         rows: &[InstanceRecord],
         options: RegisterOptions,
-    ) -> Result<Vec<RegisterOutcome>, StoreError> {
-        self.transaction(|tx| register_in(tx, rows, options))
+    ) -> Result<Vec<Registered>, StoreError> {
+        let now = self.clock.now();
+        self.transaction(|tx| register_in(tx, rows, options, &now))
     }
 
     fn deregister(&mut self, ids: &[String]) -> Result<Vec<DeregisterOutcome>, StoreError> {
-        self.transaction(|tx| deregister_in(tx, ids))
+        let now = self.clock.now();
+        self.transaction(|tx| deregister_in(tx, ids, &now))
     }
 }
 
@@ -275,12 +384,13 @@ fn register_in(
     tx: &Transaction<'_>,
     rows: &[InstanceRecord],
     options: RegisterOptions,
-) -> Result<Vec<RegisterOutcome>, StoreError> {
+    now: &str,
+) -> Result<Vec<Registered>, StoreError> {
     let service_ids = resolve_services(tx, &plan::distinct_services(rows), options)?;
     let existing = read_existing(tx, rows)?;
-    let (outcomes, writes) = plan::plan_register(rows, &service_ids, &existing);
+    let (results, writes) = plan::plan_register(rows, &service_ids, &existing, now);
     if writes.is_empty() {
-        return Ok(outcomes);
+        return Ok(results);
     }
     let (added, replaced): (Vec<_>, Vec<_>) = writes.iter().partition(|w| !w.replaced);
     execute(
@@ -292,7 +402,7 @@ fn register_in(
         statements::write_instances(LIMITS, &added, OnDuplicate::Fail),
     )?;
     execute(tx, statements::replace_children(LIMITS, &writes))?;
-    Ok(outcomes)
+    Ok(results)
 }
 
 /// Finds each service's id, creating namespace and service when allowed. A service
@@ -304,11 +414,11 @@ fn resolve_services(
 ) -> Result<ServiceIds, StoreError> {
     let select = |services: &[ServiceKey<'_>]| -> Result<ServiceIds, StoreError> {
         let found = query(tx, statements::service_lists(LIMITS, services), |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            Ok(schema::stored_service(&SqliteRow(r)))
         })?;
         let mut ids = ServiceIds::default();
-        for (id, namespace, service) in found {
-            ids.insert(namespace, service, id);
+        for service in found {
+            ids.insert(service?);
         }
         Ok(ids)
     };
@@ -343,6 +453,9 @@ fn read_existing(
             Existing {
                 revision: r.get(1)?,
                 isolate: r.get(2)?,
+                deleted: r.get::<_, i64>(3)? != 0,
+                ctime: r.get(4)?,
+                mtime: r.get(5)?,
             },
         ))
     })?;
@@ -352,6 +465,7 @@ fn read_existing(
 fn deregister_in(
     tx: &Transaction<'_>,
     ids: &[String],
+    now: &str,
 ) -> Result<Vec<DeregisterOutcome>, StoreError> {
     let mut sorted: Vec<&str> = ids.iter().map(String::as_str).collect();
     sorted.sort_unstable();
@@ -360,6 +474,11 @@ fn deregister_in(
         locked: false,
     });
     let present: HashSet<String> = query(tx, lists, |r| r.get(0))?.into_iter().collect();
-    execute(tx, statements::delete_instances(LIMITS, &sorted))?;
-    Ok(plan::deregister_outcomes(ids, &present))
+    let mut live: Vec<&str> = sorted
+        .into_iter()
+        .filter(|id| present.contains(*id))
+        .collect();
+    live.dedup();
+    execute(tx, statements::deregister(LIMITS, &live, now))?;
+    Ok(plan::deregister_outcomes(ids, &present, now))
 }

@@ -1,0 +1,190 @@
+//! `Discover` over gRPC: a bidirectional stream, one answer per request, in order. The
+//! answers come already encoded from the registry cache, so this route sends their bytes
+//! as they are (an encoder of bytes) instead of the generated code's encoder of messages;
+//! every other method of `v1.PolarisGRPC` goes to the generated server.
+//!
+//! A request that does not decode is answered 400001 ParseException and the stream goes
+//! on: a bad request is an answer, never a closed stream.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::{Buf, BufMut, Bytes};
+use prost::Message;
+use tokio_stream::StreamExt;
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::server::NamedService;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::ClientApi;
+use super::grpc::PolarisGrpcAdapter;
+use crate::code::Code;
+use crate::discovery::answer;
+use crate::proto;
+use crate::proto::discover_response::DiscoverResponseType;
+use crate::proto::polaris_grpc_server::PolarisGrpcServer;
+use crate::telemetry::DiscoverMetrics;
+
+/// The gRPC path of Discover.
+const DISCOVER_PATH: &str = "/v1.PolarisGRPC/Discover";
+
+/// `v1.PolarisGRPC`: Discover here, every other method in the generated server.
+#[derive(Clone)]
+pub struct PolarisService {
+    generated: PolarisGrpcServer<PolarisGrpcAdapter>,
+    discover: DiscoverStreams,
+}
+
+impl PolarisService {
+    pub fn new(api: Arc<ClientApi>) -> Self {
+        PolarisService {
+            generated: PolarisGrpcAdapter::new(Arc::clone(&api)).into_server(),
+            discover: DiscoverStreams {
+                api,
+                metrics: Arc::new(DiscoverMetrics::new("grpc")),
+            },
+        }
+    }
+}
+
+impl NamedService for PolarisService {
+    const NAME: &'static str = "v1.PolarisGRPC";
+}
+
+type BoxFuture<T> = std::pin::Pin<Box<dyn Future<Output = T> + Send>>;
+
+impl<B> tower_service::Service<http::Request<B>> for PolarisService
+where
+    B: http_body::Body + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
+    PolarisGrpcServer<PolarisGrpcAdapter>: tower_service::Service<
+            http::Request<B>,
+            Response = http::Response<tonic::body::Body>,
+            Error = Infallible,
+            Future = BoxFuture<Result<http::Response<tonic::body::Body>, Infallible>>,
+        >,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        if request.uri().path() != DISCOVER_PATH {
+            return self.generated.call(request);
+        }
+        let streams = self.discover.clone();
+        Box::pin(async move {
+            let mut grpc = tonic::server::Grpc::new(EncodedAnswers);
+            Ok(grpc.streaming(streams, request).await)
+        })
+    }
+}
+
+/// Answers each Discover stream.
+#[derive(Clone)]
+struct DiscoverStreams {
+    api: Arc<ClientApi>,
+    metrics: Arc<DiscoverMetrics>,
+}
+
+type AnswerStream =
+    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<Bytes, Status>> + Send>>;
+
+impl tower_service::Service<Request<Streaming<Incoming>>> for DiscoverStreams {
+    type Response = Response<AnswerStream>;
+    type Error = Status;
+    type Future = std::future::Ready<Result<Self::Response, Status>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Status>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<Streaming<Incoming>>) -> Self::Future {
+        let DiscoverStreams { api, metrics } = self.clone();
+        let answers = request.into_inner().map(move |incoming| {
+            let started = Instant::now();
+            let answered = match incoming? {
+                Incoming::Request(request) => api.discover(&request),
+                Incoming::Malformed(reason) => {
+                    tracing::debug!(%reason, "undecodable Discover request");
+                    crate::discovery::Answered {
+                        code: Code::ParseException,
+                        kind: "UNKNOWN",
+                        bytes: answer::plain(
+                            Code::ParseException,
+                            DiscoverResponseType::Unknown,
+                            None,
+                        ),
+                        reused: false,
+                    }
+                }
+            };
+            let full = answered.code == Code::ExecuteSuccess;
+            metrics.record(
+                answered.kind,
+                answered.code,
+                full,
+                answered.reused,
+                started.elapsed(),
+            );
+            Ok(answered.bytes)
+        });
+        std::future::ready(Ok(Response::new(Box::pin(answers) as AnswerStream)))
+    }
+}
+
+/// One message of a Discover stream.
+enum Incoming {
+    Request(proto::DiscoverRequest),
+    /// It did not decode; why.
+    Malformed(String),
+}
+
+/// Decodes `DiscoverRequest`s (leniently) and sends answers' bytes as they are.
+#[derive(Default)]
+struct EncodedAnswers;
+
+impl Codec for EncodedAnswers {
+    type Encode = Bytes;
+    type Decode = Incoming;
+    type Encoder = EncodedAnswers;
+    type Decoder = EncodedAnswers;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        EncodedAnswers
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        EncodedAnswers
+    }
+}
+
+impl Encoder for EncodedAnswers {
+    type Item = Bytes;
+    type Error = Status;
+
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl Decoder for EncodedAnswers {
+    type Item = Incoming;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Incoming>, Status> {
+        // Taken whole, so that a message that does not decode leaves nothing behind.
+        let message = src.copy_to_bytes(src.remaining());
+        Ok(Some(match proto::DiscoverRequest::decode(message) {
+            Ok(request) => Incoming::Request(request),
+            Err(error) => Incoming::Malformed(error.to_string()),
+        }))
+    }
+}

@@ -1,0 +1,266 @@
+//! Keeping the cache and the store current from a thread of their own:
+//!
+//! - the change feed (cluster mode): every `refresh`, the rows written since the last
+//!   read, less an `overlap` so that a transaction that committed late is read too; the
+//!   rows the cache does not hold as they are are fetched whole and applied, unless the
+//!   cache holds something newer (a local write, or a local deregistration);
+//! - the purge of deregistered rows older than `retention`, on every store;
+//! - the cache's gauges.
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{RecvTimeoutError, Sender};
+
+use super::cache::{InstanceFacts, RegistryCache};
+use crate::store::clock::earlier;
+use crate::store::{Store, StoreError, StoredService};
+use crate::telemetry::FeedMetrics;
+
+/// Deregistered rows deleted per statement of a purge.
+const PURGE_BATCH: usize = 10_000;
+
+/// How the feed runs, validated by the config.
+#[derive(Debug, Clone, Copy)]
+pub struct FeedSettings {
+    /// How often the store is read for changes.
+    pub refresh: Duration,
+    /// How far before the last read each read starts.
+    pub overlap: Duration,
+    /// How long deregistered rows are kept before they are purged.
+    pub retention: Duration,
+}
+
+/// The thread that follows and purges; stopped on drop.
+pub struct Feed {
+    stop: Option<Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Feed {
+    /// Starts the thread. With `follow`, it reads the store's changes from `since` (the
+    /// store's time when the cache started loading); it purges in any case.
+    pub fn start(
+        store: Arc<dyn Store>,
+        cache: Arc<RegistryCache>,
+        settings: FeedSettings,
+        follow: bool,
+        since: String,
+        metrics: FeedMetrics,
+    ) -> Feed {
+        let (stop, stopped) = crossbeam_channel::bounded::<()>(1);
+        let thread = std::thread::Builder::new()
+            .name("change-feed".to_owned())
+            .spawn(move || {
+                let mut follower = Follower {
+                    store: store.as_ref(),
+                    cache: &cache,
+                    settings,
+                    metrics: &metrics,
+                    last_read: since,
+                    last_purge: Instant::now(),
+                };
+                loop {
+                    follower.round(follow);
+                    match stopped.recv_timeout(settings.refresh) {
+                        Err(RecvTimeoutError::Timeout) => {}
+                        _ => return,
+                    }
+                }
+            })
+            .expect("spawn the change feed thread");
+        Feed {
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Feed {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            tracing::error!("the change feed thread panicked");
+        }
+    }
+}
+
+struct Follower<'a> {
+    store: &'a dyn Store,
+    cache: &'a RegistryCache,
+    settings: FeedSettings,
+    metrics: &'a FeedMetrics,
+    /// The store's time at the start of the last successful read.
+    last_read: String,
+    last_purge: Instant,
+}
+
+impl Follower<'_> {
+    fn round(&mut self, follow: bool) {
+        if follow {
+            match follow_once(
+                self.store,
+                self.cache,
+                &self.last_read,
+                self.settings.overlap,
+            ) {
+                Ok(read) => {
+                    self.metrics.polled(read.applied, read.lag);
+                    self.last_read = read.at;
+                }
+                Err(error) => {
+                    self.metrics.poll_failed();
+                    tracing::warn!(%error, "change feed: cannot read the store's changes");
+                }
+            }
+        }
+        if self.last_purge.elapsed() >= purge_interval(self.settings.retention) {
+            self.last_purge = Instant::now();
+            match purge(self.store, self.settings.retention) {
+                Ok(purged) => self.metrics.purged(purged),
+                Err(error) => tracing::warn!(%error, "cannot purge deregistered instances"),
+            }
+        }
+        self.metrics
+            .cache_sizes(self.cache.service_count(), self.cache.instance_count());
+    }
+}
+
+/// How often deregistered rows are purged: a tenth of the retention, between 10 s and
+/// 10 min.
+fn purge_interval(retention: Duration) -> Duration {
+    (retention / 10).clamp(Duration::from_secs(10), Duration::from_secs(600))
+}
+
+/// What one read of the feed did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FeedRead {
+    /// The store's time when the read started.
+    pub at: String,
+    /// Instances put in or removed from the cache.
+    pub applied: usize,
+    /// The age of the newest change applied, if any was.
+    pub lag: Option<Duration>,
+}
+
+/// Reads the changes written since `last_read` less `overlap`, and applies to `cache`
+/// those it does not hold.
+pub fn follow_once(
+    store: &dyn Store,
+    cache: &RegistryCache,
+    last_read: &str,
+    overlap: Duration,
+) -> Result<FeedRead, StoreError> {
+    let at = store.now()?;
+    let since = earlier(last_read, overlap);
+    for service in store.services(Some(&since))? {
+        cache.put_service(&service);
+    }
+    let mut applied = 0;
+    let mut newest: Option<String> = None;
+    let mut fetch = Vec::new();
+    for row in store.changed_since(&since)? {
+        let held = cache.instance(&row.id).map(|(_, held)| held);
+        // What the cache holds was written later: keep it.
+        if held.as_ref().is_some_and(|h| *h.mtime > *row.mtime) {
+            continue;
+        }
+        if row.deleted {
+            if held.is_some() {
+                cache.remove_instance(&row.id, &row.mtime);
+                applied += 1;
+                newest = newest.max(Some(row.mtime));
+            }
+            continue;
+        }
+        let same = held
+            .as_ref()
+            .is_some_and(|h| *h.revision == row.revision && *h.mtime == row.mtime);
+        let deregistered_since = cache
+            .tombstone(&row.id)
+            .is_some_and(|removed| *removed > *row.mtime);
+        if !same && !deregistered_since {
+            fetch.push(row.id);
+        }
+    }
+    for stored in store.instances(&fetch)? {
+        let id = &stored.record.id;
+        let newer_held = cache
+            .instance(id)
+            .is_some_and(|(_, held)| *held.mtime > *stored.mtime);
+        let deregistered_since = cache
+            .tombstone(id)
+            .is_some_and(|removed| *removed > *stored.mtime);
+        if newer_held || deregistered_since {
+            continue;
+        }
+        let service = match cache.service(&stored.record.namespace, &stored.record.service) {
+            Some(entry) => {
+                let info = entry.info();
+                StoredService {
+                    id: info.id,
+                    namespace: entry.namespace.to_string(),
+                    name: entry.name.to_string(),
+                    ctime: info.ctime,
+                    mtime: info.mtime,
+                }
+            }
+            None => StoredService {
+                id: stored.service_id.clone(),
+                namespace: stored.record.namespace.clone(),
+                name: stored.record.service.clone(),
+                ctime: String::new(),
+                mtime: String::new(),
+            },
+        };
+        cache.put_instance(&service, InstanceFacts::from(&stored));
+        applied += 1;
+        newest = newest.max(Some(stored.mtime.clone()));
+    }
+    cache.forget_tombstones(&earlier(&since, overlap));
+    let lag = newest.map(|newest| {
+        let parse = |t: &str| humantime::parse_rfc3339(&format!("{}Z", t.replacen(' ', "T", 1)));
+        match (parse(&at), parse(&newest)) {
+            (Ok(now), Ok(newest)) => now.duration_since(newest).unwrap_or_default(),
+            _ => Duration::ZERO,
+        }
+    });
+    Ok(FeedRead { at, applied, lag })
+}
+
+/// Deletes the rows deregistered longer than `retention` ago; returns how many.
+pub fn purge(store: &dyn Store, retention: Duration) -> Result<usize, StoreError> {
+    let before = earlier(&store.now()?, retention);
+    let mut purged = 0;
+    loop {
+        let deleted = store.purge_deregistered(&before, PURGE_BATCH)?;
+        purged += deleted;
+        if deleted < PURGE_BATCH {
+            return Ok(purged);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn purges_run_at_a_tenth_of_the_retention_within_bounds() {
+        assert_eq!(
+            purge_interval(Duration::from_secs(3600)),
+            Duration::from_secs(360)
+        );
+        assert_eq!(
+            purge_interval(Duration::from_secs(1)),
+            Duration::from_secs(10)
+        );
+        assert_eq!(
+            purge_interval(Duration::from_secs(86_400)),
+            Duration::from_secs(600)
+        );
+    }
+}

@@ -1,0 +1,277 @@
+//! Discovery, the read path: `Discover` answered from the registry cache, and the cache
+//! kept current. It is loaded from the store at start a page at a time, updated by the
+//! write path after each commit (before the writes are answered), and in cluster mode
+//! follows what other replicas write through a change feed (`feed`).
+//!
+//! - `cache`: namespaces, services, instances, revisions, encoded answers;
+//! - `answer`: encoding answers;
+//! - `feed`: the change feed and the purge of deregistered rows.
+
+pub mod answer;
+pub mod cache;
+pub mod feed;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use prost::Message;
+use sha1::{Digest, Sha1};
+
+use crate::code::Code;
+use crate::proto;
+use crate::proto::discover_request::DiscoverRequestType;
+use crate::proto::discover_response::DiscoverResponseType;
+use crate::store::{Store, StoreError, StoredService};
+use cache::{InstanceFacts, RegistryCache, ServiceView};
+
+/// The namespace of a Discover that names none.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+/// Instances read from the store per page when the cache loads.
+pub const LOAD_PAGE: usize = 10_000;
+
+/// One Discover request's answer.
+#[derive(Debug, Clone)]
+pub struct Answered {
+    pub code: Code,
+    /// The request's type, for metrics (`INSTANCE`, `SERVICES`, …; `UNKNOWN` for a number
+    /// outside the enum).
+    pub kind: &'static str,
+    /// The encoded `DiscoverResponse`.
+    pub bytes: Bytes,
+    /// Whether the bytes were encoded for an earlier request of the same revision.
+    pub reused: bool,
+}
+
+/// The SERVICES answer of one namespace (or of all), kept until a service is added.
+struct ServicesAnswer {
+    generation: u64,
+    revision: String,
+    services: Vec<proto::Service>,
+}
+
+/// The read path over the registry cache.
+pub struct Discovery {
+    cache: Arc<RegistryCache>,
+    services_answers: Mutex<HashMap<String, Arc<ServicesAnswer>>>,
+}
+
+impl Discovery {
+    pub fn new(cache: Arc<RegistryCache>) -> Self {
+        Discovery {
+            cache,
+            services_answers: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn cache(&self) -> &Arc<RegistryCache> {
+        &self.cache
+    }
+
+    /// Answers one Discover request. A bad request gets an answer too.
+    pub fn answer(&self, request: &proto::DiscoverRequest) -> Answered {
+        let kind = DiscoverRequestType::try_from(request.r#type);
+        let label = kind.map_or("UNKNOWN", |k| k.as_str_name());
+        let mut requested = request.service.clone().unwrap_or_default();
+        // A token in the request is the caller's secret: never echoed.
+        requested.token = None;
+        let plain = |code: Code, kind: DiscoverResponseType, service: proto::Service| Answered {
+            code,
+            kind: label,
+            bytes: answer::plain(code, kind, Some(service)),
+            reused: false,
+        };
+        match kind {
+            Ok(DiscoverRequestType::Instance) => {
+                let mut answered = self.instances(requested, false);
+                answered.kind = label;
+                answered
+            }
+            Ok(DiscoverRequestType::Services) => {
+                let mut answered = self.services(requested);
+                answered.kind = label;
+                answered
+            }
+            Ok(
+                rules @ (DiscoverRequestType::Routing
+                | DiscoverRequestType::RateLimit
+                | DiscoverRequestType::CircuitBreaker
+                | DiscoverRequestType::FaultDetector),
+            ) => {
+                // No rules are kept here: an empty payload.
+                let response = DiscoverResponseType::try_from(rules as i32)
+                    .unwrap_or(DiscoverResponseType::Unknown);
+                plain(Code::ExecuteSuccess, response, requested)
+            }
+            // As Polaris answers it, with the type ROUTING.
+            _ => plain(
+                Code::InvalidDiscoverResource,
+                DiscoverResponseType::Routing,
+                requested,
+            ),
+        }
+    }
+
+    /// The INSTANCE answer for a service; `healthy_only` leaves out unhealthy instances
+    /// (an answer not kept, built for this request).
+    pub fn instances(&self, mut requested: proto::Service, healthy_only: bool) -> Answered {
+        let kind = DiscoverResponseType::Instance;
+        if requested.namespace.as_deref().unwrap_or("").is_empty() {
+            requested.namespace = Some(DEFAULT_NAMESPACE.to_owned());
+        }
+        let plain = |code: Code, service: proto::Service| Answered {
+            code,
+            kind: "INSTANCE",
+            bytes: answer::plain(code, kind, Some(service)),
+            reused: false,
+        };
+        let name = requested.name.as_deref().unwrap_or("");
+        if name.is_empty() {
+            return plain(Code::InvalidServiceName, requested);
+        }
+        let namespace = requested.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE);
+        let Some(entry) = self.cache.service(namespace, name) else {
+            return plain(Code::NotFoundResource, requested);
+        };
+        let client_revision = requested.revision.as_deref().unwrap_or("");
+        if healthy_only {
+            let bytes = entry.encode(|snapshot| answer::instances(snapshot, true));
+            return Answered {
+                code: Code::ExecuteSuccess,
+                kind: "INSTANCE",
+                bytes,
+                reused: false,
+            };
+        }
+        match entry.view(client_revision, |snapshot| {
+            answer::instances(snapshot, false)
+        }) {
+            (ServiceView::Current, _) => plain(Code::DataNoChange, requested),
+            (ServiceView::Changed(bytes), reused) => Answered {
+                code: Code::ExecuteSuccess,
+                kind: "INSTANCE",
+                bytes,
+                reused,
+            },
+        }
+    }
+
+    /// The SERVICES answer: the services of a namespace, or of all when it names none.
+    fn services(&self, requested: proto::Service) -> Answered {
+        let kind = DiscoverResponseType::Services;
+        let namespace = requested.namespace.clone().unwrap_or_default();
+        let list = self.services_list(&namespace);
+        if requested.revision.as_deref() == Some(list.revision.as_str()) {
+            return Answered {
+                code: Code::DataNoChange,
+                kind: "SERVICES",
+                bytes: answer::plain(Code::DataNoChange, kind, Some(requested)),
+                reused: false,
+            };
+        }
+        let response = proto::DiscoverResponse {
+            code: Some(Code::ExecuteSuccess.as_u32()),
+            info: Some(answer::info(Code::ExecuteSuccess).to_owned()),
+            r#type: kind as i32,
+            service: Some(proto::Service {
+                name: requested.name,
+                namespace: requested.namespace,
+                revision: Some(list.revision.clone()),
+                ..proto::Service::default()
+            }),
+            instances: Vec::new(),
+            services: list.services.clone(),
+        };
+        Answered {
+            code: Code::ExecuteSuccess,
+            kind: "SERVICES",
+            bytes: Bytes::from(response.encode_to_vec()),
+            reused: false,
+        }
+    }
+
+    fn services_list(&self, namespace: &str) -> Arc<ServicesAnswer> {
+        let generation = self.cache.services_generation();
+        let mut answers = self.services_answers.lock().expect("services answers lock");
+        if let Some(list) = answers
+            .get(namespace)
+            .filter(|l| l.generation == generation)
+        {
+            return Arc::clone(list);
+        }
+        let entries = self
+            .cache
+            .services_of((!namespace.is_empty()).then_some(namespace));
+        let mut hash = Sha1::new();
+        let services = entries
+            .iter()
+            .map(|entry| {
+                for part in [&*entry.namespace, &*entry.name] {
+                    hash.update((part.len() as u64).to_le_bytes());
+                    hash.update(part.as_bytes());
+                }
+                proto::Service {
+                    name: Some(entry.name.to_string()),
+                    namespace: Some(entry.namespace.to_string()),
+                    ..proto::Service::default()
+                }
+            })
+            .collect();
+        let list = Arc::new(ServicesAnswer {
+            generation,
+            revision: hex::encode(hash.finalize()),
+            services,
+        });
+        answers.insert(namespace.to_owned(), Arc::clone(&list));
+        list
+    }
+}
+
+/// What loading the cache read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Loaded {
+    pub services: usize,
+    pub instances: usize,
+    pub took: Duration,
+}
+
+/// Loads every service and live instance into `cache`, `page` instances a read.
+pub fn load(store: &dyn Store, cache: &RegistryCache, page: usize) -> Result<Loaded, StoreError> {
+    let started = Instant::now();
+    let mut services: HashMap<String, StoredService> = HashMap::new();
+    let read_services = |services: &mut HashMap<String, StoredService>| {
+        for service in store.services(None)? {
+            cache.put_service(&service);
+            services.insert(service.id.clone(), service);
+        }
+        Ok::<_, StoreError>(())
+    };
+    read_services(&mut services)?;
+    let mut after = String::new();
+    let mut instances = 0;
+    loop {
+        let rows = store.instances_page(&after, page)?;
+        let Some(last) = rows.last() else { break };
+        after = last.record.id.clone();
+        for row in &rows {
+            if !services.contains_key(&row.service_id) {
+                // Created after the services were read.
+                read_services(&mut services)?;
+            }
+            if let Some(service) = services.get(&row.service_id) {
+                cache.put_instance(service, InstanceFacts::from(row));
+                instances += 1;
+            }
+        }
+        if rows.len() < page {
+            break;
+        }
+    }
+    Ok(Loaded {
+        services: services.len(),
+        instances,
+        took: started.elapsed(),
+    })
+}
