@@ -7,8 +7,9 @@ mod common;
 use batchreg::store::resilient::{ResilientWriter, RetryPolicy};
 use batchreg::store::{InstanceRecord, RegisterOptions, RegisterOutcome, StoreOptions};
 use batchreg::telemetry::StoreMetrics;
+use common::discover::{DiscoverRequestType, by_id, discover, request};
 use common::metrics;
-use common::mysql::{admin, fresh_database, scalar};
+use common::mysql::{admin, fresh_database, scalar, with_connection};
 use common::{TestServer, code, expected_id, instance};
 
 const SUCCESS: u32 = 200_000;
@@ -17,6 +18,102 @@ const EXISTED: u32 = 400_201;
 async fn replica(url: &str) -> TestServer {
     let url = url.to_owned();
     TestServer::start(move |c| c.store.url = url).await
+}
+
+/// A replica that reads the others' changes every 100 ms, from 1 s before its last read.
+async fn fast_replica(url: &str) -> TestServer {
+    let url = url.to_owned();
+    TestServer::start(move |c| {
+        c.store.url = url;
+        c.discovery.refresh_interval = std::time::Duration::from_millis(100);
+        c.discovery.feed_overlap = std::time::Duration::from_secs(1);
+    })
+    .await
+}
+
+/// The instance ids `server` lists for `namespace/service`, once `done` holds of them,
+/// asked every 50 ms for at most 10 s.
+async fn listed_once(
+    server: &TestServer,
+    namespace: &str,
+    service: &str,
+    done: impl Fn(&std::collections::HashSet<String>) -> bool,
+) -> std::collections::HashSet<String> {
+    let mut client = server.client().await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let answer = discover(
+            &mut client,
+            request(DiscoverRequestType::Instance, namespace, service, ""),
+        )
+        .await;
+        let ids = by_id(&answer).into_keys().collect();
+        if done(&ids) || std::time::Instant::now() > deadline {
+            return ids;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_replica_lists_what_the_others_write() {
+    let Some(url) = fresh_database("feed") else {
+        return;
+    };
+    let (a, b) = (fast_replica(&url).await, fast_replica(&url).await);
+    let mut client_a = a.client().await;
+    let mut ids = std::collections::HashSet::new();
+    for port in 0..50 {
+        let sent = instance("feed", "svc", "10.9.1.1", port);
+        let answer = client_a.register_instance(sent).await.unwrap().into_inner();
+        assert_eq!(code(&answer), SUCCESS);
+        ids.insert(expected_id("feed", "svc", "10.9.1.1", port));
+    }
+    // Registered through A: listed by B.
+    let on_b = listed_once(&b, "feed", "svc", |listed| *listed == ids).await;
+    assert_eq!(on_b, ids);
+
+    // Deregistered through B: gone from A.
+    let mut client_b = b.client().await;
+    let gone = client_b
+        .deregister_instance(instance("feed", "svc", "10.9.1.1", 0))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(code(&gone), SUCCESS);
+    let gone_id = expected_id("feed", "svc", "10.9.1.1", 0);
+    ids.remove(&gone_id);
+    let on_a = listed_once(&a, "feed", "svc", |listed| *listed == ids).await;
+    assert_eq!(on_a, ids);
+
+    // A transaction that commits well after its row's mtime, past several reads of both
+    // replicas: the overlap still reads it.
+    let service_id = scalar(&url, "SELECT COUNT(*) FROM service WHERE name = 'svc'");
+    assert_eq!(service_id, 1);
+    let late_url = url.clone();
+    let late = std::thread::spawn(move || {
+        with_connection(&late_url, async |conn| {
+            use mysql_async::prelude::Queryable;
+            conn.query_drop("START TRANSACTION").await.unwrap();
+            conn.query_drop(
+                "INSERT INTO instance (id, service_id, host, port, revision, ctime, mtime)
+                 SELECT 'late-1', id, '10.9.9.9', 9, 'late', NOW(3), NOW(3)
+                 FROM service WHERE name = 'svc'",
+            )
+            .await
+            .unwrap();
+            tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+            conn.query_drop("COMMIT").await.unwrap();
+        })
+    });
+    late.join().unwrap();
+    ids.insert("late-1".to_owned());
+    for server in [&a, &b] {
+        let listed = listed_once(server, "feed", "svc", |listed| listed.contains("late-1")).await;
+        assert_eq!(listed, ids);
+    }
+    a.server.shutdown().await.unwrap();
+    b.server.shutdown().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

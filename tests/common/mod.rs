@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod discover;
 pub mod metrics;
 pub mod mysql;
 
@@ -18,14 +19,22 @@ use tonic::transport::Channel;
 pub struct TestServer {
     pub server: Server,
     pub db_path: PathBuf,
-    pub _dir: tempfile::TempDir,
+    pub _dir: Option<tempfile::TempDir>,
 }
 
 impl TestServer {
-    /// Starts a server with the default config, changed by `tweak`.
+    /// Starts a server with the default config on a fresh SQLite file, changed by
+    /// `tweak`.
     pub async fn start(tweak: impl FnOnce(&mut Config)) -> TestServer {
         let dir = tempfile::tempdir().expect("temp dir");
-        let db_path = dir.path().join("batchreg.db");
+        let mut server = TestServer::start_at(dir.path().join("batchreg.db"), tweak).await;
+        server._dir = Some(dir);
+        server
+    }
+
+    /// Starts a server on the SQLite file at `db_path` (kept by the caller), changed by
+    /// `tweak`.
+    pub async fn start_at(db_path: PathBuf, tweak: impl FnOnce(&mut Config)) -> TestServer {
         let mut config = Config::default();
         config.server.grpc_listen = "127.0.0.1:0".to_owned();
         config.server.http_listen = "127.0.0.1:0".to_owned();
@@ -38,7 +47,7 @@ impl TestServer {
         TestServer {
             server,
             db_path,
-            _dir: dir,
+            _dir: None,
         }
     }
 
