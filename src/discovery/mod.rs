@@ -275,3 +275,144 @@ pub fn load(store: &dyn Store, cache: &RegistryCache, page: usize) -> Result<Loa
         took: started.elapsed(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::discovery::cache::tests_support::record;
+
+    fn discovery_with(ids: &[&str]) -> Discovery {
+        let cache = Arc::new(RegistryCache::default());
+        let service = StoredService {
+            id: "sid".to_owned(),
+            namespace: "ns".to_owned(),
+            name: "svc".to_owned(),
+            ctime: "2026-12-01 10:00:00.000".to_owned(),
+            mtime: "2026-12-01 10:00:00.000".to_owned(),
+        };
+        cache.put_service(&service);
+        for id in ids {
+            let r = record(id);
+            cache.put_instance(
+                &service,
+                InstanceFacts {
+                    record: &r,
+                    isolate: false,
+                    revision: "rev",
+                    ctime: "2026-12-01 10:00:00.000",
+                    mtime: "2026-12-01 10:00:00.000",
+                },
+            );
+        }
+        Discovery::new(cache)
+    }
+
+    fn ask(
+        kind: DiscoverRequestType,
+        namespace: &str,
+        name: &str,
+        revision: &str,
+    ) -> proto::DiscoverRequest {
+        proto::DiscoverRequest {
+            r#type: kind as i32,
+            service: Some(proto::Service {
+                name: Some(name.to_owned()),
+                namespace: Some(namespace.to_owned()),
+                revision: Some(revision.to_owned()),
+                token: Some("secret".to_owned()),
+                ..proto::Service::default()
+            }),
+            ..proto::DiscoverRequest::default()
+        }
+    }
+
+    fn decoded(answered: &Answered) -> proto::DiscoverResponse {
+        proto::DiscoverResponse::decode(answered.bytes.clone()).unwrap()
+    }
+
+    #[test]
+    fn instance_answers_full_then_no_change_and_reuse_the_encoding() {
+        let discovery = discovery_with(&["a", "b"]);
+        let first = discovery.answer(&ask(DiscoverRequestType::Instance, "ns", "svc", ""));
+        assert_eq!(
+            (first.code, first.kind, first.reused),
+            (Code::ExecuteSuccess, "INSTANCE", false)
+        );
+        let full = decoded(&first);
+        assert_eq!(full.instances.len(), 2);
+        let revision = full.service.unwrap().revision.unwrap();
+        let second = discovery.answer(&ask(DiscoverRequestType::Instance, "ns", "svc", "older"));
+        assert!(second.reused, "the same revision's answer is shared");
+        assert_eq!(second.bytes, first.bytes);
+        let current = discovery.answer(&ask(DiscoverRequestType::Instance, "ns", "svc", &revision));
+        assert_eq!(current.code, Code::DataNoChange);
+        let echoed = decoded(&current);
+        assert!(echoed.instances.is_empty());
+        let service = echoed.service.unwrap();
+        assert_eq!(service.name.as_deref(), Some("svc"));
+        assert_eq!(service.token, None, "a token is never echoed");
+    }
+
+    #[test]
+    fn unknown_services_names_and_types_have_their_codes() {
+        let discovery = discovery_with(&["a"]);
+        let missing = discovery.answer(&ask(DiscoverRequestType::Instance, "ns", "nope", ""));
+        assert_eq!(missing.code, Code::NotFoundResource);
+        let echoed = decoded(&missing);
+        assert_eq!(echoed.r#type, DiscoverResponseType::Instance as i32);
+        assert_eq!(echoed.service.unwrap().name.as_deref(), Some("nope"));
+        let unnamed = discovery.answer(&ask(DiscoverRequestType::Instance, "ns", "", ""));
+        assert_eq!(unnamed.code, Code::InvalidServiceName);
+        // The empty namespace is "default", where nothing is registered here.
+        let defaulted = discovery.answer(&ask(DiscoverRequestType::Instance, "", "svc", ""));
+        assert_eq!(defaulted.code, Code::NotFoundResource);
+        for kind in [
+            DiscoverRequestType::Unknown,
+            DiscoverRequestType::Cluster,
+            DiscoverRequestType::Namespaces,
+            DiscoverRequestType::Lane,
+        ] {
+            let answered = discovery.answer(&ask(kind, "ns", "svc", ""));
+            assert_eq!(answered.code, Code::InvalidDiscoverResource, "{kind:?}");
+            assert_eq!(
+                decoded(&answered).r#type,
+                DiscoverResponseType::Routing as i32
+            );
+        }
+        for kind in [
+            DiscoverRequestType::Routing,
+            DiscoverRequestType::RateLimit,
+            DiscoverRequestType::CircuitBreaker,
+            DiscoverRequestType::FaultDetector,
+        ] {
+            let answered = discovery.answer(&ask(kind, "ns", "svc", ""));
+            assert_eq!(answered.code, Code::ExecuteSuccess, "{kind:?}");
+            assert_eq!(decoded(&answered).r#type, kind as i32);
+        }
+    }
+
+    #[test]
+    fn services_answers_list_a_namespace_and_keep_their_revision_until_one_is_added() {
+        let discovery = discovery_with(&["a"]);
+        let all = discovery.answer(&ask(DiscoverRequestType::Services, "", "", ""));
+        assert_eq!(all.code, Code::ExecuteSuccess);
+        let listed = decoded(&all);
+        assert_eq!(listed.services.len(), 1);
+        let revision = listed.service.unwrap().revision.unwrap();
+        let same = discovery.answer(&ask(DiscoverRequestType::Services, "", "", &revision));
+        assert_eq!(same.code, Code::DataNoChange);
+        let other_namespace =
+            discovery.answer(&ask(DiscoverRequestType::Services, "elsewhere", "", ""));
+        assert!(decoded(&other_namespace).services.is_empty());
+        discovery.cache().put_service(&StoredService {
+            id: "sid2".to_owned(),
+            namespace: "ns".to_owned(),
+            name: "svc2".to_owned(),
+            ctime: String::new(),
+            mtime: String::new(),
+        });
+        let grown = discovery.answer(&ask(DiscoverRequestType::Services, "", "", &revision));
+        assert_eq!(grown.code, Code::ExecuteSuccess);
+        assert_eq!(decoded(&grown).services.len(), 2);
+    }
+}
