@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Proves that every PromQL expression of dashboards/batchreg.json is valid and returns
 # data: builds batchreg, serves it on an SQLite file in a temp dir, has a real
-# Prometheus scrape it every second while batchreg-loadgen runs a storm and a churn
-# against it, then evaluates each panel's expressions (and the Instance variable's
-# label query) through Prometheus's HTTP API. Any error or empty result fails the run.
+# Prometheus scrape it every second while batchreg-loadgen runs a storm, a churn and
+# Discover watchers against it, then evaluates each panel's expressions (and the
+# Instance variable's label query) through Prometheus's HTTP API. Any error, empty
+# result or NaN fails the run.
 #
 #   bash dashboards/check.sh        # from the repo root; needs root only to install
 #                                   # Debian's prometheus package when it is missing
@@ -359,6 +360,11 @@ shutdown_timeout = "5s"
 
 [store]
 url = "sqlite://$work/check.db"
+
+# The shortest retention allowed (refresh_interval + feed_overlap): the churn's
+# deregistered rows are purged within the check, at the purge's 10 s floor.
+[discovery]
+retention = "6s"
 EOF
 
 cat > "$work/prometheus.yml" <<EOF
@@ -410,13 +416,22 @@ run_load() {
     die "batchreg-loadgen $1 failed (exit status above); the dashboard needs a server that answers"
   fi
 }
+# Every scenario works on the same grid of services (loadgen's defaults, spelled out),
+# so that Discover watches the services the storm registered.
+grid=(--namespaces 1 --services 10)
 # A few registers and deregisters first, so that every series already has a sample when
 # the storm starts: rate() only counts increases between samples, and a storm on this
 # machine can be over within one scrape.
-run_load churn --count 50
+run_load churn --count 50 "${grid[@]}"
 sleep 2
-run_load storm --count 20000 --in-flight 256
-run_load churn --count 2000
+run_load storm --count 20000 --in-flight 256 "${grid[@]}"
+run_load churn --count 2000 "${grid[@]}"
+# Discover, after the writes: watchers that send back their revision get one full
+# answer per service (encoded once, reused by the others) and then 200001 (no change);
+# cold watchers get a full, reused answer to every poll. Both keep the Discover
+# histogram busy up to the queries.
+run_load discover --watchers 16 --duration 4s "${grid[@]}"
+run_load discover --watchers 16 --duration 4s --cold "${grid[@]}"
 load_done=$SECONDS
 
 # rate() windows are 1m: enough scrapes to span the load and a few after it, then query
