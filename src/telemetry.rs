@@ -31,6 +31,7 @@ pub const CACHE_SERVICES: &str = "batchreg_cache_services";
 pub const CACHE_INSTANCES: &str = "batchreg_cache_instances";
 pub const CHANGE_FEED_LAG_SECONDS: &str = "batchreg_change_feed_lag_seconds";
 pub const CHANGE_FEED_APPLIED_TOTAL: &str = "batchreg_change_feed_applied_total";
+pub const CHANGE_FEED_DELAY_SECONDS: &str = "batchreg_change_feed_delay_seconds";
 pub const CHANGE_FEED_ERRORS_TOTAL: &str = "batchreg_change_feed_errors_total";
 pub const DEREGISTERED_PURGED_TOTAL: &str = "batchreg_deregistered_purged_total";
 pub const INSTANCES_REGISTERED: &str = "batchreg_instances_registered";
@@ -153,6 +154,11 @@ fn describe() {
     describe_counter!(
         CHANGE_FEED_APPLIED_TOTAL,
         "Cluster mode: instances the change feed put in or removed from the cache."
+    );
+    describe_histogram!(
+        CHANGE_FEED_DELAY_SECONDS,
+        Unit::Seconds,
+        "Cluster mode: from a row's write (its mtime) on another replica to its change applied here."
     );
     describe_counter!(
         CHANGE_FEED_ERRORS_TOTAL,
@@ -401,6 +407,7 @@ pub struct FeedMetrics {
     services: Gauge,
     instances: Gauge,
     lag: Gauge,
+    delay: Histogram,
     applied: Counter,
     errors: Counter,
     purged: Counter,
@@ -412,6 +419,7 @@ impl Default for FeedMetrics {
             services: gauge!(CACHE_SERVICES),
             instances: gauge!(CACHE_INSTANCES),
             lag: gauge!(CHANGE_FEED_LAG_SECONDS),
+            delay: histogram!(CHANGE_FEED_DELAY_SECONDS),
             applied: counter!(CHANGE_FEED_APPLIED_TOTAL),
             errors: counter!(CHANGE_FEED_ERRORS_TOTAL),
             purged: counter!(DEREGISTERED_PURGED_TOTAL),
@@ -425,9 +433,13 @@ impl FeedMetrics {
         self.instances.set(instances as f64);
     }
 
-    /// One read of the feed: what it applied, and the age of its newest change.
-    pub fn polled(&self, applied: usize, lag: Option<Duration>) {
-        self.applied.increment(applied as u64);
+    /// One read of the feed: how long after its write each change was applied, and the
+    /// age of its newest change.
+    pub fn polled(&self, delays: &[Duration], lag: Option<Duration>) {
+        self.applied.increment(delays.len() as u64);
+        for delay in delays {
+            self.delay.record(*delay);
+        }
         if let Some(lag) = lag {
             self.lag.set(lag.as_secs_f64());
         }

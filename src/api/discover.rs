@@ -125,7 +125,8 @@ impl tower_service::Service<Request<Streaming<Incoming>>> for DiscoverStreams {
                     }
                 }
             };
-            let full = answered.code == Code::ExecuteSuccess;
+            // A full INSTANCE answer: the one encoded once per revision.
+            let full = answered.code == Code::ExecuteSuccess && answered.kind == "INSTANCE";
             metrics.record(
                 answered.kind,
                 answered.code,

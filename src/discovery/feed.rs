@@ -108,7 +108,7 @@ impl Follower<'_> {
                 self.settings.overlap,
             ) {
                 Ok(read) => {
-                    self.metrics.polled(read.applied, read.lag);
+                    self.metrics.polled(&read.delays, read.lag);
                     self.last_read = read.at;
                 }
                 Err(error) => {
@@ -140,8 +140,8 @@ fn purge_interval(retention: Duration) -> Duration {
 pub struct FeedRead {
     /// The store's time when the read started.
     pub at: String,
-    /// Instances put in or removed from the cache.
-    pub applied: usize,
+    /// For each instance put in or removed from the cache, how long after its write.
+    pub delays: Vec<Duration>,
     /// The age of the newest change applied, if any was.
     pub lag: Option<Duration>,
 }
@@ -159,7 +159,12 @@ pub fn follow_once(
     for service in store.services(Some(&since))? {
         cache.put_service(&service);
     }
-    let mut applied = 0;
+    let now = parse_time(&at);
+    let since_write = |mtime: &str| {
+        now.and_then(|now| now.duration_since(parse_time(mtime)?).ok())
+            .unwrap_or_default()
+    };
+    let mut delays = Vec::new();
     let mut newest: Option<String> = None;
     let mut fetch = Vec::new();
     for row in store.changed_since(&since)? {
@@ -171,7 +176,7 @@ pub fn follow_once(
         if row.deleted {
             if held.is_some() {
                 cache.remove_instance(&row.id, &row.mtime);
-                applied += 1;
+                delays.push(since_write(&row.mtime));
                 newest = newest.max(Some(row.mtime));
             }
             continue;
@@ -217,18 +222,17 @@ pub fn follow_once(
             },
         };
         cache.put_instance(&service, InstanceFacts::from(&stored));
-        applied += 1;
+        delays.push(since_write(&stored.mtime));
         newest = newest.max(Some(stored.mtime.clone()));
     }
     cache.forget_tombstones(&earlier(&since, overlap));
-    let lag = newest.map(|newest| {
-        let parse = |t: &str| humantime::parse_rfc3339(&format!("{}Z", t.replacen(' ', "T", 1)));
-        match (parse(&at), parse(&newest)) {
-            (Ok(now), Ok(newest)) => now.duration_since(newest).unwrap_or_default(),
-            _ => Duration::ZERO,
-        }
-    });
-    Ok(FeedRead { at, applied, lag })
+    let lag = newest.map(|newest| since_write(&newest));
+    Ok(FeedRead { at, delays, lag })
+}
+
+/// A time of the store's time columns.
+fn parse_time(time: &str) -> Option<std::time::SystemTime> {
+    humantime::parse_rfc3339(&format!("{}Z", time.replacen(' ', "T", 1))).ok()
 }
 
 /// Deletes the rows deregistered longer than `retention` ago; returns how many.
