@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use bytes::{Buf, BufMut, Bytes};
+use bytes::{Buf, BufMut};
 use prost::Message;
 use tokio_stream::StreamExt;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
@@ -21,7 +21,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::ClientApi;
 use super::grpc::PolarisGrpcAdapter;
 use crate::code::Code;
-use crate::discovery::answer;
+use crate::discovery::answer::{self, Encoded};
 use crate::proto;
 use crate::proto::discover_response::DiscoverResponseType;
 use crate::proto::polaris_grpc_server::PolarisGrpcServer;
@@ -94,7 +94,7 @@ struct DiscoverStreams {
 }
 
 type AnswerStream =
-    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<Bytes, Status>> + Send>>;
+    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<Encoded, Status>> + Send>>;
 
 impl tower_service::Service<Request<Streaming<Incoming>>> for DiscoverStreams {
     type Response = Response<AnswerStream>;
@@ -152,7 +152,7 @@ enum Incoming {
 struct EncodedAnswers;
 
 impl Codec for EncodedAnswers {
-    type Encode = Bytes;
+    type Encode = Encoded;
     type Decode = Incoming;
     type Encoder = EncodedAnswers;
     type Decoder = EncodedAnswers;
@@ -167,11 +167,13 @@ impl Codec for EncodedAnswers {
 }
 
 impl Encoder for EncodedAnswers {
-    type Item = Bytes;
+    type Item = Encoded;
     type Error = Status;
 
-    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        dst.put_slice(&item);
+    fn encode(&mut self, item: Encoded, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        for chunk in item.chunks() {
+            dst.put_slice(chunk);
+        }
         Ok(())
     }
 }

@@ -1,6 +1,9 @@
 //! Discover answers, encoded: the full answer of a service is its header followed by each
-//! instance's already-encoded `Instance`, so a new revision costs a copy of bytes, not an
-//! encoding of every instance.
+//! instance's field as the cache keeps it encoded, in chunks that share the cache's
+//! bytes, so a new revision costs a list of references, not an encoding of every
+//! instance, nor a second copy of the fleet in memory.
+
+use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use prost::Message;
@@ -13,6 +16,47 @@ use crate::proto::discover_response::DiscoverResponseType;
 
 /// The `instances` field of `DiscoverResponse`.
 const INSTANCES_FIELD: u32 = 5;
+
+/// An encoded `DiscoverResponse`, in chunks sent one after the other.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Encoded(Arc<[Bytes]>);
+
+impl Encoded {
+    pub fn chunks(&self) -> &[Bytes] {
+        &self.0
+    }
+
+    /// The answer in one piece.
+    pub fn to_bytes(&self) -> Bytes {
+        match &*self.0 {
+            [one] => one.clone(),
+            chunks => {
+                let mut whole = BytesMut::with_capacity(chunks.iter().map(Bytes::len).sum());
+                for chunk in chunks {
+                    whole.put_slice(chunk);
+                }
+                whole.freeze()
+            }
+        }
+    }
+}
+
+impl From<Bytes> for Encoded {
+    fn from(bytes: Bytes) -> Encoded {
+        Encoded(Arc::from([bytes]))
+    }
+}
+
+/// An instance as the `instances` field of a `DiscoverResponse`: its key, its length
+/// and the encoded `Instance`, ready to follow an answer's header.
+pub fn instance_field(instance: &proto::Instance) -> Bytes {
+    let length = instance.encoded_len();
+    let mut field = Vec::with_capacity(length + 6);
+    encode_key(INSTANCES_FIELD, WireType::LengthDelimited, &mut field);
+    encode_varint(length as u64, &mut field);
+    instance.encode(&mut field).expect("capacity reserved");
+    Bytes::from(field)
+}
 
 /// The human text Polaris answers each code with.
 pub fn info(code: Code) -> &'static str {
@@ -28,8 +72,8 @@ pub fn info(code: Code) -> &'static str {
 }
 
 /// An answer without a payload: the code, its text, the type and the service echoed.
-pub fn plain(code: Code, kind: DiscoverResponseType, service: Option<proto::Service>) -> Bytes {
-    Bytes::from(
+pub fn plain(code: Code, kind: DiscoverResponseType, service: Option<proto::Service>) -> Encoded {
+    Encoded::from(Bytes::from(
         proto::DiscoverResponse {
             code: Some(code.as_u32()),
             info: Some(info(code).to_owned()),
@@ -39,7 +83,7 @@ pub fn plain(code: Code, kind: DiscoverResponseType, service: Option<proto::Serv
             services: Vec::new(),
         }
         .encode_to_vec(),
-    )
+    ))
 }
 
 /// The service as an answer shows it: names, id, times, revision; never its token.
@@ -74,7 +118,7 @@ pub fn service_message(snapshot: &ServiceSnapshot<'_>) -> proto::Service {
 
 /// The full INSTANCE answer of a service: 200000, the service, every instance (or the
 /// healthy ones only).
-pub fn instances(snapshot: &ServiceSnapshot<'_>, healthy_only: bool) -> Bytes {
+pub fn instances(snapshot: &ServiceSnapshot<'_>, healthy_only: bool) -> Encoded {
     let header = proto::DiscoverResponse {
         code: Some(Code::ExecuteSuccess.as_u32()),
         info: Some(info(Code::ExecuteSuccess).to_owned()),
@@ -83,21 +127,16 @@ pub fn instances(snapshot: &ServiceSnapshot<'_>, healthy_only: bool) -> Bytes {
         instances: Vec::new(),
         services: Vec::new(),
     };
-    let shown = || {
+    let mut chunks = Vec::with_capacity(snapshot.instances.len() + 1);
+    chunks.push(Bytes::from(header.encode_to_vec()));
+    chunks.extend(
         snapshot
             .instances
             .values()
-            .filter(move |i| !healthy_only || i.healthy)
-    };
-    let body: usize = shown().map(|i| i.encoded.len() + 6).sum();
-    let mut buf = BytesMut::with_capacity(header.encoded_len() + body);
-    header.encode(&mut buf).expect("capacity reserved");
-    for instance in shown() {
-        encode_key(INSTANCES_FIELD, WireType::LengthDelimited, &mut buf);
-        encode_varint(instance.encoded.len() as u64, &mut buf);
-        buf.put_slice(&instance.encoded);
-    }
-    buf.freeze()
+            .filter(|i| !healthy_only || i.healthy)
+            .map(|i| i.field().clone()),
+    );
+    Encoded(Arc::from(chunks))
 }
 
 #[cfg(test)]
@@ -141,7 +180,8 @@ mod tests {
             revision: "rev",
             instances: &instances,
         };
-        let all = proto::DiscoverResponse::decode(instances_answer(&snapshot, false)).unwrap();
+        let all =
+            proto::DiscoverResponse::decode(instances_answer(&snapshot, false).to_bytes()).unwrap();
         assert_eq!(all.code, Some(200_000));
         assert_eq!(all.r#type, DiscoverResponseType::Instance as i32);
         let service = all.service.unwrap();
@@ -155,11 +195,12 @@ mod tests {
             .map(|i| i.id.clone().unwrap())
             .collect();
         assert_eq!(ids, ["i1", "i2"]);
-        let healthy = proto::DiscoverResponse::decode(instances_answer(&snapshot, true)).unwrap();
+        let healthy =
+            proto::DiscoverResponse::decode(instances_answer(&snapshot, true).to_bytes()).unwrap();
         assert_eq!(healthy.instances.len(), 1);
     }
 
-    fn instances_answer(snapshot: &ServiceSnapshot<'_>, healthy_only: bool) -> Bytes {
+    fn instances_answer(snapshot: &ServiceSnapshot<'_>, healthy_only: bool) -> Encoded {
         instances(snapshot, healthy_only)
     }
 }

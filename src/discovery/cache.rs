@@ -14,28 +14,77 @@ use std::sync::{Arc, Mutex, RwLock};
 use bytes::Bytes;
 use prost::Message;
 use sha1::{Digest, Sha1};
+use std::collections::HashSet;
 
+use super::answer::{self, Encoded};
 use crate::proto;
+use crate::store::clock;
 use crate::store::{InstanceRecord, StoredInstance, StoredService};
 
 /// The revision of a service without instances: sha1("").
 pub const EMPTY_REVISION: &str = "da39a3ee5e6b4b0d3255bfef95601890afd80709";
 
-/// One live instance, as the cache keeps it.
+/// One live instance, as the cache keeps it: compact, since a fleet may hold millions.
 #[derive(Debug, Clone)]
 pub struct CachedInstance {
     pub id: Arc<str>,
     /// The content revision (see `InstanceRecord::revision`).
-    pub revision: Box<str>,
-    pub mtime: Box<str>,
+    revision: Revision,
+    ctime_ms: i64,
+    mtime_ms: i64,
     pub isolate: bool,
     pub healthy: bool,
     /// Heartbeat ttl in seconds, when the instance has a heartbeat health check.
     pub ttl: Option<u32>,
-    /// The `Instance` message of a Discover answer.
-    pub encoded: Bytes,
+    /// The `instances` field of a Discover answer: key, length, encoded `Instance`.
+    field: Bytes,
     /// Its share of the service revision.
-    digest: u128,
+    digest: u64,
+}
+
+/// A content revision: 16 bytes when it is batchreg's 32 hex digits, else as written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Revision {
+    Hex([u8; 16]),
+    Text(Box<str>),
+}
+
+impl Revision {
+    fn new(text: &str) -> Revision {
+        let mut bytes = [0u8; 16];
+        let is_lower_hex = text
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        match hex::decode_to_slice(text, &mut bytes) {
+            Ok(()) if is_lower_hex => Revision::Hex(bytes),
+            _ => Revision::Text(text.into()),
+        }
+    }
+
+    fn is(&self, text: &str) -> bool {
+        match self {
+            Revision::Hex(bytes) => {
+                let mut decoded = [0u8; 16];
+                text.len() == 32
+                    && hex::decode_to_slice(text, &mut decoded).is_ok()
+                    && decoded == *bytes
+                    && !text.bytes().any(|b| b.is_ascii_uppercase())
+            }
+            Revision::Text(own) => **own == *text,
+        }
+    }
+
+    fn text(&self) -> String {
+        match self {
+            Revision::Hex(bytes) => hex::encode(bytes),
+            Revision::Text(own) => own.to_string(),
+        }
+    }
+}
+
+/// A time of the time columns, in milliseconds (0 when it does not parse).
+fn millis(time: &str) -> i64 {
+    clock::parse_ms(time).unwrap_or(0)
 }
 
 /// What the store holds for one instance: a record and the state it was stored with.
@@ -108,14 +157,79 @@ impl CachedInstance {
         let digest = digest.finalize();
         CachedInstance {
             id: Arc::from(r.id.as_str()),
-            revision: facts.revision.into(),
-            mtime: facts.mtime.into(),
+            revision: Revision::new(facts.revision),
+            ctime_ms: millis(facts.ctime),
+            mtime_ms: millis(facts.mtime),
             isolate: facts.isolate,
             healthy: r.healthy,
             ttl: r.health_check_ttl,
-            encoded: Bytes::from(wire.encode_to_vec()),
-            digest: u128::from_le_bytes(digest[..16].try_into().expect("16 bytes")),
+            field: answer::instance_field(&wire),
+            digest: u64::from_le_bytes(digest[..8].try_into().expect("8 bytes")),
         }
+    }
+
+    /// The `instances` field of a Discover answer.
+    pub fn field(&self) -> &Bytes {
+        &self.field
+    }
+
+    /// The instance as an answer carries it.
+    pub fn wire(&self) -> proto::Instance {
+        let mut field = self.field.clone();
+        // The field's key and length come first.
+        prost::encoding::decode_key(&mut field).expect("encoded by this cache");
+        prost::encoding::decode_varint(&mut field).expect("encoded by this cache");
+        proto::Instance::decode(field).expect("encoded by this cache")
+    }
+
+    /// Whether the instance is stored with this content revision.
+    pub fn has_revision(&self, revision: &str) -> bool {
+        self.revision.is(revision)
+    }
+
+    /// Whether the instance is stored with this content revision and mtime.
+    pub fn is_stored_as(&self, revision: &str, mtime: &str) -> bool {
+        self.revision.is(revision) && self.mtime_ms == millis(mtime)
+    }
+
+    /// Whether the instance was written after `mtime`.
+    pub fn written_after(&self, mtime: &str) -> bool {
+        self.mtime_ms > millis(mtime)
+    }
+
+    /// The record it was stored from, with its state: what a health transition rewrites.
+    pub fn stored(&self) -> (InstanceRecord, String, String) {
+        let wire = self.wire();
+        let text = |value: Option<String>| value.unwrap_or_default();
+        let location = wire.location.unwrap_or_default();
+        let mut metadata: Vec<(String, String)> = wire.metadata.into_iter().collect();
+        metadata.sort_unstable();
+        let record = InstanceRecord {
+            id: text(wire.id),
+            namespace: text(wire.namespace),
+            service: text(wire.service),
+            vpc_id: text(wire.vpc_id),
+            host: text(wire.host),
+            port: wire.port.unwrap_or_default(),
+            protocol: text(wire.protocol),
+            version: text(wire.version),
+            priority: wire.priority.unwrap_or_default(),
+            weight: wire.weight.unwrap_or_default(),
+            healthy: wire.healthy.unwrap_or(true),
+            isolate: Some(self.isolate),
+            enable_health_check: wire.enable_health_check.unwrap_or(false),
+            health_check_ttl: self.ttl,
+            logic_set: text(wire.logic_set),
+            region: text(location.region),
+            zone: text(location.zone),
+            campus: text(location.campus),
+            metadata,
+        };
+        (
+            record,
+            self.revision.text(),
+            clock::format_ms(self.ctime_ms),
+        )
     }
 }
 
@@ -150,10 +264,10 @@ struct ServiceState {
     info: ServiceInfo,
     /// In id order, so that an answer lists them in a stable order.
     instances: BTreeMap<Arc<str>, CachedInstance>,
-    sum: u128,
+    sum: u64,
     revision: Arc<str>,
     /// The full INSTANCE answer of the current revision, once encoded.
-    answer: Option<Bytes>,
+    answer: Option<Encoded>,
 }
 
 impl ServiceState {
@@ -184,7 +298,7 @@ pub enum ServiceView {
     /// The client's revision is the current one.
     Current,
     /// The full answer of the current revision, encoded.
-    Changed(Bytes),
+    Changed(Encoded),
 }
 
 /// The cache. Cheap to share: every method takes `&self`.
@@ -197,6 +311,8 @@ pub struct RegistryCache {
     /// Instances removed recently, with the mtime of their removal: the change feed does
     /// not bring back what was fetched before a local deregistration.
     tombstones: Mutex<HashMap<Arc<str>, Box<str>>>,
+    /// The instances whose health is false: the ones a heartbeat may bring back.
+    unhealthy: Mutex<HashSet<Arc<str>>>,
     service_count: AtomicUsize,
     /// Counts additions and removals of services, so the SERVICES answers know when to
     /// change.
@@ -271,11 +387,48 @@ impl RegistryCache {
         if let Some(previous) = previous.filter(|p| !Arc::ptr_eq(p, &entry)) {
             previous.remove(&id);
         }
+        let mut unhealthy = self.unhealthy.lock().expect("cache lock");
+        if cached.healthy {
+            unhealthy.remove(&id);
+        } else {
+            unhealthy.insert(Arc::clone(&id));
+        }
+        drop(unhealthy);
         entry.insert(cached);
+    }
+
+    /// The instances whose health is false.
+    pub fn unhealthy(&self) -> Vec<Arc<str>> {
+        self.unhealthy
+            .lock()
+            .expect("cache lock")
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    pub fn unhealthy_count(&self) -> usize {
+        self.unhealthy.lock().expect("cache lock").len()
+    }
+
+    /// Every instance with a heartbeat health check, and its ttl.
+    pub fn checked(&self) -> Vec<(Arc<str>, u32)> {
+        self.services_of(None)
+            .iter()
+            .flat_map(|entry| {
+                let state = entry.state.lock().expect("service lock");
+                state
+                    .instances
+                    .values()
+                    .filter_map(|i| Some((Arc::clone(&i.id), i.ttl?)))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
     }
 
     /// Removes an instance; `mtime` is when it was deregistered.
     pub fn remove_instance(&self, id: &str, mtime: &str) {
+        self.unhealthy.lock().expect("cache lock").remove(id);
         let removed = self.instances.write().expect("cache lock").remove(id);
         if let Some(entry) = removed {
             entry.remove(id);
@@ -308,7 +461,7 @@ impl RegistryCache {
     /// Whether the cache holds the instance as stored with this revision and mtime.
     pub fn holds(&self, id: &str, revision: &str, mtime: &str) -> bool {
         self.instance(id)
-            .is_some_and(|(_, held)| *held.revision == *revision && *held.mtime == *mtime)
+            .is_some_and(|(_, held)| held.is_stored_as(revision, mtime))
     }
 
     /// The mtime of an instance's removal, if it was removed recently.
@@ -369,8 +522,16 @@ impl ServiceEntry {
         Arc::clone(&self.state.lock().expect("service lock").revision)
     }
 
-    pub fn info(&self) -> ServiceInfo {
-        self.state.lock().expect("service lock").info.clone()
+    /// The service as stored.
+    pub fn stored(&self) -> StoredService {
+        let info = self.state.lock().expect("service lock").info.clone();
+        StoredService {
+            id: info.id,
+            namespace: self.namespace.to_string(),
+            name: self.name.to_string(),
+            ctime: info.ctime,
+            mtime: info.mtime,
+        }
     }
 
     /// The instances, in id order.
@@ -389,7 +550,7 @@ impl ServiceEntry {
     pub fn view(
         &self,
         revision: &str,
-        encode: impl FnOnce(&ServiceSnapshot<'_>) -> Bytes,
+        encode: impl FnOnce(&ServiceSnapshot<'_>) -> Encoded,
     ) -> (ServiceView, bool) {
         let mut state = self.state.lock().expect("service lock");
         if *state.revision == *revision {
@@ -412,7 +573,7 @@ impl ServiceEntry {
 
 impl ServiceEntry {
     /// An answer built now from the current state, and not kept.
-    pub fn encode(&self, encode: impl FnOnce(&ServiceSnapshot<'_>) -> Bytes) -> Bytes {
+    pub fn encode(&self, encode: impl FnOnce(&ServiceSnapshot<'_>) -> Encoded) -> Encoded {
         let state = self.state.lock().expect("service lock");
         encode(&ServiceSnapshot {
             namespace: &self.namespace,
@@ -569,7 +730,7 @@ pub(crate) mod tests {
         let mut encoded = 0;
         let mut encode = |_: &ServiceSnapshot<'_>| {
             encoded += 1;
-            Bytes::from_static(b"answer")
+            Encoded::from(Bytes::from_static(b"answer"))
         };
         assert!(matches!(
             entry.view("", &mut encode),
@@ -602,7 +763,7 @@ pub(crate) mod tests {
             ctime: "2026-12-01 10:00:00.123",
             mtime: "2026-12-01 10:00:01.456",
         });
-        let wire = proto::Instance::decode(cached.encoded.clone()).unwrap();
+        let wire = cached.wire();
         assert_eq!(wire.id.as_deref(), Some("i1"));
         assert_eq!(wire.isolate, Some(true));
         assert_eq!(wire.ctime.as_deref(), Some("2026-12-01 10:00:00"));

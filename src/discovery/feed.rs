@@ -170,7 +170,7 @@ pub fn follow_once(
     for row in store.changed_since(&since)? {
         let held = cache.instance(&row.id).map(|(_, held)| held);
         // What the cache holds was written later: keep it.
-        if held.as_ref().is_some_and(|h| *h.mtime > *row.mtime) {
+        if held.as_ref().is_some_and(|h| h.written_after(&row.mtime)) {
             continue;
         }
         if row.deleted {
@@ -183,7 +183,7 @@ pub fn follow_once(
         }
         let same = held
             .as_ref()
-            .is_some_and(|h| *h.revision == row.revision && *h.mtime == row.mtime);
+            .is_some_and(|h| h.is_stored_as(&row.revision, &row.mtime));
         let deregistered_since = cache
             .tombstone(&row.id)
             .is_some_and(|removed| *removed > *row.mtime);
@@ -195,7 +195,7 @@ pub fn follow_once(
         let id = &stored.record.id;
         let newer_held = cache
             .instance(id)
-            .is_some_and(|(_, held)| *held.mtime > *stored.mtime);
+            .is_some_and(|(_, held)| held.written_after(&stored.mtime));
         let deregistered_since = cache
             .tombstone(id)
             .is_some_and(|removed| *removed > *stored.mtime);
@@ -203,16 +203,7 @@ pub fn follow_once(
             continue;
         }
         let service = match cache.service(&stored.record.namespace, &stored.record.service) {
-            Some(entry) => {
-                let info = entry.info();
-                StoredService {
-                    id: info.id,
-                    namespace: entry.namespace.to_string(),
-                    name: entry.name.to_string(),
-                    ctime: info.ctime,
-                    mtime: info.mtime,
-                }
-            }
+            Some(entry) => entry.stored(),
             None => StoredService {
                 id: stored.service_id.clone(),
                 namespace: stored.record.namespace.clone(),

@@ -23,7 +23,8 @@ use crate::code::Code;
 use crate::proto;
 use crate::proto::discover_request::DiscoverRequestType;
 use crate::proto::discover_response::DiscoverResponseType;
-use crate::store::{Store, StoreError, StoredService};
+use crate::store::{Store, StoreError, StoredInstance, StoredService};
+use answer::Encoded;
 use cache::{InstanceFacts, RegistryCache, ServiceView};
 
 /// The namespace of a Discover that names none.
@@ -40,7 +41,7 @@ pub struct Answered {
     /// outside the enum).
     pub kind: &'static str,
     /// The encoded `DiscoverResponse`.
-    pub bytes: Bytes,
+    pub bytes: Encoded,
     /// Whether the bytes were encoded for an earlier request of the same revision.
     pub reused: bool,
 }
@@ -187,7 +188,7 @@ impl Discovery {
         Answered {
             code: Code::ExecuteSuccess,
             kind: "SERVICES",
-            bytes: Bytes::from(response.encode_to_vec()),
+            bytes: Encoded::from(Bytes::from(response.encode_to_vec())),
             reused: false,
         }
     }
@@ -237,7 +238,8 @@ pub struct Loaded {
     pub took: Duration,
 }
 
-/// Loads every service and live instance into `cache`, `page` instances a read.
+/// Loads every service and live instance into `cache`, `page` instances a read. A thread
+/// reads the next page while this one puts the last into the cache.
 pub fn load(store: &dyn Store, cache: &RegistryCache, page: usize) -> Result<Loaded, StoreError> {
     let started = Instant::now();
     let mut services: HashMap<String, StoredService> = HashMap::new();
@@ -249,26 +251,41 @@ pub fn load(store: &dyn Store, cache: &RegistryCache, page: usize) -> Result<Loa
         Ok::<_, StoreError>(())
     };
     read_services(&mut services)?;
-    let mut after = String::new();
+    let (pages, read) = crossbeam_channel::bounded::<Result<Vec<StoredInstance>, StoreError>>(1);
     let mut instances = 0;
-    loop {
-        let rows = store.instances_page(&after, page)?;
-        let Some(last) = rows.last() else { break };
-        after = last.record.id.clone();
-        for row in &rows {
-            if !services.contains_key(&row.service_id) {
-                // Created after the services were read.
-                read_services(&mut services)?;
+    std::thread::scope(|scope| {
+        scope.spawn(move || {
+            let mut after = String::new();
+            loop {
+                let rows = store.instances_page(&after, page);
+                let last = match &rows {
+                    Ok(rows) if rows.len() == page => rows.last().map(|r| r.record.id.clone()),
+                    _ => None,
+                };
+                // The loader stopped (an error of its own): nothing more to read.
+                if pages.send(rows).is_err() {
+                    return;
+                }
+                match last {
+                    Some(last) => after = last,
+                    None => return,
+                }
             }
-            if let Some(service) = services.get(&row.service_id) {
-                cache.put_instance(service, InstanceFacts::from(row));
-                instances += 1;
+        });
+        for rows in read {
+            for row in &rows? {
+                if !services.contains_key(&row.service_id) {
+                    // Created after the services were read.
+                    read_services(&mut services)?;
+                }
+                if let Some(service) = services.get(&row.service_id) {
+                    cache.put_instance(service, InstanceFacts::from(row));
+                    instances += 1;
+                }
             }
         }
-        if rows.len() < page {
-            break;
-        }
-    }
+        Ok::<_, StoreError>(())
+    })?;
     Ok(Loaded {
         services: services.len(),
         instances,
@@ -327,7 +344,7 @@ mod tests {
     }
 
     fn decoded(answered: &Answered) -> proto::DiscoverResponse {
-        proto::DiscoverResponse::decode(answered.bytes.clone()).unwrap()
+        proto::DiscoverResponse::decode(answered.bytes.to_bytes()).unwrap()
     }
 
     #[test]

@@ -295,7 +295,7 @@ impl Naming {
         };
         *service.namespace == *record.namespace
             && *service.name == *record.service
-            && *held.revision == *record.revision(record.isolate.unwrap_or(held.isolate))
+            && held.has_revision(&record.revision(record.isolate.unwrap_or(held.isolate)))
     }
 
     /// Writes everything queued and answers every request, then stops the threads.

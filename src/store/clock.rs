@@ -21,6 +21,13 @@ impl Clock {
         format_time(self.now_time())
     }
 
+    /// Now, on the database's clock, in milliseconds since the Unix epoch.
+    pub fn now_ms(&self) -> i64 {
+        self.now_time()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+    }
+
     fn now_time(&self) -> SystemTime {
         let offset = self.offset_ms.load(Ordering::Relaxed);
         let now = SystemTime::now();
@@ -59,6 +66,18 @@ pub fn format_time(time: SystemTime) -> String {
     text
 }
 
+/// Milliseconds since the Unix epoch in the same form.
+pub fn format_ms(unix_ms: i64) -> String {
+    format_time(UNIX_EPOCH + Duration::from_millis(unix_ms.max(0).unsigned_abs()))
+}
+
+/// A time of the time columns' form, in milliseconds since the Unix epoch.
+pub fn parse_ms(time: &str) -> Option<i64> {
+    let parsed = humantime::parse_rfc3339(&format!("{}Z", time.replacen(' ', "T", 1))).ok()?;
+    let since = parsed.duration_since(UNIX_EPOCH).ok()?;
+    i64::try_from(since.as_millis()).ok()
+}
+
 /// `time` minus `by`, in the same form (for the change feed's overlap and retention).
 pub fn earlier(time: &str, by: Duration) -> String {
     let parsed =
@@ -78,6 +97,9 @@ mod tests {
             earlier("2025-12-01 13:20:00.123", Duration::from_secs(5)),
             "2025-12-01 13:19:55.123"
         );
+        assert_eq!(parse_ms("2025-12-01 13:20:00.123"), Some(1_764_595_200_123));
+        assert_eq!(format_ms(1_764_595_200_123), "2025-12-01 13:20:00.123");
+        assert_eq!(parse_ms("not a time"), None);
     }
 
     #[test]

@@ -25,8 +25,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 pub use model::{
-    ChangedRow, DeregisterOutcome, InstanceRecord, RegisterOptions, RegisterOutcome, Registered,
-    StoredInstance, StoredService, StoredState,
+    ChangedRow, DeregisterOutcome, HealthChange, HealthSet, InstanceRecord, RegisterOptions,
+    RegisterOutcome, Registered, StoredInstance, StoredService, StoredState,
 };
 
 /// Errors of the store layer, with the driver's error kept as the source.
@@ -165,6 +165,14 @@ pub trait StoreWriter: Send {
     /// [`Store::purge_deregistered`]).
     fn deregister(&mut self, ids: &[String]) -> Result<Vec<DeregisterOutcome>, StoreError>;
 
+    /// Writes health transitions of distinct instances: `health_status`, the revision of
+    /// the record as changed, and mtime. For each, what was stored, or `None` when the
+    /// instance is not live (deregistered meanwhile).
+    fn set_health(
+        &mut self,
+        changes: &[HealthChange],
+    ) -> Result<Vec<Option<HealthSet>>, StoreError>;
+
     /// Gets this writer ready to register: connects and prepares what a storm of
     /// registrations uses, now and whenever it connects again, so that the first batches
     /// after a start do not pay for it. On `Err` the writer still works; its first batch
@@ -211,6 +219,9 @@ pub trait Store: Send + Sync + 'static {
     /// The database's time now, in the form of the time columns; also aligns the
     /// writers' clock with it.
     fn now(&self) -> Result<String, StoreError>;
+
+    /// The clock the writers stamp rows with: the database's, as last aligned.
+    fn clock(&self) -> Arc<clock::Clock>;
 
     /// Deletes at most `limit` instance rows deregistered before `before`; returns how
     /// many.

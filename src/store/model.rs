@@ -112,6 +112,21 @@ pub struct Registered {
     pub stored: Option<StoredState>,
 }
 
+/// A health transition: the instance as it is to be stored, with its new health in
+/// `record.healthy`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthChange {
+    pub record: InstanceRecord,
+    pub isolate: bool,
+}
+
+/// What a health write stored for one instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthSet {
+    pub revision: String,
+    pub mtime: String,
+}
+
 /// An instance row written since some moment, as the change feed reads it first.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChangedRow {

@@ -150,6 +150,42 @@ pub fn distinct_services(rows: &[InstanceRecord]) -> Vec<ServiceKey<'_>> {
     keys
 }
 
+/// Each health change's new revision, in order, when its instance is live (`present`).
+pub fn health_revisions(
+    changes: &[super::model::HealthChange],
+    present: &std::collections::HashSet<String>,
+) -> Vec<Option<String>> {
+    changes
+        .iter()
+        .map(|change| {
+            present
+                .contains(&change.record.id)
+                .then(|| change.record.revision(change.isolate))
+        })
+        .collect()
+}
+
+/// The `(id, revision)` of the live instances turning `healthy`, sorted by id (a stable
+/// lock order).
+pub fn health_rows<'a>(
+    changes: &'a [super::model::HealthChange],
+    revisions: &'a [Option<String>],
+    healthy: bool,
+) -> Vec<(&'a str, &'a str)> {
+    let mut rows: Vec<(&str, &str)> = changes
+        .iter()
+        .zip(revisions)
+        .filter(|(change, _)| change.record.healthy == healthy)
+        .filter_map(|(change, revision)| {
+            revision
+                .as_deref()
+                .map(|revision| (change.record.id.as_str(), revision))
+        })
+        .collect();
+    rows.sort_unstable();
+    rows
+}
+
 /// The outcome of each id of a deregister batch, given the ids that were present and
 /// the batch's time.
 pub fn deregister_outcomes(

@@ -10,7 +10,8 @@ use rand::RngExt;
 use crate::telemetry::StoreMetrics;
 
 use super::{
-    DeregisterOutcome, InstanceRecord, RegisterOptions, Registered, StoreError, StoreWriter,
+    DeregisterOutcome, HealthChange, HealthSet, InstanceRecord, RegisterOptions, Registered,
+    StoreError, StoreWriter,
 };
 
 /// One row's result; the error is shared by the rows of a batch that failed together.
@@ -76,6 +77,11 @@ impl ResilientWriter {
         options: RegisterOptions,
     ) -> Vec<RowResult<Registered>> {
         self.split_on_failure(rows, &mut |w, part| w.register(part, options))
+    }
+
+    /// Writes health transitions (distinct instances); one result per change, in order.
+    pub fn set_health(&mut self, changes: &[HealthChange]) -> Vec<RowResult<Option<HealthSet>>> {
+        self.split_on_failure(changes, &mut |w, part| w.set_health(part))
     }
 
     /// Deregisters `ids` (unique); one result per id, in order.

@@ -219,6 +219,21 @@ fn read_present(ids: usize, lock: &str) -> String {
     )
 }
 
+/// Values bound per row of a health write: the id and revision in the CASE, the id in
+/// the IN list.
+pub const SET_HEALTH_VALUES: usize = 3;
+
+/// Sets the health of `rows` instances to one value, each with its own revision; binds
+/// the health and the mtime, then `(id, revision)` of each row, then each id.
+fn set_health(rows: usize) -> String {
+    format!(
+        "UPDATE instance SET health_status = ?, mtime = ?, revision = CASE id {} END
+         WHERE id IN ({}) AND flag = 0",
+        vec!["WHEN ? THEN ?"; rows].join(" "),
+        list_placeholders(rows)
+    )
+}
+
 /// Marks `ids` instances deregistered (soft delete); binds the mtime, then the ids.
 fn soft_delete(ids: usize) -> String {
     format!(
@@ -344,6 +359,9 @@ pub enum Shape {
     SoftDelete {
         ids: usize,
     },
+    SetHealth {
+        rows: usize,
+    },
     SelectServices {
         services: usize,
     },
@@ -365,6 +383,7 @@ impl Shape {
             Shape::ReadExisting { ids, locked } => read_existing(dialect, ids, lock(locked)),
             Shape::ReadPresent { ids, locked } => read_present(ids, lock(locked)),
             Shape::SoftDelete { ids } => soft_delete(ids),
+            Shape::SetHealth { rows } => set_health(rows),
             Shape::SelectServices { services } => select_services(dialect, services),
             Shape::CreateNamespace => create_namespace(dialect),
             Shape::CreateService => create_service(dialect),

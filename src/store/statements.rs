@@ -135,6 +135,33 @@ pub fn deregister<'a>(limits: Limits, ids: &[&'a str], mtime: &'a str) -> Vec<St
     statements
 }
 
+/// Sets health transitions: `(id, new revision)` of the instances turning `healthy`, at
+/// `mtime`.
+pub fn set_health<'a>(
+    limits: Limits,
+    healthy: bool,
+    rows: &[(&'a str, &'a str)],
+    mtime: &'a str,
+) -> Vec<Statement<'a>> {
+    shape_runs(rows, (limits.max_params - 2) / schema::SET_HEALTH_VALUES)
+        .into_iter()
+        .map(|run| {
+            let mut cells = Vec::with_capacity(2 + run.len() * schema::SET_HEALTH_VALUES);
+            cells.push(Cell::Flag(healthy));
+            cells.push(Cell::Text(mtime));
+            cells.extend(
+                run.iter()
+                    .flat_map(|&(id, revision)| [Cell::Text(id), Cell::Text(revision)]),
+            );
+            cells.extend(run.iter().map(|&(id, _)| Cell::Text(id)));
+            Statement {
+                shape: Shape::SetHealth { rows: run.len() },
+                cells,
+            }
+        })
+        .collect()
+}
+
 /// Deletes the rows of `ids` from `table`, in `IN` lists padded to a power of two.
 fn delete_where_id_in<'a>(
     limits: Limits,

@@ -58,7 +58,7 @@ struct Shared {
     /// max_allowed_packet.
     limits: Limits,
     /// The database's clock, as the writers stamp their rows with it.
-    clock: Clock,
+    clock: Arc<Clock>,
 }
 
 impl Shared {
@@ -122,7 +122,7 @@ impl MysqlStore {
             let max_packet: Option<u64> = conn.query_first("SELECT @@max_allowed_packet").await?;
             Ok::<_, StoreError>(max_packet.unwrap_or(4 << 20))
         })?;
-        let clock = Clock::default();
+        let clock = Arc::new(Clock::default());
         runtime.block_on(read::align_clock(&pool, &clock))?;
         drop(_entered);
         let max_bytes = usize::try_from(max_packet / 2)
@@ -200,6 +200,10 @@ impl Store for MysqlStore {
         self.shared
             .block_on(read::align_clock(&self.shared.pool, &self.shared.clock))?;
         Ok(self.shared.clock.now())
+    }
+
+    fn clock(&self) -> Arc<Clock> {
+        Arc::clone(&self.shared.clock)
     }
 
     fn purge_deregistered(&self, before: &str, limit: usize) -> Result<usize, StoreError> {

@@ -17,7 +17,7 @@ use crate::store::model::{
 use crate::store::plan::{self, Existing, PlannedWrite, ServiceIds, ServiceKey};
 use crate::store::schema::{self, Cell, OnDuplicate, Shape};
 use crate::store::statements::{self, Limits, Statement};
-use crate::store::{StoreError, StoreWriter};
+use crate::store::{HealthChange, HealthSet, StoreError, StoreWriter};
 
 /// MySQL's "Duplicate entry for key" error.
 const ER_DUP_ENTRY: u16 = 1062;
@@ -115,6 +115,43 @@ impl StoreWriter for MysqlWriter {
         let now = self.shared.clock.now();
         self.connection
             .transaction(async |tx, prepared| deregister_in(tx, prepared, limits, ids, &now).await)
+    }
+
+    fn set_health(
+        &mut self,
+        changes: &[HealthChange],
+    ) -> Result<Vec<Option<HealthSet>>, StoreError> {
+        let limits = self.limits;
+        let now = self.shared.clock.now();
+        self.connection.transaction(async |tx, prepared| {
+            let mut ids: Vec<&str> = changes.iter().map(|c| c.record.id.as_str()).collect();
+            ids.sort_unstable();
+            let lists =
+                statements::id_lists(limits, &ids, |ids| Shape::ReadPresent { ids, locked: true });
+            let present: HashSet<String> = query::<String>(tx, prepared, lists)
+                .await?
+                .into_iter()
+                .collect();
+            let revisions = plan::health_revisions(changes, &present);
+            for healthy in [true, false] {
+                let rows = plan::health_rows(changes, &revisions, healthy);
+                execute(
+                    tx,
+                    prepared,
+                    statements::set_health(limits, healthy, &rows, &now),
+                )
+                .await?;
+            }
+            Ok(revisions
+                .into_iter()
+                .map(|revision| {
+                    revision.map(|revision| HealthSet {
+                        revision,
+                        mtime: now.clone(),
+                    })
+                })
+                .collect())
+        })
     }
 
     fn prepare_for_registrations(&mut self) -> Result<(), StoreError> {

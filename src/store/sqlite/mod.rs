@@ -19,7 +19,10 @@ use super::plan::{self, Existing, ServiceIds, ServiceKey};
 use super::schema::{self, Cell, Dialect, OnDuplicate, ResultRow, Shape};
 use super::sql;
 use super::statements::{self, Limits, Statement};
-use super::{ChangedRow, Store, StoreError, StoreWriter, StoredInstance, StoredService, migrate};
+use super::{
+    ChangedRow, HealthChange, HealthSet, Store, StoreError, StoreWriter, StoredInstance,
+    StoredService, migrate,
+};
 use checkpoint::Checkpointer;
 
 /// Bound parameters per statement: below SQLite's default limit of 32,766. A statement's
@@ -206,6 +209,10 @@ impl Store for SqliteStore {
         Ok(self.clock.now())
     }
 
+    fn clock(&self) -> Arc<Clock> {
+        Arc::clone(&self.clock)
+    }
+
     fn purge_deregistered(&self, before: &str, limit: usize) -> Result<usize, StoreError> {
         let conn = self.writer.lock().map_err(|_| StoreError::Poisoned)?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
@@ -222,15 +229,21 @@ impl SqliteStore {
         &self,
         read: impl FnOnce(&Connection) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        self.with_reader(|conn| {
-            conn.execute_batch("BEGIN")?;
-            let result = read(conn);
-            let ended = conn.execute_batch("COMMIT");
-            let result = result?;
-            ended?;
-            Ok(result)
-        })
+        self.with_reader(|conn| snapshot(conn, read))
     }
+}
+
+/// Runs `read` in one read transaction on `conn`.
+fn snapshot<T>(
+    conn: &Connection,
+    read: impl FnOnce(&Connection) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    conn.execute_batch("BEGIN")?;
+    let result = read(conn);
+    let ended = conn.execute_batch("COMMIT");
+    let result = result?;
+    ended?;
+    Ok(result)
 }
 
 /// Reads the rows of `stmt` as instances, then gives each its metadata from the rows of
@@ -350,6 +363,36 @@ impl StoreWriter for SqliteWriter {
     fn deregister(&mut self, ids: &[String]) -> Result<Vec<DeregisterOutcome>, StoreError> {
         let now = self.clock.now();
         self.transaction(|tx| deregister_in(tx, ids, &now))
+    }
+
+    fn set_health(
+        &mut self,
+        changes: &[HealthChange],
+    ) -> Result<Vec<Option<HealthSet>>, StoreError> {
+        let now = self.clock.now();
+        self.transaction(|tx| {
+            let mut ids: Vec<&str> = changes.iter().map(|c| c.record.id.as_str()).collect();
+            ids.sort_unstable();
+            let lists = statements::id_lists(LIMITS, &ids, |ids| Shape::ReadPresent {
+                ids,
+                locked: false,
+            });
+            let present: HashSet<String> = query(tx, lists, |r| r.get(0))?.into_iter().collect();
+            let revisions = plan::health_revisions(changes, &present);
+            for healthy in [true, false] {
+                let rows = plan::health_rows(changes, &revisions, healthy);
+                execute(tx, statements::set_health(LIMITS, healthy, &rows, &now))?;
+            }
+            Ok(revisions
+                .into_iter()
+                .map(|revision| {
+                    revision.map(|revision| HealthSet {
+                        revision,
+                        mtime: now.clone(),
+                    })
+                })
+                .collect())
+        })
     }
 }
 
