@@ -188,7 +188,10 @@ fn main() {
         };
         eprintln!("grpc_ceiling serving on {}", args.listen);
         tonic::transport::Server::builder()
-            .add_service(PolarisGrpcServer::new(Echo::new(args.instances, args.metadata)))
+            .add_service(PolarisGrpcServer::new(Echo::new(
+                args.instances,
+                args.metadata,
+            )))
             .serve_with_incoming_shutdown(incoming, stop)
             .await
             .expect("serve");
