@@ -100,11 +100,33 @@ impl Auth {
         Auth { grants }
     }
 
+    /// Whether requests are checked at all.
+    pub fn is_on(&self) -> bool {
+        self.grants.is_some()
+    }
+
     /// Whether the request may write the instance it names.
     pub fn check_write(
         &self,
         ctx: &RequestContext,
         input: &InstanceInput,
+    ) -> Result<(), AuthError> {
+        self.check(
+            ctx,
+            input,
+            input.namespace.as_deref(),
+            input.service.as_deref(),
+        )
+    }
+
+    /// Whether the request's token (in `input`, else in the request's metadata) is
+    /// granted `namespace`/`service`.
+    pub fn check(
+        &self,
+        ctx: &RequestContext,
+        input: &InstanceInput,
+        namespace: Option<&str>,
+        service: Option<&str>,
     ) -> Result<(), AuthError> {
         let Some(grants) = &self.grants else {
             return Ok(());
@@ -116,7 +138,6 @@ impl Auth {
             .or(ctx.token.as_deref().filter(|t| !t.is_empty()))
             .ok_or(AuthError::MissingToken)?;
         let presented = digest(token);
-        let (namespace, service) = (input.namespace.as_deref(), input.service.as_deref());
         // Every grant is compared, whatever matched earlier, so timing says nothing.
         let mut allowed = false;
         for grant in grants {

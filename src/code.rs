@@ -47,6 +47,8 @@ codes! {
     InvalidInstanceProtocol = 400136,
     InvalidInstanceVersion = 400137,
     InvalidInstanceLogicSet = 400138,
+    /// Heartbeats are switched off on this server.
+    HealthCheckNotOpen = 400140,
     InvalidMetadata = 400150,
     /// An unchanged re-registration.
     ExistedResource = 400201,

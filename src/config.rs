@@ -11,6 +11,7 @@ use serde::Deserialize;
 use crate::auth::TokenGrant;
 use crate::batch::BatchSettings;
 use crate::discovery::feed::FeedSettings;
+use crate::health::HealthSettings;
 use crate::naming::NamingSettings;
 use crate::store::StoreOptions;
 use crate::store::resilient::RetryPolicy;
@@ -23,6 +24,7 @@ pub const EXAMPLE: &str = include_str!("config.example.toml");
 pub const ENV_STORE_URL: &str = "BATCHREG_STORE_URL";
 pub const ENV_GRPC_LISTEN: &str = "BATCHREG_GRPC_LISTEN";
 pub const ENV_HTTP_LISTEN: &str = "BATCHREG_HTTP_LISTEN";
+pub const ENV_REDIS_URL: &str = "BATCHREG_REDIS_URL";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -53,6 +55,7 @@ pub struct Config {
     pub naming: NamingConfig,
     pub batch: BatchConfigs,
     pub discovery: DiscoveryConfig,
+    pub health: HealthConfig,
     pub auth: AuthConfig,
     pub telemetry: TelemetryConfig,
 }
@@ -125,6 +128,7 @@ impl Default for NamingConfig {
 pub struct BatchConfigs {
     pub register: BatchConfig,
     pub deregister: BatchConfig,
+    pub health: BatchConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -175,11 +179,53 @@ impl Default for DiscoveryConfig {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HealthConfig {
+    /// Answer heartbeats; off, each answers 400140 HealthCheckNotOpen.
+    pub enabled: bool,
+    /// Cluster mode: keep beats in Redis (`redis://host:port/db`); empty: in memory.
+    pub redis_url: String,
+    pub key_prefix: String,
+    #[serde(with = "humantime_serde")]
+    pub check_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
+    #[serde(with = "humantime_serde")]
+    pub redis_timeout: Duration,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            enabled: true,
+            redis_url: String::new(),
+            key_prefix: "batchreg:".to_owned(),
+            check_interval: Duration::from_millis(250),
+            lease: Duration::from_secs(2),
+            redis_timeout: Duration::from_secs(1),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
     pub enabled: bool,
+    /// With auth on, a heartbeat needs a token too; false lets heartbeats through
+    /// without one, for clients that send none.
+    pub heartbeats: bool,
     pub tokens: Vec<TokenConfig>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            enabled: false,
+            heartbeats: true,
+            tokens: Vec::new(),
+        }
+    }
 }
 
 #[derive(Clone, PartialEq, Deserialize)]
@@ -220,6 +266,9 @@ pub struct Settings {
     pub store: StoreOptions,
     pub naming: NamingSettings,
     pub discovery: FeedSettings,
+    pub health: HealthSettings,
+    /// Whether heartbeats need a token when auth is on.
+    pub auth_heartbeats: bool,
     /// `None` when auth is off.
     pub auth: Option<Vec<TokenGrant>>,
     pub metrics: bool,
@@ -250,6 +299,9 @@ impl Config {
         }
         if let Some(addr) = var(ENV_HTTP_LISTEN) {
             self.server.http_listen = addr;
+        }
+        if let Some(url) = var(ENV_REDIS_URL) {
+            self.health.redis_url = url;
         }
     }
 
@@ -305,6 +357,38 @@ impl Config {
         }
         let register = batch_settings("batch.register", &self.batch.register)?;
         let deregister = batch_settings("batch.deregister", &self.batch.deregister)?;
+        let health_batch = batch_settings("batch.health", &self.batch.health)?;
+        let health = &self.health;
+        if health.check_interval.is_zero() || health.check_interval > Duration::from_secs(1) {
+            return Err(invalid(
+                "health.check_interval",
+                "must be more than 0 and at most 1s (an instance turns unhealthy within one interval of its expiry)",
+            ));
+        }
+        // The holder renews its lease every check; a lease shorter than that would lapse.
+        if health.lease < health.check_interval * 2 {
+            return Err(invalid(
+                "health.lease",
+                "must be at least twice health.check_interval",
+            ));
+        }
+        if health.redis_timeout.is_zero() {
+            return Err(invalid("health.redis_timeout", "must be greater than 0"));
+        }
+        let redis_url = (!health.redis_url.is_empty()).then(|| health.redis_url.clone());
+        if let Some(url) = &redis_url
+            && !(url.starts_with("redis://") || url.starts_with("unix://"))
+        {
+            return Err(invalid(
+                "health.redis_url",
+                "must start with redis:// (or unix:// for a socket)",
+            ));
+        }
+        let retry = RetryPolicy {
+            attempts: self.store.retry_attempts,
+            first_backoff: self.store.retry_first_backoff,
+            max_backoff: self.store.retry_max_backoff,
+        };
         let auth = if self.auth.enabled {
             if self.auth.tokens.is_empty() {
                 return Err(invalid(
@@ -343,17 +427,24 @@ impl Config {
                 existed_as_success: self.naming.existed_as_success,
                 register,
                 deregister,
-                retry: RetryPolicy {
-                    attempts: self.store.retry_attempts,
-                    first_backoff: self.store.retry_first_backoff,
-                    max_backoff: self.store.retry_max_backoff,
-                },
+                retry,
             },
             discovery: FeedSettings {
                 refresh: discovery.refresh_interval,
                 overlap: discovery.feed_overlap,
                 retention: discovery.retention,
             },
+            health: HealthSettings {
+                enabled: health.enabled,
+                redis_url,
+                key_prefix: health.key_prefix.clone(),
+                check_interval: health.check_interval,
+                lease: health.lease,
+                redis_timeout: health.redis_timeout,
+                batch: health_batch,
+                retry,
+            },
+            auth_heartbeats: self.auth.heartbeats,
             auth,
             metrics: self.telemetry.metrics,
         })

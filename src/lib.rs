@@ -11,6 +11,10 @@
 //!   transport-free client API.
 //! - [`auth`]: the token check, off by default.
 //! - [`naming`]: validation, instance id, what a write did; a plain async API.
+//! - [`discovery`]: Discover answered from the registry cache, which follows every write
+//!   (and in cluster mode the other replicas' writes).
+//! - [`health`]: heartbeats into the beat table (memory, or Redis in cluster mode); the
+//!   expiry checker; health transitions written through the batch layer.
 //! - [`batch`]: a bounded queue per kind of write, drained by store workers that write
 //!   what is ready as one batch; one answer per request.
 //! - [`store`]: one transaction per batch, multi-row statements; SQLite embedded, MySQL
@@ -28,6 +32,7 @@ pub mod batch;
 pub mod code;
 pub mod config;
 pub mod discovery;
+pub mod health;
 pub mod naming;
 pub mod server;
 pub mod store;

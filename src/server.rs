@@ -11,14 +11,15 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::api::ClientApi;
 use crate::api::discover::PolarisService;
 use crate::api::http::{HttpState, Readiness, ReadinessFlag};
+use crate::api::{ClientApi, Layers};
 use crate::auth::Auth;
 use crate::config::Settings;
 use crate::discovery::cache::RegistryCache;
 use crate::discovery::feed::Feed;
 use crate::discovery::{self, Discovery};
+use crate::health::{Health, HealthStartError};
 use crate::naming::Naming;
 use crate::store::{self, StoreError};
 use crate::{api, telemetry};
@@ -28,6 +29,8 @@ use crate::{api, telemetry};
 pub enum ServerError {
     #[error("cannot open the store: {0}")]
     Store(#[from] StoreError),
+    #[error("cannot start health checking: {0}")]
+    Health(#[from] HealthStartError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -117,6 +120,16 @@ impl Server {
                 return Err(error);
             }
         };
+        let health = match Health::start(&settings.health, store.as_ref(), Arc::clone(&cache)).await
+        {
+            Ok(health) => health,
+            Err(error) => {
+                let _ = tokio::task::spawn_blocking(move || naming.shutdown()).await;
+                let _ = stop.send(true);
+                let _ = http.await;
+                return Err(error.into());
+            }
+        };
         let feed_metrics = telemetry::FeedMetrics::default();
         let follow = !store.single_writer();
         let feed = Feed::start(
@@ -133,11 +146,13 @@ impl Server {
                 until_stopped(stopped.clone()),
             ));
         }
-        let api = Arc::new(ClientApi::new(
-            Auth::new(settings.auth.clone()),
+        let api = Arc::new(ClientApi::new(Layers {
+            auth: Auth::new(settings.auth.clone()),
+            auth_heartbeats: settings.auth_heartbeats,
             naming,
-            Discovery::new(cache),
-        ));
+            discovery: Discovery::new(cache),
+            health,
+        }));
         let grpc = tokio::spawn(serve_grpc(
             grpc_listener,
             PolarisService::new(Arc::clone(&api)),
@@ -183,12 +198,9 @@ impl Server {
             }
         };
         let api = self.api;
+        api.stop().await;
         let feed = self.feed.take();
-        tokio::task::spawn_blocking(move || {
-            api.naming().shutdown();
-            drop(feed);
-        })
-        .await?;
+        tokio::task::spawn_blocking(move || drop(feed)).await?;
         if let Ok(joined) = tokio::time::timeout(self.shutdown_timeout, self.http).await
             && let Err(err) = joined?
         {

@@ -34,6 +34,15 @@ pub const CHANGE_FEED_APPLIED_TOTAL: &str = "batchreg_change_feed_applied_total"
 pub const CHANGE_FEED_DELAY_SECONDS: &str = "batchreg_change_feed_delay_seconds";
 pub const CHANGE_FEED_ERRORS_TOTAL: &str = "batchreg_change_feed_errors_total";
 pub const DEREGISTERED_PURGED_TOTAL: &str = "batchreg_deregistered_purged_total";
+pub const HEALTH_INSTANCES: &str = "batchreg_health_instances";
+pub const HEALTH_TRANSITIONS_TOTAL: &str = "batchreg_health_transitions_total";
+pub const HEALTH_EXPIRY_DELAY_SECONDS: &str = "batchreg_health_expiry_delay_seconds";
+pub const HEALTH_CHECKER_LEADER: &str = "batchreg_health_checker_leader";
+pub const HEALTH_UNKNOWN_REFUSED_TOTAL: &str = "batchreg_health_unknown_refused_total";
+pub const HEALTH_BEAT_TABLE_ENTRIES: &str = "batchreg_health_beat_table_entries";
+pub const HEALTH_BEAT_TABLE_REACHABLE: &str = "batchreg_health_beat_table_reachable";
+pub const HEALTH_BEATS_DROPPED_TOTAL: &str = "batchreg_health_beats_dropped_total";
+pub const HEALTH_CHECKER_ROUND_SECONDS: &str = "batchreg_health_checker_round_seconds";
 pub const INSTANCES_REGISTERED: &str = "batchreg_instances_registered";
 pub const SERVICES_REGISTERED: &str = "batchreg_services_registered";
 /// Prefix of the process metrics (CPU, RSS, open fds) that metrics-process collects.
@@ -167,6 +176,48 @@ fn describe() {
     describe_counter!(
         DEREGISTERED_PURGED_TOTAL,
         "Deregistered instance rows deleted after the retention."
+    );
+    describe_gauge!(
+        HEALTH_INSTANCES,
+        Unit::Count,
+        "Instances in the registry cache, by health (healthy, unhealthy)."
+    );
+    describe_counter!(
+        HEALTH_TRANSITIONS_TOTAL,
+        "Health transitions written, by the health they set (to=healthy, to=unhealthy)."
+    );
+    describe_histogram!(
+        HEALTH_EXPIRY_DELAY_SECONDS,
+        Unit::Seconds,
+        "The checker's lag: from an instance's expiry (3 ttl after its last beat) to its transition handed over."
+    );
+    describe_gauge!(
+        HEALTH_CHECKER_LEADER,
+        Unit::Count,
+        "1 while this replica holds the lease and runs the expiry checker."
+    );
+    describe_counter!(
+        HEALTH_UNKNOWN_REFUSED_TOTAL,
+        "Heartbeats refused 400202: an instance unknown after its first beats."
+    );
+    describe_gauge!(
+        HEALTH_BEAT_TABLE_ENTRIES,
+        Unit::Count,
+        "Instances in the beat table (memory, or Redis as the checker saw it)."
+    );
+    describe_gauge!(
+        HEALTH_BEAT_TABLE_REACHABLE,
+        Unit::Count,
+        "0 while the beat table (Redis) does not answer: nothing is expired then, nor for a window after."
+    );
+    describe_counter!(
+        HEALTH_BEATS_DROPPED_TOTAL,
+        "Beats not sent to Redis because its queue was full (Redis too slow or away)."
+    );
+    describe_histogram!(
+        HEALTH_CHECKER_ROUND_SECONDS,
+        Unit::Seconds,
+        "How long one round of the expiry checker took."
     );
     describe_gauge!(
         INSTANCES_REGISTERED,
@@ -451,6 +502,85 @@ impl FeedMetrics {
 
     pub fn purged(&self, rows: usize) {
         self.purged.increment(rows as u64);
+    }
+}
+
+/// The expiry checker's figures.
+#[derive(Clone)]
+pub struct HealthMetrics {
+    healthy: Gauge,
+    unhealthy: Gauge,
+    to_healthy: Counter,
+    to_unhealthy: Counter,
+    expiry_delay: Histogram,
+    leader: Gauge,
+    unknown_refused: Counter,
+    entries: Gauge,
+    reachable: Gauge,
+    dropped: Counter,
+    round: Histogram,
+}
+
+impl Default for HealthMetrics {
+    fn default() -> Self {
+        let instances = |state: &'static str| gauge!(HEALTH_INSTANCES, "state" => state);
+        let transitions = |to: &'static str| counter!(HEALTH_TRANSITIONS_TOTAL, "to" => to);
+        HealthMetrics {
+            healthy: instances("healthy"),
+            unhealthy: instances("unhealthy"),
+            to_healthy: transitions("healthy"),
+            to_unhealthy: transitions("unhealthy"),
+            expiry_delay: histogram!(HEALTH_EXPIRY_DELAY_SECONDS),
+            leader: gauge!(HEALTH_CHECKER_LEADER),
+            unknown_refused: counter!(HEALTH_UNKNOWN_REFUSED_TOTAL),
+            entries: gauge!(HEALTH_BEAT_TABLE_ENTRIES),
+            reachable: gauge!(HEALTH_BEAT_TABLE_REACHABLE),
+            dropped: counter!(HEALTH_BEATS_DROPPED_TOTAL),
+            round: histogram!(HEALTH_CHECKER_ROUND_SECONDS),
+        }
+    }
+}
+
+impl HealthMetrics {
+    pub fn instances(&self, total: usize, unhealthy: usize) {
+        self.healthy.set(total.saturating_sub(unhealthy) as f64);
+        self.unhealthy.set(unhealthy as f64);
+    }
+
+    pub fn transition(&self, healthy: bool) {
+        if healthy {
+            self.to_healthy.increment(1);
+        } else {
+            self.to_unhealthy.increment(1);
+        }
+    }
+
+    /// An expired instance handed over `late_ms` after its expiry.
+    pub fn expired_after(&self, late_ms: i64) {
+        self.expiry_delay
+            .record(Duration::from_millis(late_ms.max(0).unsigned_abs()));
+    }
+
+    pub fn leading(&self, leading: bool) {
+        self.leader.set(if leading { 1.0 } else { 0.0 });
+    }
+
+    pub fn unknown_refused(&self) {
+        self.unknown_refused.increment(1);
+    }
+
+    /// The beat table's state after a round: entries (when read), whether it answers,
+    /// beats dropped since the start.
+    pub fn table(&self, entries: Option<usize>, reachable: bool, dropped: u64) {
+        if let Some(entries) = entries {
+            self.entries.set(entries as f64);
+        }
+        self.reachable.set(if reachable { 1.0 } else { 0.0 });
+        self.dropped.absolute(dropped);
+    }
+
+    pub fn round_took(&self, took: Duration) {
+        self.round.record(took);
     }
 }
 

@@ -490,11 +490,6 @@ async fn methods_not_served_answer_unimplemented() {
     let t = TestServer::start(|_| {}).await;
     let mut client = t.client().await;
     let status = client
-        .heartbeat(instance("default", "echo", "10.0.0.1", 1))
-        .await
-        .unwrap_err();
-    assert_eq!(status.code(), tonic::Code::Unimplemented);
-    let status = client
         .report_client(proto::Client::default())
         .await
         .unwrap_err();

@@ -10,6 +10,7 @@ use tonic::metadata::MetadataMap;
 use tonic::{Request, Response as GrpcResponse, Status, Streaming};
 
 use super::{ApiError, ClientApi};
+use crate::code::Code;
 use crate::naming::{HealthCheckInput, InstanceInput, LocationInput, RequestContext, Written};
 use crate::proto;
 use crate::proto::polaris_grpc_server::PolarisGrpc;
@@ -20,6 +21,7 @@ pub struct PolarisGrpcAdapter {
     api: Arc<ClientApi>,
     register: RequestMetrics,
     deregister: RequestMetrics,
+    heartbeat: RequestMetrics,
 }
 
 impl PolarisGrpcAdapter {
@@ -28,6 +30,7 @@ impl PolarisGrpcAdapter {
             api,
             register: RequestMetrics::new("register", "grpc"),
             deregister: RequestMetrics::new("deregister", "grpc"),
+            heartbeat: RequestMetrics::new("heartbeat", "grpc"),
         }
     }
 
@@ -136,7 +139,8 @@ fn write_response(
     proto::Response {
         code: Some(code.as_u32()),
         info: Some(info),
-        instance: Some(instance_to_wire(instance)),
+        // Health checking off: Polaris answers the code alone.
+        instance: (code != Code::HealthCheckNotOpen).then(|| instance_to_wire(instance)),
         client: None,
     }
 }
@@ -158,6 +162,14 @@ impl PolarisGrpcAdapter {
             let result = written.await;
             self.answer(&self.register, started, result, *echo)
         }
+    }
+
+    async fn heartbeat(&self, request: Request<proto::Instance>) -> GrpcResponse<proto::Response> {
+        let started = Instant::now();
+        let ctx = request_context(request.metadata());
+        let input = instance_from_wire(request.into_inner());
+        let result = self.api.heartbeat(&ctx, &input).await;
+        self.answer(&self.heartbeat, started, result, input.identity())
     }
 
     async fn deregister(&self, request: Request<proto::Instance>) -> GrpcResponse<proto::Response> {
@@ -225,10 +237,8 @@ impl PolarisGrpc for PolarisGrpcAdapter {
 
     async fn heartbeat(
         &self,
-        _request: Request<proto::Instance>,
+        request: Request<proto::Instance>,
     ) -> Result<GrpcResponse<proto::Response>, Status> {
-        Err(Status::unimplemented(
-            "Heartbeat is not served by batchreg yet",
-        ))
+        Ok(PolarisGrpcAdapter::heartbeat(self, request).await)
     }
 }

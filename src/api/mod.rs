@@ -5,9 +5,12 @@ pub mod discover;
 pub mod grpc;
 pub mod http;
 
+use std::sync::Arc;
+
 use crate::auth::{Auth, AuthError};
 use crate::code::Code;
 use crate::discovery::{Answered, Discovery};
+use crate::health::{Health, HealthError};
 use crate::naming::{InstanceInput, Naming, NamingError, RequestContext, Written};
 use crate::proto;
 
@@ -18,6 +21,8 @@ pub enum ApiError {
     Auth(#[from] AuthError),
     #[error(transparent)]
     Naming(#[from] NamingError),
+    #[error(transparent)]
+    Health(#[from] HealthError),
 }
 
 impl ApiError {
@@ -26,6 +31,7 @@ impl ApiError {
         match self {
             ApiError::Auth(auth) => auth.code(),
             ApiError::Naming(naming) => naming.code(),
+            ApiError::Health(health) => health.code(),
         }
     }
 }
@@ -34,17 +40,68 @@ impl ApiError {
 /// serves the method.
 pub struct ClientApi {
     auth: Auth,
+    /// Heartbeats need a token when auth is on.
+    auth_heartbeats: bool,
     naming: Naming,
     discovery: Discovery,
+    health: Health,
+}
+
+/// What the client API is made of.
+pub struct Layers {
+    pub auth: Auth,
+    pub auth_heartbeats: bool,
+    pub naming: Naming,
+    pub discovery: Discovery,
+    pub health: Health,
 }
 
 impl ClientApi {
-    pub fn new(auth: Auth, naming: Naming, discovery: Discovery) -> Self {
-        ClientApi {
+    pub fn new(layers: Layers) -> Self {
+        let Layers {
             auth,
+            auth_heartbeats,
             naming,
             discovery,
+            health,
+        } = layers;
+        ClientApi {
+            auth,
+            auth_heartbeats,
+            naming,
+            discovery,
+            health,
         }
+    }
+
+    /// Takes one heartbeat; the answer carries the instance's id.
+    pub async fn heartbeat(
+        &self,
+        ctx: &RequestContext,
+        input: &InstanceInput,
+    ) -> Result<Written, ApiError> {
+        if self.auth.is_on() && self.auth_heartbeats {
+            // A heartbeat by id alone names its service through the registry.
+            let known = match (&input.namespace, &input.service, &input.id) {
+                (Some(_), Some(_), _) | (_, _, None) => None,
+                (_, _, Some(id)) => self.discovery.cache().instance(id).map(|(entry, _)| entry),
+            };
+            let namespace = input
+                .namespace
+                .as_deref()
+                .or(known.as_ref().map(|e| &*e.namespace));
+            let service = input
+                .service
+                .as_deref()
+                .or(known.as_ref().map(|e| &*e.name));
+            self.auth.check(ctx, input, namespace, service)?;
+        }
+        let id = self.health.heartbeat(input).await?;
+        Ok(Written {
+            code: Code::ExecuteSuccess,
+            info: "heartbeat taken",
+            id,
+        })
     }
 
     /// Answers one Discover request from the registry cache.
@@ -63,7 +120,14 @@ impl ClientApi {
             .auth
             .check_write(ctx, &input)
             .map(|()| self.naming.register(ctx, input));
-        async move { Ok(queued?.await?) }
+        async move {
+            let written = queued?.await?;
+            if written.code == Code::ExecuteSuccess {
+                // A registration counts as a first beat.
+                self.health.registered(&written.id);
+            }
+            Ok(written)
+        }
     }
 
     pub async fn deregister(
@@ -72,7 +136,9 @@ impl ClientApi {
         input: &InstanceInput,
     ) -> Result<Written, ApiError> {
         self.auth.check_write(ctx, input)?;
-        Ok(self.naming.deregister(ctx, input).await?)
+        let written = self.naming.deregister(ctx, input).await?;
+        self.health.deregistered(&written.id);
+        Ok(written)
     }
 
     pub fn naming(&self) -> &Naming {
@@ -81,5 +147,13 @@ impl ClientApi {
 
     pub fn discovery(&self) -> &Discovery {
         &self.discovery
+    }
+
+    /// Stops the pipeline: writes everything queued, answers every request, stops the
+    /// expiry checker. Call it once no request can arrive.
+    pub async fn stop(self: &Arc<Self>) {
+        let api = Arc::clone(self);
+        let _ = tokio::task::spawn_blocking(move || api.naming.shutdown()).await;
+        self.health.stop().await;
     }
 }

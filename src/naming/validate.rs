@@ -77,6 +77,11 @@ fn is_name(text: &str) -> bool {
 }
 
 fn check_names(input: &InstanceInput) -> Result<(&str, &str), ValidationError> {
+    let namespace = check_namespace(input)?;
+    Ok((namespace, check_service(input)?))
+}
+
+fn check_namespace(input: &InstanceInput) -> Result<&str, ValidationError> {
     let namespace = input.namespace.as_deref().unwrap_or("");
     if namespace.is_empty() {
         return Err(ValidationError::Namespace("namespace is required"));
@@ -89,6 +94,10 @@ fn check_names(input: &InstanceInput) -> Result<(&str, &str), ValidationError> {
             "only 0-9 A-Z a-z - . / : _ are allowed",
         ));
     }
+    Ok(namespace)
+}
+
+fn check_service(input: &InstanceInput) -> Result<&str, ValidationError> {
     let service = input.service.as_deref().unwrap_or("");
     if service.is_empty() {
         return Err(ValidationError::Service("service is required"));
@@ -101,7 +110,7 @@ fn check_names(input: &InstanceInput) -> Result<(&str, &str), ValidationError> {
             "only 0-9 A-Z a-z - . / : _ are allowed",
         ));
     }
-    Ok((namespace, service))
+    Ok(service)
 }
 
 fn check_host_port(input: &InstanceInput) -> Result<(&str, u32), ValidationError> {
@@ -251,10 +260,77 @@ pub fn deregister_id(input: &InstanceInput) -> Result<String, ValidationError> {
     Ok(instance_id(namespace, service, vpc_id, host, port))
 }
 
+/// Validates a heartbeat in Polaris's order: an id is used as given (an empty one is
+/// refused); without one, service, namespace, host and port (and vpc_id) are checked and
+/// the id computed from them. Returns the instance id.
+pub fn heartbeat_id(input: &InstanceInput) -> Result<String, ValidationError> {
+    if input.is_empty() {
+        return Err(ValidationError::Empty);
+    }
+    if let Some(id) = &input.id {
+        return match id.len() {
+            0 => Err(ValidationError::Id("id is empty")),
+            len if len > MAX_ID_LEN => Err(ValidationError::Id("longer than 128 characters")),
+            _ => Ok(id.clone()),
+        };
+    }
+    let service = check_service(input)?;
+    let namespace = check_namespace(input)?;
+    let (host, port) = check_host_port(input)?;
+    if !at_most(&input.vpc_id, MAX_VPC_ID_LEN) {
+        return Err(ValidationError::Parameter(
+            "vpc_id longer than 64 characters",
+        ));
+    }
+    let vpc_id = input.vpc_id.as_deref().unwrap_or("");
+    Ok(instance_id(namespace, service, vpc_id, host, port))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn heartbeats_are_checked_in_polaris_order() {
+        let by_id = InstanceInput {
+            id: Some("given".into()),
+            ..Default::default()
+        };
+        assert_eq!(heartbeat_id(&by_id).unwrap(), "given");
+        let empty_id = InstanceInput {
+            id: Some(String::new()),
+            service: Some("svc".into()),
+            ..Default::default()
+        };
+        assert!(matches!(
+            heartbeat_id(&empty_id),
+            Err(ValidationError::Id(_))
+        ));
+        // Service before namespace.
+        let neither = InstanceInput {
+            host: Some("h".into()),
+            ..Default::default()
+        };
+        assert!(matches!(
+            heartbeat_id(&neither),
+            Err(ValidationError::Service(_))
+        ));
+        let mut no_port = good();
+        no_port.port = None;
+        assert!(matches!(
+            heartbeat_id(&no_port),
+            Err(ValidationError::Port(_))
+        ));
+        assert_eq!(
+            heartbeat_id(&good()).unwrap(),
+            instance_id("default", "echo", "", "10.0.0.1", 8080)
+        );
+        assert_eq!(
+            heartbeat_id(&InstanceInput::default()),
+            Err(ValidationError::Empty)
+        );
+    }
 
     fn good() -> InstanceInput {
         InstanceInput {

@@ -6,6 +6,7 @@
 pub mod discover;
 pub mod metrics;
 pub mod mysql;
+pub mod redis;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
