@@ -1,15 +1,16 @@
 //! The transport's own ceiling: a `v1.PolarisGRPC` server on the same tonic stack and
 //! runtime as batchreg that answers at once, with no auth, validation, batching, store or
-//! cache. Its RegisterInstance answers `200000` with the instance. Its Discover answers,
-//! on the same stream, `200001` to a request that carries the revision it last sent, and
-//! otherwise `200000` with `--instances` instances of `--metadata` entries each, encoded
-//! for every answer. A loadgen run against it measures what gRPC alone costs on this
-//! machine, so batchreg's rates can be read against the fastest any server on this
-//! transport could answer.
+//! cache. Its RegisterInstance, DeregisterInstance and Heartbeat answer `200000` with
+//! the instance sent. Its Discover answers, on the same stream, `200001` to a request
+//! that carries the revision it last sent, and otherwise `200000` with `--instances`
+//! instances of `--metadata` entries each, encoded for every answer. A loadgen run
+//! against it measures what gRPC alone costs on this machine, so batchreg's rates can be
+//! read against the fastest any server on this transport could answer.
 //!
 //! cargo bench --bench grpc_ceiling -- --listen 127.0.0.1:18195 &
 //! batchreg-loadgen storm --target 127.0.0.1:18195 --count 100000 --in-flight 512
 //! batchreg-loadgen discover --target 127.0.0.1:18195 --watchers 64 [--cold]
+//! batchreg-loadgen heartbeat --target 127.0.0.1:18195 ...
 //!
 //! It serves until SIGINT or SIGTERM.
 
@@ -138,9 +139,9 @@ impl PolarisGrpc for Echo {
 
     async fn heartbeat(
         &self,
-        _request: Request<proto::Instance>,
+        request: Request<proto::Instance>,
     ) -> Result<Response<proto::Response>, Status> {
-        Err(Status::unimplemented("not measured"))
+        Ok(success(request.into_inner()))
     }
 
     async fn report_client(
