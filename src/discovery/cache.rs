@@ -458,6 +458,19 @@ impl RegistryCache {
         Some((entry, cached))
     }
 
+    /// For a cached instance, its heartbeat ttl (`None` inside: no heartbeat health
+    /// check); `None` when the instance is not cached. Cheaper than [`Self::instance`].
+    pub fn heartbeat_ttl(&self, id: &str) -> Option<Option<u32>> {
+        let entry = self
+            .instances
+            .read()
+            .expect("cache lock")
+            .get(id)
+            .cloned()?;
+        let state = entry.state.lock().expect("service lock");
+        state.instances.get(id).map(|cached| cached.ttl)
+    }
+
     /// Whether the cache holds the instance as stored with this revision and mtime.
     pub fn holds(&self, id: &str, revision: &str, mtime: &str) -> bool {
         self.instance(id)

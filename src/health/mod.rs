@@ -192,10 +192,10 @@ impl Health {
         }
         let id = validate::heartbeat_id(input)?;
         let now = self.clock.now_ms();
-        match self.cache.instance(&id) {
-            Some((_, cached)) => {
+        match self.cache.heartbeat_ttl(&id) {
+            Some(ttl) => {
                 // An instance registered without a health check: answered, no effect.
-                if let Some(ttl) = cached.ttl {
+                if let Some(ttl) = ttl {
                     self.table.record(&id, rules::expiry_after(now, ttl));
                 }
                 Ok(id)
@@ -214,9 +214,7 @@ impl Health {
 
     /// An instance was registered (new or changed): that counts as its first beat.
     pub fn registered(&self, id: &str) {
-        if let Some((_, cached)) = self.cache.instance(id)
-            && let Some(ttl) = cached.ttl
-        {
+        if let Some(Some(ttl)) = self.cache.heartbeat_ttl(id) {
             self.table
                 .record(id, rules::expiry_after(self.clock.now_ms(), ttl));
         }
