@@ -90,12 +90,15 @@ fn main() -> ExitCode {
             .map_err(|e| e.to_string())
             .and_then(|settings| {
                 let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
-                runtime.block_on(async {
+                let served = runtime.block_on(async {
                     let shutdown = shutdown_signal().map_err(|e| e.to_string())?;
                     batchreg::run(settings, shutdown)
                         .await
                         .map_err(|e| e.to_string())
-                })
+                });
+                // A start cut short leaves the cache's loading thread behind: not waited for.
+                runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+                served
             }),
     };
     match result {

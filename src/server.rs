@@ -48,7 +48,15 @@ pub async fn run(
     settings: Settings,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
-    let server = Server::start(settings).await?;
+    tokio::pin!(shutdown);
+    let server = tokio::select! {
+        started = Server::start(settings) => started?,
+        () = &mut shutdown => {
+            // Still opening the store or loading the cache: nothing was answered yet.
+            tracing::info!("stopped while starting: nothing was served");
+            return Ok(());
+        }
+    };
     tracing::info!(grpc = %server.grpc_addr(), http = %server.http_addr(), "batchreg serving");
     shutdown.await;
     server.shutdown().await

@@ -458,9 +458,10 @@ impl RegistryCache {
         Some((entry, cached))
     }
 
-    /// For a cached instance, its heartbeat ttl (`None` inside: no heartbeat health
-    /// check); `None` when the instance is not cached. Cheaper than [`Self::instance`].
-    pub fn heartbeat_ttl(&self, id: &str) -> Option<Option<u32>> {
+    /// For a cached instance, its id as the cache shares it, its heartbeat ttl (`None`:
+    /// no heartbeat health check) and its health; `None` when the instance is not cached.
+    /// Cheaper than [`Self::instance`].
+    pub fn heartbeat_ttl(&self, id: &str) -> Option<(Arc<str>, Option<u32>, bool)> {
         let entry = self
             .instances
             .read()
@@ -468,7 +469,10 @@ impl RegistryCache {
             .get(id)
             .cloned()?;
         let state = entry.state.lock().expect("service lock");
-        state.instances.get(id).map(|cached| cached.ttl)
+        state
+            .instances
+            .get(id)
+            .map(|cached| (Arc::clone(&cached.id), cached.ttl, cached.healthy))
     }
 
     /// Whether the cache holds the instance as stored with this revision and mtime.

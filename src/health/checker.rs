@@ -19,9 +19,15 @@ use crate::store::HealthChange;
 use crate::store::clock::Clock;
 use crate::telemetry::HealthMetrics;
 
-/// Expired entries handled per round at most: a mass failure is handled over a few
-/// rounds, not in one that holds up the next.
+/// Expired entries, and revived instances, handled per round at most: a mass failure is
+/// handled over a few rounds, not in one that holds up the next.
 const EXPIRED_PER_ROUND: usize = 10_000;
+/// How often every unhealthy instance is looked at, whether or not it was noted as
+/// beating again (a beat that reached a replica whose cache did not show the instance
+/// unhealthy yet is found this way).
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
+/// Unhealthy instances looked up in the table at once during a sweep.
+const SWEEP_CHUNK: usize = 10_000;
 
 /// The running checker.
 pub struct Checker {
@@ -49,6 +55,7 @@ impl Checker {
             pending: Arc::new(Mutex::new(HashSet::new())),
             started_ms,
             seeded_for: started_ms.into(),
+            swept_at: started_ms.into(),
             metrics,
         };
         let task = tokio::spawn(async move {
@@ -77,6 +84,12 @@ impl Checker {
     }
 }
 
+/// Transitions the health batch queue refused in one round (it was full).
+#[derive(Default)]
+struct Full {
+    refused: usize,
+}
+
 /// What one round needs.
 struct Round {
     table: Arc<BeatTable>,
@@ -87,6 +100,8 @@ struct Round {
     started_ms: i64,
     /// The `trusted_since` the table was last seeded for.
     seeded_for: std::sync::atomic::AtomicI64,
+    /// When every unhealthy instance was last looked at (store clock, ms).
+    swept_at: std::sync::atomic::AtomicI64,
     metrics: HealthMetrics,
 }
 
@@ -108,7 +123,7 @@ impl Round {
                 .cache
                 .checked()
                 .into_iter()
-                .map(|(id, ttl)| (id.to_string(), rules::expiry_after(trusted, ttl)))
+                .map(|(id, ttl)| (id, rules::expiry_after(trusted, ttl)))
                 .collect();
             if self.table.seed_all(seeds).await.is_err() {
                 return;
@@ -116,34 +131,52 @@ impl Round {
             self.seeded_for
                 .store(trusted, std::sync::atomic::Ordering::Relaxed);
         }
+        let mut full = Full::default();
         if let Ok(expired) = self.table.expired(now, EXPIRED_PER_ROUND).await {
             for (id, expiry) in expired {
-                self.expired(&id, expiry, now, trusted).await;
+                self.expired(&id, expiry, now, trusted, &mut full).await;
             }
         }
-        let unhealthy: Vec<String> = self
-            .cache
-            .unhealthy()
-            .iter()
-            .map(|id| id.to_string())
-            .collect();
-        if let Ok(expiries) = self.table.expiries(&unhealthy, now).await {
-            for (id, expiry) in unhealthy.iter().zip(expiries) {
-                let Some((_, cached)) = self.cache.instance(id) else {
-                    continue;
-                };
-                let Some(ttl) = cached.ttl else { continue };
-                if rules::verdict(cached.healthy, expiry, ttl, now, trusted)
-                    == Verdict::TurnsHealthy
-                {
-                    self.hand_over(id, true, None);
-                }
+        if let Ok(revived) = self.table.take_revived(EXPIRED_PER_ROUND).await {
+            self.revive(&revived, now, trusted, &mut full).await;
+        }
+        let swept_at = self.swept_at.load(std::sync::atomic::Ordering::Relaxed);
+        if now - swept_at >= SWEEP_EVERY.as_millis() as i64 {
+            self.swept_at
+                .store(now, std::sync::atomic::Ordering::Relaxed);
+            let unhealthy = self.cache.unhealthy();
+            for chunk in unhealthy.chunks(SWEEP_CHUNK) {
+                let ids: Vec<String> = chunk.iter().map(|id| id.to_string()).collect();
+                self.revive(&ids, now, trusted, &mut full).await;
+            }
+        }
+        if full.refused > 0 {
+            tracing::warn!(
+                transitions = full.refused,
+                "the health batch queue is full: transitions left for the next rounds"
+            );
+        }
+    }
+
+    /// Unhealthy instances that may beat again: those whose beats have not run out turn
+    /// healthy.
+    async fn revive(&self, ids: &[String], now: i64, trusted: i64, full: &mut Full) {
+        let Ok(expiries) = self.table.expiries(ids, now).await else {
+            return;
+        };
+        for (id, expiry) in ids.iter().zip(expiries) {
+            let Some((_, cached)) = self.cache.instance(id) else {
+                continue;
+            };
+            let Some(ttl) = cached.ttl else { continue };
+            if rules::verdict(cached.healthy, expiry, ttl, now, trusted) == Verdict::TurnsHealthy {
+                self.hand_over(id, true, None, full);
             }
         }
     }
 
     /// One entry of the table whose expiry has come.
-    async fn expired(&self, id: &str, expiry: i64, now: i64, trusted: i64) {
+    async fn expired(&self, id: &str, expiry: i64, now: i64, trusted: i64, full: &mut Full) {
         let Some((_, cached)) = self.cache.instance(id) else {
             // Deregistered, or never registered: nothing to check.
             self.table.forget_expired(id, expiry).await;
@@ -156,7 +189,7 @@ impl Round {
         match rules::verdict(cached.healthy, Some(expiry), ttl, now, trusted) {
             Verdict::TurnsUnhealthy => {
                 self.metrics.expired_after(now - expiry);
-                self.hand_over(id, false, Some(expiry));
+                self.hand_over(id, false, Some(expiry), full);
             }
             // Unhealthy already: its entry has done its job.
             Verdict::Stays if !cached.healthy => {
@@ -169,7 +202,12 @@ impl Round {
     /// Queues a transition of `id` to `healthy`, unless one is on its way. Once it is
     /// written, an expired entry (`expiry`) leaves the table, unless the instance beat
     /// meanwhile.
-    fn hand_over(&self, id: &str, healthy: bool, expiry: Option<i64>) {
+    fn hand_over(&self, id: &str, healthy: bool, expiry: Option<i64>, full: &mut Full) {
+        // Once the queue refused one, the others wait for the next round.
+        if full.refused > 0 {
+            full.refused += 1;
+            return;
+        }
         if !self
             .pending
             .lock()
@@ -195,7 +233,8 @@ impl Round {
         let answer = match self.controller.submit(op) {
             Ok(answer) => answer,
             Err(error) => {
-                tracing::warn!(%error, "health transition not queued; tried again next round");
+                tracing::debug!(%error, "health transition not queued");
+                full.refused += 1;
                 self.pending.lock().expect("pending lock").remove(id);
                 return;
             }
@@ -289,13 +328,14 @@ mod tests {
             pending: Arc::new(Mutex::new(HashSet::new())),
             started_ms: START,
             seeded_for: START.into(),
+            swept_at: START.into(),
             metrics: HealthMetrics::default(),
         };
         // As at the start: every checked instance counts as beating now.
         let seeds = cache
             .checked()
             .into_iter()
-            .map(|(id, ttl)| (id.to_string(), rules::expiry_after(START, ttl)))
+            .map(|(id, ttl)| (id, rules::expiry_after(START, ttl)))
             .collect();
         table.seed_all(seeds).await.unwrap();
         Rig {
@@ -332,8 +372,19 @@ mod tests {
             (cached, stored)
         }
 
+        /// A beat as `Health::heartbeat` records it: an unhealthy instance is noted.
         fn beat(&self, id: &str, at: i64) {
-            self.table.record(id, rules::expiry_after(at, 1));
+            self.silent_beat(id, at);
+            if self.cache.instance(id).is_some_and(|(_, c)| !c.healthy) {
+                self.table.revive(&Arc::from(id));
+            }
+        }
+
+        /// A beat the checker was not told of (it reached a replica whose cache did not
+        /// show the instance unhealthy yet).
+        fn silent_beat(&self, id: &str, at: i64) {
+            self.table
+                .record(&Arc::from(id), rules::expiry_after(at, 1));
         }
     }
 
@@ -368,6 +419,21 @@ mod tests {
         rig.run(START + 9_200).await;
         assert_eq!(rig.health("a"), (Some(true), Some(true)));
         assert_eq!(rig.health("b"), (Some(false), Some(false)));
+    }
+
+    #[tokio::test]
+    async fn a_beat_the_checker_was_not_told_of_is_found_by_the_sweep() {
+        let rig = rig().await;
+        rig.run(START + 3_000).await;
+        assert_eq!(rig.health("a"), (Some(false), Some(false)));
+        rig.silent_beat("a", START + 4_000);
+        // Not noted: the rounds before the sweep do not see it...
+        rig.run(START + 4_100).await;
+        assert_eq!(rig.health("a"), (Some(false), Some(false)));
+        // ...the sweep, every 10 s, does (the last one was at the start).
+        rig.silent_beat("a", START + 9_900);
+        rig.run(START + 10_000).await;
+        assert_eq!(rig.health("a"), (Some(true), Some(true)));
     }
 
     #[tokio::test]

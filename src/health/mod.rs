@@ -133,10 +133,10 @@ impl Health {
             }
         };
         let table = Arc::new(table);
-        let seeds: Vec<(String, i64)> = cache
+        let seeds: Vec<(Arc<str>, i64)> = cache
             .checked()
             .into_iter()
-            .map(|(id, ttl)| (id.to_string(), rules::expiry_after(started_ms, ttl)))
+            .map(|(id, ttl)| (id, rules::expiry_after(started_ms, ttl)))
             .collect();
         table
             .seed_all(seeds)
@@ -193,16 +193,22 @@ impl Health {
         let id = validate::heartbeat_id(input)?;
         let now = self.clock.now_ms();
         match self.cache.heartbeat_ttl(&id) {
-            Some(ttl) => {
+            Some((shared, ttl, healthy)) => {
                 // An instance registered without a health check: answered, no effect.
                 if let Some(ttl) = ttl {
-                    self.table.record(&id, rules::expiry_after(now, ttl));
+                    self.table.record(&shared, rules::expiry_after(now, ttl));
+                    if !healthy {
+                        // The checker looks at it at its next round.
+                        self.table.revive(&shared);
+                    }
                 }
                 Ok(id)
             }
             None => {
-                self.table
-                    .record(&id, rules::expiry_after(now, DEFAULT_TTL_SECONDS));
+                self.table.record(
+                    &Arc::from(id.as_str()),
+                    rules::expiry_after(now, DEFAULT_TTL_SECONDS),
+                );
                 if self.table.unknown_beat(&id, now).await > rules::UNKNOWN_BEATS_ALLOWED {
                     self.metrics.unknown_refused();
                     return Err(HealthError::Unknown { id });
@@ -214,9 +220,9 @@ impl Health {
 
     /// An instance was registered (new or changed): that counts as its first beat.
     pub fn registered(&self, id: &str) {
-        if let Some(Some(ttl)) = self.cache.heartbeat_ttl(id) {
+        if let Some((shared, Some(ttl), _)) = self.cache.heartbeat_ttl(id) {
             self.table
-                .record(id, rules::expiry_after(self.clock.now_ms(), ttl));
+                .record(&shared, rules::expiry_after(self.clock.now_ms(), ttl));
         }
     }
 

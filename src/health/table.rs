@@ -10,8 +10,8 @@
 use std::collections::HashMap;
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
@@ -29,10 +29,12 @@ const SHARDS: usize = 16;
 /// How long an unknown instance's beats are counted before the count starts over.
 const UNKNOWN_MEMORY_MS: i64 = 60_000;
 
-/// The beat table of a single node.
+/// The beat table of a single node. Ids are shared with the registry cache's.
 pub struct MemoryTable {
-    shards: Vec<Mutex<HashMap<String, i64>>>,
+    shards: Vec<Mutex<HashMap<Arc<str>, i64>>>,
     unknown: Mutex<HashMap<String, (u64, i64)>>,
+    /// Unhealthy instances that beat since the checker last looked.
+    revived: Mutex<Vec<Arc<str>>>,
 }
 
 impl Default for MemoryTable {
@@ -40,31 +42,32 @@ impl Default for MemoryTable {
         MemoryTable {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             unknown: Mutex::new(HashMap::new()),
+            revived: Mutex::new(Vec::new()),
         }
     }
 }
 
 impl MemoryTable {
-    fn shard(&self, id: &str) -> &Mutex<HashMap<String, i64>> {
+    fn shard(&self, id: &str) -> &Mutex<HashMap<Arc<str>, i64>> {
         let mut hasher = DefaultHasher::new();
         id.hash(&mut hasher);
         &self.shards[hasher.finish() as usize % SHARDS]
     }
 
-    fn record(&self, id: &str, expiry_ms: i64) {
+    fn record(&self, id: &Arc<str>, expiry_ms: i64) {
         let mut shard = self.shard(id).lock().expect("beat table lock");
-        match shard.get_mut(id) {
+        match shard.get_mut(&**id) {
             Some(expiry) => *expiry = expiry_ms,
             None => {
-                shard.insert(id.to_owned(), expiry_ms);
+                shard.insert(Arc::clone(id), expiry_ms);
             }
         }
     }
 
-    fn seed(&self, id: &str, expiry_ms: i64) {
+    fn seed(&self, id: &Arc<str>, expiry_ms: i64) {
         let mut shard = self.shard(id).lock().expect("beat table lock");
-        if !shard.contains_key(id) {
-            shard.insert(id.to_owned(), expiry_ms);
+        if !shard.contains_key(&**id) {
+            shard.insert(Arc::clone(id), expiry_ms);
         }
     }
 
@@ -97,7 +100,7 @@ impl MemoryTable {
                 shard
                     .iter()
                     .filter(|(_, expiry)| **expiry <= now_ms)
-                    .map(|(id, expiry)| (id.clone(), *expiry)),
+                    .map(|(id, expiry)| (id.to_string(), *expiry)),
             );
             if expired.len() >= limit {
                 break;
@@ -113,7 +116,7 @@ impl MemoryTable {
                 self.shard(id)
                     .lock()
                     .expect("beat table lock")
-                    .get(id)
+                    .get(id.as_str())
                     .copied()
             })
             .collect()
@@ -130,6 +133,7 @@ impl MemoryTable {
 /// A write queued for Redis.
 enum RedisWrite {
     Beat(String, i64),
+    Revive(String),
     Seed(String, i64),
     Forget(String),
 }
@@ -143,6 +147,8 @@ const REDIS_BATCH: usize = 2_000;
 pub struct RedisTable {
     conn: ConnectionManager,
     beats_key: String,
+    /// A set: unhealthy instances that beat since the checker last looked.
+    revived_key: String,
     unknown_prefix: String,
     lease_key: String,
     /// Present while the beats key holds every instance's beat: set after seeding; a
@@ -185,6 +191,7 @@ impl RedisTable {
         let table = RedisTable {
             conn,
             beats_key: format!("{prefix}beats"),
+            revived_key: format!("{prefix}revived"),
             unknown_prefix: format!("{prefix}unknown:"),
             lease_key: format!("{prefix}checker-lease"),
             seeded_key: format!("{prefix}seeded"),
@@ -197,7 +204,7 @@ impl RedisTable {
         };
         tokio::spawn(write_beats(
             table.conn.clone(),
-            table.beats_key.clone(),
+            (table.beats_key.clone(), table.revived_key.clone()),
             queue,
             std::sync::Arc::clone(&table.away),
         ));
@@ -241,7 +248,7 @@ impl RedisTable {
 /// Sends queued writes to Redis, a pipeline at a time.
 async fn write_beats(
     mut conn: ConnectionManager,
-    key: String,
+    (key, revived_key): (String, String),
     mut queue: mpsc::Receiver<RedisWrite>,
     away: std::sync::Arc<AtomicBool>,
 ) {
@@ -260,6 +267,9 @@ async fn write_beats(
                         .arg(expiry)
                         .arg(id)
                         .ignore();
+                }
+                RedisWrite::Revive(id) => {
+                    pipe.cmd("SADD").arg(&revived_key).arg(id).ignore();
                 }
                 RedisWrite::Forget(id) => {
                     pipe.cmd("ZREM").arg(&key).arg(id).ignore();
@@ -282,18 +292,50 @@ pub enum BeatTable {
 
 impl BeatTable {
     /// Records a beat: the instance now expires at `expiry_ms`. Never waits.
-    pub fn record(&self, id: &str, expiry_ms: i64) {
+    pub fn record(&self, id: &Arc<str>, expiry_ms: i64) {
         match self {
             BeatTable::Memory(table) => table.record(id, expiry_ms),
-            BeatTable::Redis(table) => table.queue(RedisWrite::Beat(id.to_owned(), expiry_ms)),
+            BeatTable::Redis(table) => table.queue(RedisWrite::Beat(id.to_string(), expiry_ms)),
         }
     }
 
     /// Records an expiry where the table has none (a registration, the start).
-    pub fn seed(&self, id: &str, expiry_ms: i64) {
+    pub fn seed(&self, id: &Arc<str>, expiry_ms: i64) {
         match self {
             BeatTable::Memory(table) => table.seed(id, expiry_ms),
-            BeatTable::Redis(table) => table.queue(RedisWrite::Seed(id.to_owned(), expiry_ms)),
+            BeatTable::Redis(table) => table.queue(RedisWrite::Seed(id.to_string(), expiry_ms)),
+        }
+    }
+
+    /// Notes that an unhealthy instance beat: the checker looks at it at its next round.
+    pub fn revive(&self, id: &Arc<str>) {
+        match self {
+            BeatTable::Memory(table) => table
+                .revived
+                .lock()
+                .expect("beat table lock")
+                .push(Arc::clone(id)),
+            BeatTable::Redis(table) => table.queue(RedisWrite::Revive(id.to_string())),
+        }
+    }
+
+    /// Takes at most `limit` of the instances noted by [`Self::revive`].
+    pub async fn take_revived(&self, limit: usize) -> Result<Vec<String>, TableError> {
+        match self {
+            BeatTable::Memory(table) => {
+                let mut revived = table.revived.lock().expect("beat table lock");
+                let from = revived.len().saturating_sub(limit);
+                Ok(revived.drain(from..).map(|id| id.to_string()).collect())
+            }
+            BeatTable::Redis(table) => {
+                let mut conn = table.conn.clone();
+                let result = redis::cmd("SPOP")
+                    .arg(&table.revived_key)
+                    .arg(limit)
+                    .query_async::<Vec<String>>(&mut conn)
+                    .await;
+                table.reached(result, None)
+            }
         }
     }
 
@@ -326,7 +368,7 @@ impl BeatTable {
     /// Records each expiry where the table has none, waiting until all are recorded (at
     /// start, and when Redis lost its data: every health-checked instance counts as
     /// beating now).
-    pub async fn seed_all(&self, seeds: Vec<(String, i64)>) -> Result<(), TableError> {
+    pub async fn seed_all(&self, seeds: Vec<(Arc<str>, i64)>) -> Result<(), TableError> {
         match self {
             BeatTable::Memory(table) => {
                 for (id, expiry) in seeds {
@@ -340,7 +382,7 @@ impl BeatTable {
                     let mut zadd = redis::cmd("ZADD");
                     zadd.arg(&table.beats_key).arg("NX");
                     for (id, expiry) in chunk {
-                        zadd.arg(*expiry).arg(id);
+                        zadd.arg(*expiry).arg(&**id);
                     }
                     zadd.query_async::<()>(&mut conn).await?;
                 }
@@ -541,10 +583,11 @@ mod tests {
     #[test]
     fn the_memory_table_keeps_the_latest_beat_and_seeds_only_what_is_missing() {
         let table = MemoryTable::default();
-        table.record("a", 100);
-        table.record("a", 200);
-        table.seed("a", 50);
-        table.seed("b", 150);
+        let (a, b): (Arc<str>, Arc<str>) = ("a".into(), "b".into());
+        table.record(&a, 100);
+        table.record(&a, 200);
+        table.seed(&a, 50);
+        table.seed(&b, 150);
         assert_eq!(
             table.expiries(&["a".to_owned(), "b".to_owned(), "c".to_owned()]),
             [Some(200), Some(150), None]
@@ -553,7 +596,7 @@ mod tests {
         expired.sort();
         assert_eq!(expired, [("b".to_owned(), 150)]);
         // Forgotten only while unchanged: a beat since keeps it.
-        table.record("b", 400);
+        table.record(&b, 400);
         table.forget("b", Some(150));
         assert_eq!(table.expiries(&["b".to_owned()]), [Some(400)]);
         table.forget("b", Some(400));
