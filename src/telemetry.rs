@@ -32,6 +32,7 @@ pub const CACHE_INSTANCES: &str = "batchreg_cache_instances";
 pub const CHANGE_FEED_LAG_SECONDS: &str = "batchreg_change_feed_lag_seconds";
 pub const CHANGE_FEED_APPLIED_TOTAL: &str = "batchreg_change_feed_applied_total";
 pub const CHANGE_FEED_DELAY_SECONDS: &str = "batchreg_change_feed_delay_seconds";
+pub const CHANGE_FEED_READ_SECONDS: &str = "batchreg_change_feed_read_seconds";
 pub const CHANGE_FEED_ERRORS_TOTAL: &str = "batchreg_change_feed_errors_total";
 pub const DEREGISTERED_PURGED_TOTAL: &str = "batchreg_deregistered_purged_total";
 pub const HEALTH_INSTANCES: &str = "batchreg_health_instances";
@@ -159,6 +160,11 @@ fn describe() {
         CHANGE_FEED_LAG_SECONDS,
         Unit::Seconds,
         "Cluster mode: age of the newest change the change feed applied, when it applied one."
+    );
+    describe_histogram!(
+        CHANGE_FEED_READ_SECONDS,
+        Unit::Seconds,
+        "Cluster mode: how long one read of the change feed took, changes applied."
     );
     describe_counter!(
         CHANGE_FEED_APPLIED_TOTAL,
@@ -459,6 +465,7 @@ pub struct FeedMetrics {
     instances: Gauge,
     lag: Gauge,
     delay: Histogram,
+    read: Histogram,
     applied: Counter,
     errors: Counter,
     purged: Counter,
@@ -471,6 +478,7 @@ impl Default for FeedMetrics {
             instances: gauge!(CACHE_INSTANCES),
             lag: gauge!(CHANGE_FEED_LAG_SECONDS),
             delay: histogram!(CHANGE_FEED_DELAY_SECONDS),
+            read: histogram!(CHANGE_FEED_READ_SECONDS),
             applied: counter!(CHANGE_FEED_APPLIED_TOTAL),
             errors: counter!(CHANGE_FEED_ERRORS_TOTAL),
             purged: counter!(DEREGISTERED_PURGED_TOTAL),
@@ -486,7 +494,8 @@ impl FeedMetrics {
 
     /// One read of the feed: how long after its write each change was applied, and the
     /// age of its newest change.
-    pub fn polled(&self, delays: &[Duration], lag: Option<Duration>) {
+    pub fn polled(&self, delays: &[Duration], lag: Option<Duration>, took: Duration) {
+        self.read.record(took);
         self.applied.increment(delays.len() as u64);
         for delay in delays {
             self.delay.record(*delay);

@@ -475,10 +475,23 @@ impl RegistryCache {
             .map(|cached| (Arc::clone(&cached.id), cached.ttl, cached.healthy))
     }
 
+    /// `look` applied to the cached instance, without copying it; `None` when it is not
+    /// cached.
+    pub fn peek<R>(&self, id: &str, look: impl FnOnce(&CachedInstance) -> R) -> Option<R> {
+        let entry = self
+            .instances
+            .read()
+            .expect("cache lock")
+            .get(id)
+            .cloned()?;
+        let state = entry.state.lock().expect("service lock");
+        state.instances.get(id).map(look)
+    }
+
     /// Whether the cache holds the instance as stored with this revision and mtime.
     pub fn holds(&self, id: &str, revision: &str, mtime: &str) -> bool {
-        self.instance(id)
-            .is_some_and(|(_, held)| held.is_stored_as(revision, mtime))
+        self.peek(id, |held| held.is_stored_as(revision, mtime))
+            .unwrap_or(false)
     }
 
     /// The mtime of an instance's removal, if it was removed recently.

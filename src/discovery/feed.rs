@@ -62,8 +62,11 @@ impl Feed {
                     last_purge: Instant::now(),
                 };
                 loop {
+                    // A read every refresh interval, however long the last one took.
+                    let started = Instant::now();
                     follower.round(follow);
-                    match stopped.recv_timeout(settings.refresh) {
+                    let wait = settings.refresh.saturating_sub(started.elapsed());
+                    match stopped.recv_timeout(wait) {
                         Err(RecvTimeoutError::Timeout) => {}
                         _ => return,
                     }
@@ -99,8 +102,12 @@ struct Follower<'a> {
 }
 
 impl Follower<'_> {
-    fn round(&mut self, follow: bool) {
+    /// One round: reads the feed (when following) and purges when due. Returns how many
+    /// changes it applied.
+    fn round(&mut self, follow: bool) -> usize {
+        let mut applied = 0;
         if follow {
+            let started = Instant::now();
             match follow_once(
                 self.store,
                 self.cache,
@@ -108,7 +115,9 @@ impl Follower<'_> {
                 self.settings.overlap,
             ) {
                 Ok(read) => {
-                    self.metrics.polled(&read.delays, read.lag);
+                    applied = read.delays.len();
+                    self.metrics
+                        .polled(&read.delays, read.lag, started.elapsed());
                     self.last_read = read.at;
                 }
                 Err(error) => {
@@ -126,6 +135,7 @@ impl Follower<'_> {
         }
         self.metrics
             .cache_sizes(self.cache.service_count(), self.cache.instance_count());
+        applied
     }
 }
 
@@ -155,22 +165,31 @@ pub fn follow_once(
     overlap: Duration,
 ) -> Result<FeedRead, StoreError> {
     let at = store.now()?;
+    let read_started = std::time::Instant::now();
     let since = earlier(last_read, overlap);
     for service in store.services(Some(&since))? {
         cache.put_service(&service);
     }
     let now = parse_time(&at);
+    // From the write to now, when the change is applied: the store's time at the start
+    // of this read, plus the time the read has taken.
     let since_write = |mtime: &str| {
         now.and_then(|now| now.duration_since(parse_time(mtime)?).ok())
             .unwrap_or_default()
+            + read_started.elapsed()
     };
     let mut delays = Vec::new();
     let mut newest: Option<String> = None;
     let mut fetch = Vec::new();
     for row in store.changed_since(&since)? {
-        let held = cache.instance(&row.id).map(|(_, held)| held);
-        // What the cache holds was written later: keep it.
-        if held.as_ref().is_some_and(|h| h.written_after(&row.mtime)) {
+        // Whether the cache holds it: as this row, or as written later (then kept).
+        let held = cache.peek(&row.id, |h| {
+            (
+                h.is_stored_as(&row.revision, &row.mtime),
+                h.written_after(&row.mtime),
+            )
+        });
+        if held.is_some_and(|(_, later)| later) {
             continue;
         }
         if row.deleted {
@@ -181,9 +200,7 @@ pub fn follow_once(
             }
             continue;
         }
-        let same = held
-            .as_ref()
-            .is_some_and(|h| h.is_stored_as(&row.revision, &row.mtime));
+        let same = held.is_some_and(|(same, _)| same);
         let deregistered_since = cache
             .tombstone(&row.id)
             .is_some_and(|removed| *removed > *row.mtime);
@@ -194,8 +211,8 @@ pub fn follow_once(
     for stored in store.instances(&fetch)? {
         let id = &stored.record.id;
         let newer_held = cache
-            .instance(id)
-            .is_some_and(|(_, held)| held.written_after(&stored.mtime));
+            .peek(id, |held| held.written_after(&stored.mtime))
+            .unwrap_or(false);
         let deregistered_since = cache
             .tombstone(id)
             .is_some_and(|removed| *removed > *stored.mtime);
