@@ -12,7 +12,10 @@ fn sigterm_while_the_store_is_opening_exits_at_once() {
     let port = silent.local_addr().unwrap().port();
     let mut child = Command::new(env!("CARGO_BIN_EXE_batchreg"))
         .arg("serve")
-        .env("BATCHREG_STORE_URL", format!("mysql://root@127.0.0.1:{port}/silent"))
+        .env(
+            "BATCHREG_STORE_URL",
+            format!("mysql://root@127.0.0.1:{port}/silent"),
+        )
         .env("BATCHREG_GRPC_LISTEN", "127.0.0.1:0")
         .env("BATCHREG_HTTP_LISTEN", "127.0.0.1:0")
         .stderr(Stdio::piped())
