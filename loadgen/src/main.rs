@@ -8,9 +8,13 @@
 //! - `runner`: bounded closed- or open-loop driver, one histogram per operation, progress bar
 //! - `report`: outcome counting, percentiles, table / JSON / .hgrm output
 //! - `verification`: a fleet compared with the server's listings, table / JSON output
+//! - `beats`: when each instance of a beating fleet is due, and which stop
+//! - `expiry`: the heartbeat run's expiry check, from what its Discover watch lists
 //! - `scenario`: one module per scenario (`storm`, `restart`, `churn`, `open-loop`,
-//!   `discover`, `verify`) and the Discover stream the last two share
+//!   `discover`, `heartbeat`, `verify`) and the Discover stream the last three share
 
+mod beats;
+mod expiry;
 mod fleet;
 mod options;
 mod pool;
@@ -38,12 +42,13 @@ use clap::{Parser, Subcommand};
 
 use crate::options::OutputOptions;
 use crate::report::write_percentile_distribution;
-use crate::scenario::{ScenarioRun, churn, discover, open_loop, restart, storm, verify};
+use crate::scenario::{ScenarioRun, churn, discover, heartbeat, open_loop, restart, storm, verify};
 
 /// Exit status when the load could not be run at all (connection, arguments, files).
 const EXIT_SETUP_FAILED: u8 = 2;
 /// Exit status when some answers were not the ones the scenario expects (`verify`:
-/// an instance is missing or listed differently).
+/// an instance is missing or listed differently; `heartbeat`: an instance listed
+/// unhealthy while beating, or not in time after it stopped).
 const EXIT_UNEXPECTED_ANSWERS: u8 = 1;
 
 #[derive(Debug, Parser)]
@@ -94,6 +99,28 @@ enum Scenario {
     /// report adds the instances returned, in all and per full answer. Any other
     /// answer (but 400202 with --allow-not-found) fails the run.
     Discover(discover::DiscoverArgs),
+    /// Beat a registered fleet by id, each instance every ttl, open loop, while a
+    /// Discover watch checks which instances are listed unhealthy.
+    ///
+    /// The fleet is the one a storm with the same fleet options and seed registers
+    /// (--register registers it first). Instance k of N beats at k/N of a ttl, then every
+    /// ttl, whether or not its beats before were answered; latency counts from each
+    /// beat's due time, and at most --in-flight beats are outstanding (as in
+    /// open-loop). Any answer but ExecuteSuccess fails the run.
+    ///
+    /// The watch polls every service of the fleet, in turn, on one Discover stream of
+    /// its own connection (to the first --target), a round every 100 ms, sending the
+    /// revision of each service's last full answer; a fleet spread over many services
+    /// is polled less often (the report gives the interval reached). From 2 s after
+    /// every instance's first beat was answered (a fleet may have expired before the
+    /// run), any instance listed unhealthy while it still beats fails the run; beats
+    /// that leave 3 ttl late expire their instance too, and the latency shows them.
+    /// With --stop-share S, a share S of the fleet drawn by --seed sends
+    /// no beat due after --stop-after: each must be listed unhealthy within
+    /// --expiry-timeout of the stop, and no sooner than 3 ttl after its last beat.
+    /// The report gives the delay from each one's last beat's send to the first answer
+    /// listing it unhealthy (min, p50, p99, max).
+    Heartbeat(heartbeat::HeartbeatArgs),
     /// Check that the server lists every instance a storm with the same fleet
     /// options and seed registered.
     ///
@@ -129,6 +156,10 @@ async fn main() -> ExitCode {
         Scenario::Discover(args) => {
             let output = args.output.clone();
             (discover::run(args).await, output)
+        }
+        Scenario::Heartbeat(args) => {
+            let output = args.output.clone();
+            (heartbeat::run(args).await, output)
         }
         Scenario::Verify(args) => {
             let json = args.json;
@@ -414,6 +445,10 @@ mod tests {
             ("restart", &["--ramp", "2s"][..]),
             ("churn", &["--ramp", "2s"][..]),
             ("open-loop", &["--rate", "50", "--ramp", "2s"][..]),
+            (
+                "heartbeat",
+                &["--duration", "5s", "--stop-share", "0.1"][..],
+            ),
         ] {
             let words = [&["batchreg-loadgen", scenario], &shared[..], extra].concat();
             let cli = Cli::try_parse_from(words);

@@ -62,7 +62,8 @@ pub struct FleetOptions {
     #[arg(long = "metadata-size", value_name = "BYTES", default_value_t = 16)]
     pub metadata_size: u32,
 
-    /// Heartbeat TTL in seconds; 0 registers without a health check.
+    /// Heartbeat TTL in seconds, registered with each instance (heartbeat: how often
+    /// each beats); 0 registers without a health check.
     #[arg(long, value_name = "SECONDS", default_value_t = 5)]
     pub ttl: u32,
 

@@ -26,10 +26,10 @@ pub enum ConnectError {
     TimedOut { target: String, waited: Duration },
 }
 
-/// Clients grouped by target; each client is its own HTTP/2 connection.
+/// Connections grouped by target; each channel is its own HTTP/2 connection.
 #[derive(Debug, Clone)]
 pub struct ClientPool {
-    by_target: Vec<Vec<PolarisGrpcClient<Channel>>>,
+    by_target: Vec<Vec<Channel>>,
 }
 
 impl ClientPool {
@@ -45,7 +45,7 @@ impl ClientPool {
             let connect_timeout = request_timeout.min(CONNECT_TIMEOUT_CAP);
             let endpoint = endpoint(target, connect_timeout)?;
             let channel_count = channels_for_target(target_index, targets.len(), connections);
-            let mut clients = Vec::with_capacity(channel_count);
+            let mut channels = Vec::with_capacity(channel_count);
             for _ in 0..channel_count {
                 // The endpoint's own timeout covers the TCP connect only; this one
                 // also covers a peer that accepts but never completes the handshake.
@@ -59,11 +59,9 @@ impl ClientPool {
                         target: target.clone(),
                         source,
                     })?;
-                clients.push(
-                    PolarisGrpcClient::new(channel).max_decoding_message_size(MAX_ANSWER_BYTES),
-                );
+                channels.push(channel);
             }
-            by_target.push(clients);
+            by_target.push(channels);
         }
         Ok(ClientPool { by_target })
     }
@@ -71,9 +69,19 @@ impl ClientPool {
     /// Client for request `index`: targets take turns, and within a target its
     /// connections take turns.
     pub fn client(&self, index: u64) -> PolarisGrpcClient<Channel> {
+        PolarisGrpcClient::new(self.channel(index)).max_decoding_message_size(MAX_ANSWER_BYTES)
+    }
+
+    /// The same connection as [`Self::client`], for calls whose messages are not the
+    /// generated client's (a Discover answer read into a lighter message).
+    pub fn grpc(&self, index: u64) -> tonic::client::Grpc<Channel> {
+        tonic::client::Grpc::new(self.channel(index)).max_decoding_message_size(MAX_ANSWER_BYTES)
+    }
+
+    fn channel(&self, index: u64) -> Channel {
         let target = route_target(index, self.by_target.len());
-        let clients = &self.by_target[target];
-        clients[route_connection(index, self.by_target.len(), clients.len())].clone()
+        let channels = &self.by_target[target];
+        channels[route_connection(index, self.by_target.len(), channels.len())].clone()
     }
 
     /// Connections actually opened, over all targets.

@@ -9,6 +9,10 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+mod heartbeat;
+
+pub use heartbeat::{DelaySummary, ExpiryFigures, HeartbeatFigures, WatchFigures};
+
 /// Polaris codes this tool names in its table (the set the design document uses).
 const POLARIS_CODE_NAMES: &[(u32, &str)] = &[
     (200000, "ExecuteSuccess"),
@@ -235,6 +239,9 @@ pub struct Report {
     /// Only for discover runs; its keys sit at the top level.
     #[serde(flatten)]
     pub discover: Option<DiscoverFigures>,
+    /// Only for heartbeat runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub heartbeat: Option<HeartbeatFigures>,
     /// Count per outcome label, over all operations.
     pub codes: BTreeMap<String, u64>,
     /// Over all operations; from the intended start in an open loop.
@@ -395,6 +402,7 @@ impl Report {
             rate_per_s,
             open_loop,
             discover: None,
+            heartbeat: None,
             codes: labelled(&tally.sorted()),
             latency_ms: LatencySummary::from_micros(&latency),
             unexpected,
@@ -404,6 +412,10 @@ impl Report {
 
     pub fn is_success(&self) -> bool {
         self.unexpected.is_empty()
+            && self
+                .heartbeat
+                .as_ref()
+                .is_none_or(HeartbeatFigures::is_success)
     }
 
     /// The unexpected answers on one line, named by operation when there are several.
@@ -418,6 +430,9 @@ impl Report {
                     parts.push(format!("{label} x{count}"));
                 }
             }
+        }
+        if let Some(heartbeat) = &self.heartbeat {
+            parts.extend(heartbeat.failures());
         }
         parts.join(", ")
     }
@@ -474,6 +489,9 @@ impl Report {
                 "instances    {} returned, {:.1} per full answer",
                 discover.instances_returned, discover.instances_per_full_answer
             );
+        }
+        if let Some(heartbeat) = &self.heartbeat {
+            heartbeat.write_fleet(&mut out);
         }
         let _ = writeln!(out);
 
@@ -548,6 +566,9 @@ impl Report {
                 "{label:<width$}{:>10.3} {:>10.3} {:>10.3} {:>10.3} {:>10.3}",
                 latency.p50, latency.p90, latency.p99, latency.p999, latency.max
             );
+        }
+        if let Some(heartbeat) = &self.heartbeat {
+            heartbeat.write_expiry(&mut out);
         }
         out
     }

@@ -17,7 +17,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio::time::Instant;
 
 use crate::report::{Measurements, Operation, Outcome};
-use crate::schedule::{Schedule, worker_join_offset};
+use crate::schedule::{DueTimes, worker_join_offset};
 
 /// How often the progress bar is redrawn.
 const PROGRESS_TICK: Duration = Duration::from_millis(200);
@@ -25,7 +25,7 @@ const PROGRESS_TICK: Duration = Duration::from_millis(200);
 const RATE_WINDOW_TICKS: usize = 5;
 
 /// When each request starts.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub enum Pacing {
     /// A worker sends its next request when its previous one is answered. Workers join
     /// one by one over `ramp` ([`worker_join_offset`]), so the allowed in-flight grows
@@ -34,7 +34,10 @@ pub enum Pacing {
     /// Request `i` is due at `schedule.offset(i)` from the start, answered or not the
     /// ones before; when all `in_flight` slots are busy it waits for one, and its
     /// latency counts from the due time all the same.
-    OpenLoop { schedule: Schedule, pacer: Pacer },
+    OpenLoop {
+        schedule: Arc<dyn DueTimes>,
+        pacer: Pacer,
+    },
 }
 
 /// What releases open-loop requests at their due times.
@@ -51,7 +54,7 @@ pub enum Pacer {
 
 /// What to run: `total` requests, indices `0..total`; each request sends the plan's
 /// operations in order (a register, then its deregister).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct RunPlan {
     pub total: u64,
     pub in_flight: u32,
@@ -113,6 +116,16 @@ where
     let progress = plan
         .show_progress
         .then(|| ProgressDisplay::start(Some(plan.total), Arc::clone(&counters)));
+    let worker_count = plan
+        .in_flight
+        .min(plan.total.try_into().unwrap_or(u32::MAX));
+    let measured = plan
+        .operations
+        .iter()
+        .map(|op| Mutex::new(Measurements::new(*op)))
+        .collect();
+    let pacing = plan.pacing.clone();
+    let total = plan.total;
 
     let shared = Arc::new(Shared {
         plan,
@@ -123,15 +136,8 @@ where
         counters,
         exhausted: watch::Sender::new(false),
         released: Arc::new(Semaphore::new(0)),
-        measured: plan
-            .operations
-            .iter()
-            .map(|op| Mutex::new(Measurements::new(*op)))
-            .collect(),
+        measured,
     });
-    let worker_count = plan
-        .in_flight
-        .min(plan.total.try_into().unwrap_or(u32::MAX));
     let workers: Vec<_> = (0..worker_count)
         .map(|worker| tokio::spawn(run_worker(worker, Arc::clone(&shared))))
         .collect();
@@ -143,10 +149,10 @@ where
         .forget();
     let started = Instant::now();
     shared.started.send_replace(Some(started));
-    if let Pacing::OpenLoop { schedule, pacer } = plan.pacing {
+    if let Pacing::OpenLoop { schedule, pacer } = pacing {
         let release = Release {
             schedule,
-            total: plan.total,
+            total,
             workers: worker_count,
             permits: Arc::downgrade(&shared.released),
         };
@@ -189,7 +195,7 @@ where
     Request: Fn(u64, usize) -> Answer + Send + Sync + 'static,
     Answer: Future<Output = Outcome> + Send + 'static,
 {
-    let plan = shared.plan;
+    let plan = &shared.plan;
     shared.ready.add_permits(1);
     let mut start = shared.started.subscribe();
     let started = start
@@ -197,8 +203,8 @@ where
         .await
         .expect("the run outlives its workers")
         .expect("waited until the start is set");
-    if let Pacing::ClosedLoop { ramp } = plan.pacing {
-        let join_at = started + worker_join_offset(worker, plan.in_flight, ramp);
+    if let Pacing::ClosedLoop { ramp } = &plan.pacing {
+        let join_at = started + worker_join_offset(worker, plan.in_flight, *ramp);
         let mut exhausted = shared.exhausted.subscribe();
         tokio::select! {
             () = tokio::time::sleep_until(join_at) => {}
@@ -220,7 +226,7 @@ where
         // The first operation is due now in a closed loop, at its scheduled time in an
         // open loop (already passed: its permit is out); each later one when the one
         // before it is answered.
-        let mut due = match plan.pacing {
+        let mut due = match &plan.pacing {
             Pacing::ClosedLoop { .. } => Instant::now(),
             Pacing::OpenLoop { schedule, .. } => started + schedule.offset(index),
         };
@@ -248,7 +254,7 @@ where
 /// one per worker so that every worker wakes to find the indices gone. Stops early
 /// if the run is gone.
 struct Release {
-    schedule: Schedule,
+    schedule: Arc<dyn DueTimes>,
     total: u64,
     workers: u32,
     permits: Weak<Semaphore>,
@@ -384,6 +390,7 @@ impl RecentRate {
 mod tests {
     use super::*;
     use crate::report::{EXECUTE_SUCCESS, Expectation};
+    use crate::schedule::Schedule;
     use std::sync::Mutex;
     use std::sync::atomic::AtomicUsize;
 
@@ -422,7 +429,7 @@ mod tests {
     fn open_loop(total: u64, in_flight: u32, schedule: Schedule) -> RunPlan {
         RunPlan {
             pacing: Pacing::OpenLoop {
-                schedule,
+                schedule: Arc::new(schedule),
                 pacer: Pacer::Timer,
             },
             ..plan(total, in_flight)
@@ -640,7 +647,7 @@ mod tests {
         let schedule = Schedule::new(2000.0, Duration::ZERO);
         let plan = RunPlan {
             pacing: Pacing::OpenLoop {
-                schedule,
+                schedule: Arc::new(schedule),
                 pacer: Pacer::Thread,
             },
             ..plan(500, 64)
@@ -674,7 +681,7 @@ mod tests {
     #[test]
     fn release_counts_what_is_due_from_where_it_stopped() {
         let release = Release {
-            schedule: Schedule::new(1000.0, Duration::ZERO),
+            schedule: Arc::new(Schedule::new(1000.0, Duration::ZERO)),
             total: 10,
             workers: 2,
             permits: Weak::new(),

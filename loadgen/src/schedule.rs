@@ -3,6 +3,13 @@
 
 use std::time::Duration;
 
+/// When each request of an open-loop run is due, as an offset from its start: never
+/// earlier for a later index. [`Schedule`] is one; a fleet's beats
+/// ([`crate::beats::BeatSchedule`]) are another.
+pub trait DueTimes: std::fmt::Debug + Send + Sync + 'static {
+    fn offset(&self, index: u64) -> Duration;
+}
+
 /// Intended start times of an open-loop run, as offsets from its start: the rate
 /// grows linearly from 0 to `rate` over `ramp`, then stays at `rate`.
 ///
@@ -64,6 +71,12 @@ impl Schedule {
             count += 1;
         }
         count
+    }
+}
+
+impl DueTimes for Schedule {
+    fn offset(&self, index: u64) -> Duration {
+        Schedule::offset(self, index)
     }
 }
 

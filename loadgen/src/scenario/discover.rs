@@ -19,7 +19,7 @@ use crate::report::{
 };
 use crate::runner::{LiveCounters, ProgressDisplay, RunOutcome, progress_wanted};
 use crate::scenario::discover_stream::{DiscoverStream, instances_request};
-use crate::scenario::{ScenarioRun, SetupError, connect, finish};
+use crate::scenario::{ScenarioRun, SetupError, connect, finish, parse_run_duration};
 
 /// A poll is answered in full, or with no change since the revision it sent.
 const DISCOVER: Operation = Operation {
@@ -178,7 +178,7 @@ pub async fn run(args: DiscoverArgs) -> Result<ScenarioRun, SetupError> {
     let watchers: Vec<_> = (0..args.watchers)
         .map(|watcher| {
             let stream = DiscoverStream::new(
-                pool.client(u64::from(watcher)),
+                pool.grpc(u64::from(watcher)),
                 headers.clone(),
                 format!("watch-{watcher}"),
                 connection.timeout,
@@ -281,15 +281,6 @@ fn first_poll_offset(watcher: u32, watchers: u32, interval: Duration) -> Duratio
     debug_assert!(watcher < watchers);
     let nanos = interval.as_nanos() * u128::from(watcher) / u128::from(watchers);
     Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
-}
-
-/// Reads `--duration`: a length of time above zero.
-fn parse_run_duration(text: &str) -> Result<Duration, String> {
-    let duration = humantime::parse_duration(text).map_err(|error| error.to_string())?;
-    if duration.is_zero() {
-        return Err("must be above 0".to_owned());
-    }
-    Ok(duration)
 }
 
 #[cfg(test)]

@@ -1,18 +1,50 @@
 //! One Discover stream as a Polaris SDK holds it: requests go out one at a time and
 //! the server answers each, in order, on the same stream. A stream that fails or
-//! falls silent is dropped, and the next request opens a new one.
+//! falls silent is dropped, and the next request opens a new one. Answers are read
+//! whole ([`DiscoverResponse`]), or for the instances' health only ([`HealthListing`]).
 
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::codegen::http::uri::PathAndQuery;
 use tonic::transport::Channel;
 
 use crate::proto::discover_request::DiscoverRequestType;
-use crate::proto::polaris_grpc_client::PolarisGrpcClient;
 use crate::proto::{self, DiscoverRequest, DiscoverResponse};
 use crate::report::Outcome;
 use crate::scenario::RequestHeaders;
+
+const DISCOVER_PATH: &str = "/v1.PolarisGRPC/Discover";
+
+/// A Discover answer read for its instances' health only: prost skips every other
+/// field unread, so a listing of thousands of instances costs a fraction of a full
+/// decode. Its fields carry the tags of [`DiscoverResponse`]'s.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct HealthListing {
+    #[prost(message, optional, tag = "1")]
+    pub code: Option<u32>,
+    #[prost(message, optional, tag = "4")]
+    pub service: Option<ListedRevision>,
+    #[prost(message, repeated, tag = "5")]
+    pub instances: Vec<InstanceHealth>,
+}
+
+/// The revision of a listed service ([`proto::Service`]'s).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ListedRevision {
+    #[prost(message, optional, tag = "15")]
+    pub revision: Option<String>,
+}
+
+/// A listed instance's id and health ([`proto::Instance`]'s).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct InstanceHealth {
+    #[prost(message, optional, tag = "1")]
+    pub id: Option<String>,
+    #[prost(message, optional, tag = "11")]
+    pub healthy: Option<bool>,
+}
 
 /// Why a request got no answer.
 #[derive(Debug, thiserror::Error)]
@@ -35,32 +67,33 @@ impl DiscoverError {
     }
 }
 
-/// A Discover stream on one connection, opened by its first request.
-pub struct DiscoverStream {
-    client: PolarisGrpcClient<Channel>,
+/// A Discover stream on one connection, opened by its first request; its answers are
+/// read as `Answer`.
+pub struct DiscoverStream<Answer = DiscoverResponse> {
+    grpc: tonic::client::Grpc<Channel>,
     headers: RequestHeaders,
     /// Sent as `request-id` with each opening of the stream.
     request_id: String,
     timeout: Duration,
-    open: Option<OpenStream>,
+    open: Option<OpenStream<Answer>>,
 }
 
 /// The two halves of an open stream.
-struct OpenStream {
+struct OpenStream<Answer> {
     requests: mpsc::Sender<DiscoverRequest>,
-    answers: tonic::Streaming<DiscoverResponse>,
+    answers: tonic::Streaming<Answer>,
 }
 
-impl DiscoverStream {
-    /// A stream not opened yet; `timeout` bounds each answer.
+impl<Answer: prost::Message + Default + Send + 'static> DiscoverStream<Answer> {
+    /// A stream not opened yet, on `grpc`'s connection; `timeout` bounds each answer.
     pub fn new(
-        client: PolarisGrpcClient<Channel>,
+        grpc: tonic::client::Grpc<Channel>,
         headers: RequestHeaders,
         request_id: String,
         timeout: Duration,
     ) -> Self {
         DiscoverStream {
-            client,
+            grpc,
             headers,
             request_id,
             timeout,
@@ -70,10 +103,7 @@ impl DiscoverStream {
 
     /// Sends `request` and waits for its answer, opening the stream first when it is
     /// not open; the timeout counts from here.
-    pub async fn ask(
-        &mut self,
-        request: DiscoverRequest,
-    ) -> Result<DiscoverResponse, DiscoverError> {
+    pub async fn ask(&mut self, request: DiscoverRequest) -> Result<Answer, DiscoverError> {
         let answer = tokio::time::timeout(self.timeout, self.exchange(request))
             .await
             .unwrap_or(Err(DiscoverError::TimedOut(self.timeout)));
@@ -84,10 +114,7 @@ impl DiscoverStream {
         answer
     }
 
-    async fn exchange(
-        &mut self,
-        request: DiscoverRequest,
-    ) -> Result<DiscoverResponse, DiscoverError> {
+    async fn exchange(&mut self, request: DiscoverRequest) -> Result<Answer, DiscoverError> {
         let open = match self.open.take() {
             Some(open) => {
                 // The receiver is gone only with the stream, whose answers say why.
@@ -102,14 +129,24 @@ impl DiscoverStream {
 
     /// Opens a stream with `first` already queued: a server may hold back its
     /// response headers until it answers a request.
-    async fn open_with(&mut self, first: DiscoverRequest) -> Result<OpenStream, DiscoverError> {
+    async fn open_with(
+        &mut self,
+        first: DiscoverRequest,
+    ) -> Result<OpenStream<Answer>, DiscoverError> {
         let (requests, outgoing) = mpsc::channel(1);
         requests
             .try_send(first)
             .expect("a new channel has room for one request");
         let mut call = tonic::Request::new(ReceiverStream::new(outgoing));
         self.headers.apply(&mut call, &self.request_id);
-        let answers = self.client.discover(call).await?.into_inner();
+        // What the generated client's `discover` does, with `Answer` for the answers.
+        self.grpc
+            .ready()
+            .await
+            .map_err(|error| tonic::Status::unknown(format!("Service was not ready: {error}")))?;
+        let codec = tonic_prost::ProstCodec::<DiscoverRequest, Answer>::default();
+        let path = PathAndQuery::from_static(DISCOVER_PATH);
+        let answers = self.grpc.streaming(call, path, codec).await?.into_inner();
         Ok(OpenStream { requests, answers })
     }
 }
@@ -146,6 +183,43 @@ mod tests {
             Outcome::Timeout
         );
         assert_eq!(DiscoverError::Ended.outcome(), Outcome::StreamEnded);
+    }
+
+    #[test]
+    fn a_health_listing_reads_the_fields_of_a_full_answer() {
+        use prost::Message;
+        let instance = |id: &str, healthy| proto::Instance {
+            id: Some(id.to_owned()),
+            host: Some("10.0.0.1".to_owned()),
+            port: Some(8080),
+            healthy,
+            metadata: [("k0".to_owned(), "v".repeat(16))].into(),
+            ..Default::default()
+        };
+        let full = DiscoverResponse {
+            code: Some(200000),
+            info: Some("ok".to_owned()),
+            service: Some(proto::Service {
+                name: Some("svc".to_owned()),
+                revision: Some("r7".to_owned()),
+                ..Default::default()
+            }),
+            instances: vec![
+                instance("a", Some(true)),
+                instance("b", Some(false)),
+                instance("c", None),
+            ],
+            ..Default::default()
+        };
+        let listing = HealthListing::decode(full.encode_to_vec().as_slice()).unwrap();
+        assert_eq!(listing.code, Some(200000));
+        assert_eq!(listing.service.unwrap().revision.as_deref(), Some("r7"));
+        let health: Vec<_> = listing
+            .instances
+            .iter()
+            .map(|instance| (instance.id.as_deref().unwrap(), instance.healthy))
+            .collect();
+        assert_eq!(health, [("a", Some(true)), ("b", Some(false)), ("c", None)]);
     }
 
     #[test]

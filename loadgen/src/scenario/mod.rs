@@ -7,6 +7,8 @@
 //! - `churn`: each instance registers, then deregisters
 //! - `open_loop`: registrations at a fixed arrival rate
 //! - `discover`: watchers poll services over Discover streams, with revisions or cold
+//! - `heartbeat`: the fleet beats every ttl, open loop, while a Discover watch checks
+//!   which instances are listed unhealthy
 //! - `verify`: the server's listing of each service checked against the fleet
 //! - `discover_stream`: one Discover stream, request by request (discover, verify)
 
@@ -15,6 +17,9 @@ pub mod discover;
 pub mod discover_stream;
 #[cfg(test)]
 mod fake_discover;
+#[cfg(test)]
+mod fake_registry;
+pub mod heartbeat;
 pub mod open_loop;
 pub mod restart;
 pub mod storm;
@@ -55,6 +60,14 @@ pub enum SetupError {
         "{requests} fresh instances asked for; a fleet has at most {MAX_FLEET_SIZE} distinct ones"
     )]
     FleetTooLarge { requests: u64 },
+    #[error("--ttl 0 registers instances without a health check: nothing to beat")]
+    NoHeartbeat,
+    #[error(
+        "--stop-after {stop_after:?} is shorter than the ttl ({ttl:?}): some instances would stop before their first beat"
+    )]
+    StopBeforeFirstBeats { stop_after: Duration, ttl: Duration },
+    #[error("registering the fleet failed: {summary}")]
+    RegistrationFailed { summary: String },
 }
 
 /// gRPC metadata sent with every request.
@@ -136,6 +149,15 @@ fn outcome_of(answer: Result<tonic::Response<proto::Response>, tonic::Status>) -
         Ok(response) => Outcome::Answered(response.into_inner().code),
         Err(status) => Outcome::Grpc(status.code()),
     }
+}
+
+/// Reads a `--duration`: a length of time above zero.
+fn parse_run_duration(text: &str) -> Result<Duration, String> {
+    let duration = humantime::parse_duration(text).map_err(|error| error.to_string())?;
+    if duration.is_zero() {
+        return Err("must be above 0".to_owned());
+    }
+    Ok(duration)
 }
 
 /// Parses one scenario's options alone, as its subcommand would.

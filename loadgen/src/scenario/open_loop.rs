@@ -3,6 +3,7 @@
 //! due, not from when it could be sent, so a server that stalls shows its whole
 //! queue in the percentiles (no coordinated omission).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
@@ -151,7 +152,7 @@ pub async fn run(args: OpenLoopArgs) -> Result<ScenarioRun, SetupError> {
         total: requests,
         in_flight: args.load.in_flight,
         pacing: Pacing::OpenLoop {
-            schedule,
+            schedule: Arc::new(schedule),
             pacer: Pacer::Thread,
         },
         operations,

@@ -56,10 +56,10 @@ pub async fn run(args: VerifyArgs) -> Result<Verification, VerifyError> {
     let connection = &args.connection;
     let (pool, headers) = connect(connection, false).await?;
     let fleet = Fleet::new(&args.fleet);
-    let mut streams: Vec<_> = (0..pool.connection_count() as u64)
+    let mut streams: Vec<DiscoverStream> = (0..pool.connection_count() as u64)
         .map(|index| {
             DiscoverStream::new(
-                pool.client(index),
+                pool.grpc(index),
                 headers.clone(),
                 format!("verify-{index}"),
                 connection.timeout,
