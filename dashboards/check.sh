@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Proves that every PromQL expression of dashboards/batchreg.json is valid and returns
 # data: builds batchreg, serves it on an SQLite file in a temp dir, has a real
-# Prometheus scrape it every second while batchreg-loadgen runs a storm, a churn and
-# Discover watchers against it, then evaluates each panel's expressions (and the
+# Prometheus scrape it every second while batchreg-loadgen runs a storm, a churn,
+# Discover watchers and a beating fleet against it, then evaluates each panel's expressions (and the
 # Instance variable's label query) through Prometheus's HTTP API. Any error, empty
 # result or NaN fails the run.
 #
@@ -432,6 +432,11 @@ run_load churn --count 2000 "${grid[@]}"
 # histogram busy up to the queries.
 run_load discover --watchers 16 --duration 4s "${grid[@]}"
 run_load discover --watchers 16 --duration 4s --cold "${grid[@]}"
+# Heartbeats: a fleet of its own (another seed) beats every second; a tenth of it stops
+# after 2 s and must turn unhealthy 3 s after its last beat (transitions, expiry delay).
+# The storm's instances, registered with ttl 5 and never beaten, expire meanwhile.
+run_load heartbeat --count 2000 --ttl 1 --seed 7 --register --duration 6s \
+  --stop-share 0.1 --stop-after 2s --expiry-timeout 8s "${grid[@]}"
 load_done=$SECONDS
 
 # rate() windows are 1m: enough scrapes to span the load and a few after it, then query

@@ -64,7 +64,11 @@ impl Checker {
             loop {
                 tokio::select! {
                     _ = stopped.changed() => return,
-                    _ = ticks.tick() => round.run(clock.now_ms()).await,
+                    _ = ticks.tick() => {
+                        let began = std::time::Instant::now();
+                        round.run(clock.now_ms()).await;
+                        round.metrics.round_took(began.elapsed());
+                    }
                 }
             }
         });
