@@ -159,8 +159,8 @@ pub struct DiscoveryConfig {
     /// Cluster mode: how often each replica reads the changes other replicas wrote.
     #[serde(with = "humantime_serde")]
     pub refresh_interval: Duration,
-    /// How far before its last read each read of the changes starts, so that a
-    /// transaction that committed late is read too.
+    /// How late after its write a transaction may commit and still be read by the
+    /// change feed: the rows written this long before each read are read again.
     #[serde(with = "humantime_serde")]
     pub feed_overlap: Duration,
     /// How long a deregistered instance's row is kept (so that every replica sees the

@@ -26,7 +26,7 @@ async fn fast_replica(url: &str) -> TestServer {
     TestServer::start(move |c| {
         c.store.url = url;
         c.discovery.refresh_interval = std::time::Duration::from_millis(100);
-        c.discovery.feed_overlap = std::time::Duration::from_secs(1);
+        c.discovery.feed_overlap = std::time::Duration::from_secs(3);
     })
     .await
 }
@@ -87,7 +87,8 @@ async fn each_replica_lists_what_the_others_write() {
     assert_eq!(on_a, ids);
 
     // A transaction that commits well after its row's mtime, past several reads of both
-    // replicas: the overlap still reads it.
+    // replicas and later than the recent reads look back (RECENT_OVERLAP, 1 s): the
+    // slice read `feed_overlap` after the write still reads it.
     let service_id = scalar(&url, "SELECT COUNT(*) FROM service WHERE name = 'svc'");
     assert_eq!(service_id, 1);
     let late_url = url.clone();
@@ -102,7 +103,7 @@ async fn each_replica_lists_what_the_others_write() {
             )
             .await
             .unwrap();
-            tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+            tokio::time::sleep(std::time::Duration::from_millis(1_600)).await;
             conn.query_drop("COMMIT").await.unwrap();
         })
     });

@@ -318,7 +318,7 @@ fn deregister_marks_the_row_and_lists_it_no_more(store: &dyn Store) {
     assert!(instance(store, &rows[0].id).unwrap().is_none());
     assert!(instance(store, &rows[1].id).unwrap().is_some());
     let marked: Vec<ChangedRow> = store
-        .changed_since(&before)
+        .changed_between(&before, None)
         .unwrap()
         .into_iter()
         .filter(|row| row.id == rows[0].id)
@@ -351,7 +351,7 @@ fn deregister_marks_the_row_and_lists_it_no_more(store: &dyn Store) {
     let after = store.now().unwrap();
     assert_eq!(store.purge_deregistered(&after, 100).unwrap(), 1);
     let left: Vec<String> = store
-        .changed_since(&before)
+        .changed_between(&before, None)
         .unwrap()
         .into_iter()
         .map(|row| row.id)
@@ -413,10 +413,11 @@ fn a_write_reports_exactly_what_is_stored(store: &dyn Store) {
     assert!(after.mtime > before.mtime, "mtime moved");
 }
 
-/// The change feed's reads: the rows written since a time, the live instances among a
-/// set of ids, the services written since a time.
+/// The change feed's reads: the rows written since a time or between two, the live
+/// instances among a set of ids, the services written since a time.
 fn changes_are_read_since_a_time(store: &dyn Store) {
     let mut writer = store.writer().unwrap();
+    let start = store.now().unwrap();
     let old = record("feed-old", "10.0.6.1", 1);
     register(writer.as_mut(), std::slice::from_ref(&old), CREATE).unwrap();
     std::thread::sleep(std::time::Duration::from_millis(5));
@@ -425,7 +426,18 @@ fn changes_are_read_since_a_time(store: &dyn Store) {
     let results = writer.register(&rows, CREATE).unwrap();
     writer.deregister(&[rows[0].id.clone()]).unwrap();
 
-    let mut changed = store.changed_since(&since).unwrap();
+    let between: Vec<String> = store
+        .changed_between(&start, Some(&since))
+        .unwrap()
+        .into_iter()
+        .map(|row| row.id)
+        .collect();
+    assert_eq!(
+        between,
+        vec![old.id.clone()],
+        "only the row written between"
+    );
+    let mut changed = store.changed_between(&since, None).unwrap();
     changed.sort_by(|a, b| a.id.cmp(&b.id));
     let mut expected: Vec<(String, bool)> =
         vec![(rows[0].id.clone(), true), (rows[1].id.clone(), false)];

@@ -1,7 +1,10 @@
 //! Keeping the cache and the store current from a thread of their own:
 //!
 //! - the change feed (cluster mode): every `refresh`, the rows written since the last
-//!   read, less an `overlap` so that a transaction that committed late is read too; the
+//!   read less [`RECENT_OVERLAP`], and a slice of the rows written about `overlap`
+//!   before, so that a transaction that committed late is read too (at the next read
+//!   when it was less than `RECENT_OVERLAP` late, about `overlap` after its write when
+//!   later); each row is so read about three times, not `overlap / refresh` times. The
 //!   rows the cache does not hold as they are are fetched whole and applied, unless the
 //!   cache holds something newer (a local write, or a local deregistration);
 //! - the purge of deregistered rows older than `retention`, on every store;
@@ -20,6 +23,11 @@ use crate::telemetry::FeedMetrics;
 
 /// Deregistered rows deleted per statement of a purge.
 const PURGE_BATCH: usize = 10_000;
+
+/// How far before the last read each read starts (at most the configured overlap): a
+/// transaction that commits later than this after its write is read by the slice that
+/// rereads the rows written `overlap` ago.
+pub const RECENT_OVERLAP: Duration = Duration::from_secs(1);
 
 /// How the feed runs, validated by the config.
 #[derive(Debug, Clone, Copy)]
@@ -58,7 +66,7 @@ impl Feed {
                     cache: &cache,
                     settings,
                     metrics: &metrics,
-                    last_read: since,
+                    cursor: FeedCursor::start(since, settings.overlap),
                     last_purge: Instant::now(),
                 };
                 loop {
@@ -96,8 +104,8 @@ struct Follower<'a> {
     cache: &'a RegistryCache,
     settings: FeedSettings,
     metrics: &'a FeedMetrics,
-    /// The store's time at the start of the last successful read.
-    last_read: String,
+    /// Where the next read starts.
+    cursor: FeedCursor,
     last_purge: Instant,
 }
 
@@ -108,17 +116,12 @@ impl Follower<'_> {
         let mut applied = 0;
         if follow {
             let started = Instant::now();
-            match follow_once(
-                self.store,
-                self.cache,
-                &self.last_read,
-                self.settings.overlap,
-            ) {
+            match follow_once(self.store, self.cache, &self.cursor, self.settings.overlap) {
                 Ok(read) => {
                     applied = read.delays.len();
                     self.metrics
                         .polled(&read.delays, read.lag, started.elapsed());
-                    self.last_read = read.at;
+                    self.cursor = read.next;
                 }
                 Err(error) => {
                     self.metrics.poll_failed();
@@ -145,29 +148,53 @@ fn purge_interval(retention: Duration) -> Duration {
     (retention / 10).clamp(Duration::from_secs(10), Duration::from_secs(600))
 }
 
+/// Where the feed's next read starts, in the store's time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FeedCursor {
+    /// The start of the last successful read (or of the cache's load).
+    pub last_read: String,
+    /// Rows written before this were read by a read that started at least `overlap`
+    /// after their write.
+    pub late_until: String,
+}
+
+impl FeedCursor {
+    /// The cursor of a cache whose load started at `since`: the first read covers from
+    /// `overlap` before it.
+    pub fn start(since: String, overlap: Duration) -> FeedCursor {
+        FeedCursor {
+            late_until: earlier(&since, overlap),
+            last_read: since,
+        }
+    }
+}
+
 /// What one read of the feed did.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FeedRead {
-    /// The store's time when the read started.
-    pub at: String,
+    /// Where the next read starts.
+    pub next: FeedCursor,
     /// For each instance put in or removed from the cache, how long after its write.
     pub delays: Vec<Duration>,
     /// The age of the newest change applied, if any was.
     pub lag: Option<Duration>,
 }
 
-/// Reads the changes written since `last_read` less `overlap`, and applies to `cache`
-/// those it does not hold.
+/// Reads the changes written since the cursor's last read less [`RECENT_OVERLAP`], and
+/// those written from its `late_until` to `overlap` before its last read (rows that may
+/// have committed late), and applies to `cache` those it does not hold.
 pub fn follow_once(
     store: &dyn Store,
     cache: &RegistryCache,
-    last_read: &str,
+    cursor: &FeedCursor,
     overlap: Duration,
 ) -> Result<FeedRead, StoreError> {
     let at = store.now()?;
     let read_started = std::time::Instant::now();
-    let since = earlier(last_read, overlap);
-    for service in store.services(Some(&since))? {
+    let recent = earlier(&cursor.last_read, RECENT_OVERLAP.min(overlap));
+    let late_end = earlier(&cursor.last_read, overlap);
+    // Services are few: all those written since the start of the late slice.
+    for service in store.services(Some(&cursor.late_until))? {
         cache.put_service(&service);
     }
     let now = parse_time(&at);
@@ -181,7 +208,11 @@ pub fn follow_once(
     let mut delays = Vec::new();
     let mut newest: Option<String> = None;
     let mut fetch = Vec::new();
-    for row in store.changed_since(&since)? {
+    let mut changed = store.changed_between(&recent, None)?;
+    if cursor.late_until < late_end {
+        changed.extend(store.changed_between(&cursor.late_until, Some(&late_end))?);
+    }
+    for row in changed {
         // Whether the cache holds it: as this row, or as written later (then kept).
         let held = cache.peek(&row.id, |h| {
             (
@@ -233,9 +264,13 @@ pub fn follow_once(
         delays.push(since_write(&stored.mtime));
         newest = newest.max(Some(stored.mtime.clone()));
     }
-    cache.forget_tombstones(&earlier(&since, overlap));
+    cache.forget_tombstones(&earlier(&cursor.late_until, overlap));
     let lag = newest.map(|newest| since_write(&newest));
-    Ok(FeedRead { at, delays, lag })
+    let next = FeedCursor {
+        late_until: late_end.max(cursor.late_until.clone()),
+        last_read: at,
+    };
+    Ok(FeedRead { next, delays, lag })
 }
 
 /// A time of the store's time columns.

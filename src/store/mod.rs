@@ -212,9 +212,13 @@ pub trait Store: Send + Sync + 'static {
     /// Every service, or those written at or after `since`.
     fn services(&self, since: Option<&str>) -> Result<Vec<StoredService>, StoreError>;
 
-    /// The instance rows, live or deregistered, written at or after `since` (the change
-    /// feed's first, light read).
-    fn changed_since(&self, since: &str) -> Result<Vec<ChangedRow>, StoreError>;
+    /// The instance rows, live or deregistered, written at or after `from` and before
+    /// `until` (no bound when `None`): the change feed's first, light read.
+    fn changed_between(
+        &self,
+        from: &str,
+        until: Option<&str>,
+    ) -> Result<Vec<ChangedRow>, StoreError>;
 
     /// The database's time now, in the form of the time columns; also aligns the
     /// writers' clock with it.

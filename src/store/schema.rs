@@ -447,12 +447,14 @@ pub fn metadata_where_id_in(ids: usize) -> String {
     )
 }
 
-/// The instance rows (live or deregistered) written at or after the bound time: id,
-/// revision, flag and mtime, read from the `instance_mtime` index on MySQL.
-pub fn changed_since(dialect: Dialect) -> String {
+/// The instance rows (live or deregistered) written at or after the first bound time
+/// and, when `bounded`, before the second: id, revision, flag and mtime, read from the
+/// `instance_mtime` index on MySQL.
+pub fn changed_between(dialect: Dialect, bounded: bool) -> String {
     format!(
-        "SELECT id, revision, flag, {} FROM instance WHERE mtime >= ?",
-        dialect.time_text("mtime")
+        "SELECT id, revision, flag, {} FROM instance WHERE mtime >= ?{}",
+        dialect.time_text("mtime"),
+        if bounded { " AND mtime < ?" } else { "" }
     )
 }
 

@@ -191,9 +191,13 @@ impl Store for MysqlStore {
             .read(async |conn| read::services(conn, since).await)
     }
 
-    fn changed_since(&self, since: &str) -> Result<Vec<ChangedRow>, StoreError> {
+    fn changed_between(
+        &self,
+        from: &str,
+        until: Option<&str>,
+    ) -> Result<Vec<ChangedRow>, StoreError> {
         self.shared
-            .read(async |conn| read::changed_since(conn, since).await)
+            .read(async |conn| read::changed_between(conn, from, until).await)
     }
 
     fn now(&self) -> Result<String, StoreError> {

@@ -101,13 +101,16 @@ pub(super) async fn services(
         .collect()
 }
 
-pub(super) async fn changed_since(
+pub(super) async fn changed_between(
     conn: &mut Conn,
-    since: &str,
+    from: &str,
+    until: Option<&str>,
 ) -> Result<Vec<ChangedRow>, StoreError> {
-    let rows: Vec<(String, String, u8, String)> = conn
-        .exec(schema::changed_since(Dialect::Mysql), (since,))
-        .await?;
+    let sql = schema::changed_between(Dialect::Mysql, until.is_some());
+    let rows: Vec<(String, String, u8, String)> = match until {
+        Some(until) => conn.exec(sql, (from, until)).await?,
+        None => conn.exec(sql, (from,)).await?,
+    };
     Ok(rows
         .into_iter()
         .map(|(id, revision, flag, mtime)| ChangedRow {

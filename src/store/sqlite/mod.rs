@@ -188,11 +188,17 @@ impl Store for SqliteStore {
         })
     }
 
-    fn changed_since(&self, since: &str) -> Result<Vec<ChangedRow>, StoreError> {
+    fn changed_between(
+        &self,
+        from: &str,
+        until: Option<&str>,
+    ) -> Result<Vec<ChangedRow>, StoreError> {
         self.with_reader(|conn| {
-            let mut stmt = conn.prepare_cached(&schema::changed_since(Dialect::Sqlite))?;
+            let mut stmt =
+                conn.prepare_cached(&schema::changed_between(Dialect::Sqlite, until.is_some()))?;
+            let bounds: Vec<&str> = std::iter::once(from).chain(until).collect();
             let changed = stmt
-                .query_map([since], |r| {
+                .query_map(rusqlite::params_from_iter(bounds), |r| {
                     Ok(ChangedRow {
                         id: r.get(0)?,
                         revision: r.get(1)?,
