@@ -197,6 +197,11 @@ impl CachedInstance {
         self.mtime_ms > millis(mtime)
     }
 
+    /// When the instance was written (its mtime), in milliseconds.
+    pub fn written_at_ms(&self) -> i64 {
+        self.mtime_ms
+    }
+
     /// The record it was stored from, with its state: what a health transition rewrites.
     pub fn stored(&self) -> (InstanceRecord, String, String) {
         let wire = self.wire();
@@ -306,8 +311,10 @@ pub enum ServiceView {
 pub struct RegistryCache {
     /// namespace → service name → entry.
     services: RwLock<HashMap<Arc<str>, HashMap<Arc<str>, Arc<ServiceEntry>>>>,
-    /// instance id → its service.
-    instances: RwLock<HashMap<Arc<str>, Arc<ServiceEntry>>>,
+    /// instance id → its service (foldhash: every write, heartbeat and change-feed row
+    /// looks an id up here; seeded per process, so ids chosen by clients cannot aim at
+    /// one bucket).
+    instances: RwLock<HashMap<Arc<str>, Arc<ServiceEntry>, foldhash::fast::RandomState>>,
     /// Instances removed recently, with the mtime of their removal: the change feed does
     /// not bring back what was fetched before a local deregistration.
     tombstones: Mutex<HashMap<Arc<str>, Box<str>>>,
@@ -330,7 +337,7 @@ impl RegistryCache {
 
     /// Adds a service, or updates its own fields.
     pub fn put_service(&self, stored: &StoredService) -> Arc<ServiceEntry> {
-        let entry = self.service_entry(&stored.namespace, &stored.name, ServiceInfo::from(stored));
+        let entry = self.service_entry(&stored.namespace, &stored.name, || stored.into());
         let mut state = entry.state.lock().expect("service lock");
         let info = ServiceInfo::from(stored);
         if state.info != info {
@@ -341,8 +348,13 @@ impl RegistryCache {
         entry
     }
 
-    /// The entry of a service, made with `info` if it is new.
-    fn service_entry(&self, namespace: &str, name: &str, info: ServiceInfo) -> Arc<ServiceEntry> {
+    /// The entry of a service, made with `info()` if it is new.
+    fn service_entry(
+        &self,
+        namespace: &str,
+        name: &str,
+        info: impl FnOnce() -> ServiceInfo,
+    ) -> Arc<ServiceEntry> {
         if let Some(entry) = self.service(namespace, name) {
             return entry;
         }
@@ -355,7 +367,7 @@ impl RegistryCache {
             namespace: Arc::from(namespace),
             name: Arc::from(name),
             state: Mutex::new(ServiceState {
-                info,
+                info: info(),
                 instances: BTreeMap::new(),
                 sum: 0,
                 revision: Arc::from(EMPTY_REVISION),
@@ -377,7 +389,7 @@ impl RegistryCache {
     /// (also under another service).
     pub fn put_instance(&self, service: &StoredService, facts: InstanceFacts<'_>) {
         let cached = CachedInstance::new(facts);
-        let entry = self.service_entry(&service.namespace, &service.name, service.into());
+        let entry = self.service_entry(&service.namespace, &service.name, || service.into());
         let id = Arc::clone(&cached.id);
         let previous = self
             .instances

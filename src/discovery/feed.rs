@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{RecvTimeoutError, Sender};
 
 use super::cache::{InstanceFacts, RegistryCache};
-use crate::store::clock::earlier;
+use crate::store::clock::{earlier, parse_ms};
 use crate::store::{Store, StoreError, StoredService};
 use crate::telemetry::FeedMetrics;
 
@@ -214,10 +214,12 @@ pub fn follow_once(
     }
     for row in changed {
         // Whether the cache holds it: as this row, or as written later (then kept).
+        let mtime_ms = parse_ms(&row.mtime).unwrap_or(0);
         let held = cache.peek(&row.id, |h| {
+            let at = h.written_at_ms();
             (
-                h.is_stored_as(&row.revision, &row.mtime),
-                h.written_after(&row.mtime),
+                at == mtime_ms && h.has_revision(&row.revision),
+                at > mtime_ms,
             )
         });
         if held.is_some_and(|(_, later)| later) {

@@ -8,8 +8,7 @@
 //! lost; the table is not trusted again until it answers (see `rules`).
 
 use std::collections::HashMap;
-use std::collections::hash_map::DefaultHasher;
-use std::hash::{Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -29,9 +28,14 @@ const SHARDS: usize = 16;
 /// How long an unknown instance's beats are counted before the count starts over.
 const UNKNOWN_MEMORY_MS: i64 = 60_000;
 
+/// Instance id → expiry (ms): every heartbeat looks its id up here.
+type BeatMap = HashMap<Arc<str>, i64, foldhash::fast::RandomState>;
+
 /// The beat table of a single node. Ids are shared with the registry cache's.
 pub struct MemoryTable {
-    shards: Vec<Mutex<HashMap<Arc<str>, i64>>>,
+    /// Picks an id's shard (foldhash, seeded per process, as the maps are).
+    hasher: foldhash::fast::RandomState,
+    shards: Vec<Mutex<BeatMap>>,
     unknown: Mutex<HashMap<String, (u64, i64)>>,
     /// Unhealthy instances that beat since the checker last looked.
     revived: Mutex<Vec<Arc<str>>>,
@@ -40,7 +44,8 @@ pub struct MemoryTable {
 impl Default for MemoryTable {
     fn default() -> Self {
         MemoryTable {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            hasher: foldhash::fast::RandomState::default(),
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             unknown: Mutex::new(HashMap::new()),
             revived: Mutex::new(Vec::new()),
         }
@@ -48,10 +53,8 @@ impl Default for MemoryTable {
 }
 
 impl MemoryTable {
-    fn shard(&self, id: &str) -> &Mutex<HashMap<Arc<str>, i64>> {
-        let mut hasher = DefaultHasher::new();
-        id.hash(&mut hasher);
-        &self.shards[hasher.finish() as usize % SHARDS]
+    fn shard(&self, id: &str) -> &Mutex<BeatMap> {
+        &self.shards[self.hasher.hash_one(id) as usize % SHARDS]
     }
 
     fn record(&self, id: &Arc<str>, expiry_ms: i64) {
