@@ -5,7 +5,8 @@
 # unhealthy while beating, and each stopped instance's delay from its last beat to being
 # listed unhealthy), then from the samples: the store transactions by operation while the
 # whole fleet beat (from 20 s after the registrations to the stop) and after the stop,
-# the health transitions, and the server's CPU and RSS while the fleet beat.
+# the health transitions and the server's own expiry lag (expiry to transition), and the
+# server's CPU and RSS while the fleet beat.
 #
 # usage: benches/heartbeat_fleet.sh [sqlite | mysql://root@127.0.0.1:3306] [memory | redis]
 #          [COUNT] [HOLD] [STOP_SHARE]
@@ -61,6 +62,7 @@ for _ in $(seq 1 100); do curl -sf "http://$http/healthz" >/dev/null && break; s
     curl -sf "http://$http/metrics" | awk -v t="$(echo "$now - $started" | bc)" '
       /^batchreg_store_transaction_duration_seconds_count/ ||
       /^batchreg_health_transitions_total/ ||
+      /^batchreg_health_expiry_delay_seconds_bucket/ ||
       /^batchreg_process_cpu_seconds_total/ ||
       /^batchreg_process_resident_memory_bytes/ { print t, $1, $2 }' >> "$work/samples.txt" || true
     sleep 5
@@ -130,4 +132,14 @@ print("  server CPU: %.1f s in %.0f s = %.0f%% of one core; RSS %.0f MB" % (
 print("after the stop (%.0f s to %.0f s):" % (s1, s2))
 print("  store transactions: %s" % (delta(s1, s2, "batchreg_store_transaction") or "none"))
 print("  health transitions: %s" % (delta(s1, s2, "batchreg_health_transitions") or "none"))
+# The server's own lag, from each expiry (3 ttl after the last beat it received) to the
+# transition handed to the health writer: bucket bounds from the histogram's increase.
+lag = delta(s1, s2, "batchreg_health_expiry_delay_seconds_bucket")
+buckets = sorted((float("inf") if 'le="+Inf"' in k else float(re.search(r'le="([^"]+)"', k)[1]), v)
+                 for k, v in lag.items())
+if buckets:
+    count = buckets[-1][1]
+    for q in (0.5, 0.99, 1.0):
+        bound = next(b for b, c in buckets if c >= q * count)
+        print("  server's expiry lag p%g: at most %g s (of %d)" % (q * 100, bound, count))
 PY

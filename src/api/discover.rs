@@ -142,7 +142,7 @@ impl tower_service::Service<Request<Streaming<Incoming>>> for DiscoverStreams {
 
 /// One message of a Discover stream.
 enum Incoming {
-    Request(proto::DiscoverRequest),
+    Request(Box<proto::DiscoverRequest>),
     /// It did not decode; why.
     Malformed(String),
 }
@@ -186,7 +186,7 @@ impl Decoder for EncodedAnswers {
         // Taken whole, so that a message that does not decode leaves nothing behind.
         let message = src.copy_to_bytes(src.remaining());
         Ok(Some(match proto::DiscoverRequest::decode(message) {
-            Ok(request) => Incoming::Request(request),
+            Ok(request) => Incoming::Request(Box::new(request)),
             Err(error) => Incoming::Malformed(error.to_string()),
         }))
     }

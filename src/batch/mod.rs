@@ -325,9 +325,12 @@ mod tests {
     use super::*;
     use std::sync::atomic::AtomicUsize;
 
+    /// Every batch a fake write saw, in order.
+    type Batches = Arc<Mutex<Vec<Vec<(String, u32)>>>>;
+
     /// Records every batch; a key `block` makes the write wait for the gate.
     struct FakeWrite {
-        batches: Arc<Mutex<Vec<Vec<(String, u32)>>>>,
+        batches: Batches,
         gate: Receiver<()>,
         fail_key: Option<&'static str>,
     }
@@ -362,7 +365,7 @@ mod tests {
 
     struct Harness {
         controller: BatchController<FakeWrite>,
-        batches: Arc<Mutex<Vec<Vec<(String, u32)>>>>,
+        batches: Batches,
         gate: Sender<()>,
     }
 

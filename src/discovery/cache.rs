@@ -306,11 +306,14 @@ pub enum ServiceView {
     Changed(Encoded),
 }
 
+/// A namespace's services by name.
+type ServicesByName = HashMap<Arc<str>, Arc<ServiceEntry>>;
+
 /// The cache. Cheap to share: every method takes `&self`.
 #[derive(Debug, Default)]
 pub struct RegistryCache {
     /// namespace → service name → entry.
-    services: RwLock<HashMap<Arc<str>, HashMap<Arc<str>, Arc<ServiceEntry>>>>,
+    services: RwLock<HashMap<Arc<str>, ServicesByName>>,
     /// instance id → its service (foldhash: every write, heartbeat and change-feed row
     /// looks an id up here; seeded per process, so ids chosen by clients cannot aim at
     /// one bucket).
