@@ -477,17 +477,9 @@ impl RegistryCache {
     /// no heartbeat health check) and its health; `None` when the instance is not cached.
     /// Cheaper than [`Self::instance`].
     pub fn heartbeat_ttl(&self, id: &str) -> Option<(Arc<str>, Option<u32>, bool)> {
-        let entry = self
-            .instances
-            .read()
-            .expect("cache lock")
-            .get(id)
-            .cloned()?;
-        let state = entry.state.lock().expect("service lock");
-        state
-            .instances
-            .get(id)
-            .map(|cached| (Arc::clone(&cached.id), cached.ttl, cached.healthy))
+        self.peek(id, |cached| {
+            (Arc::clone(&cached.id), cached.ttl, cached.healthy)
+        })
     }
 
     /// `look` applied to the cached instance, without copying it; `None` when it is not
