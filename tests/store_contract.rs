@@ -422,6 +422,9 @@ fn changes_are_read_since_a_time(store: &dyn Store) {
     register(writer.as_mut(), std::slice::from_ref(&old), CREATE).unwrap();
     std::thread::sleep(std::time::Duration::from_millis(5));
     let since = store.now().unwrap();
+    // The writers stamp times on batchreg's clock, aligned with the database's to within
+    // a millisecond or so: what is written next must be clearly after `since`.
+    std::thread::sleep(std::time::Duration::from_millis(5));
     let rows = vec![record("feed", "10.0.6.2", 2), record("feed", "10.0.6.3", 3)];
     let results = writer.register(&rows, CREATE).unwrap();
     writer.deregister(&[rows[0].id.clone()]).unwrap();
