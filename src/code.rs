@@ -33,6 +33,8 @@ codes! {
     ExecuteSuccess = 200000,
     /// Discover: the client's revision is current; nothing to send.
     DataNoChange = 200001,
+    /// An HTTP request body over the configured limit.
+    BadRequest = 400000,
     /// A request that does not decode.
     ParseException = 400001,
     EmptyRequest = 400002,

@@ -67,6 +67,14 @@ pub struct ServerConfig {
     pub http_listen: String,
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// The largest HTTP request body read, in bytes.
+    pub http_max_body: usize,
+    /// The host the server registers itself with in the system services; empty = the
+    /// gRPC listen address's IP (127.0.0.1 when it listens on every address).
+    pub advertise_host: String,
+    /// Whether the server registers itself as `Polaris/polaris.discover`,
+    /// `polaris.healthcheck` and `polaris.checker`.
+    pub register_self: bool,
 }
 
 impl Default for ServerConfig {
@@ -75,6 +83,9 @@ impl Default for ServerConfig {
             grpc_listen: "127.0.0.1:8091".to_owned(),
             http_listen: "127.0.0.1:8090".to_owned(),
             shutdown_timeout: Duration::from_secs(30),
+            http_max_body: 1024 * 1024,
+            advertise_host: String::new(),
+            register_self: true,
         }
     }
 }
@@ -263,6 +274,10 @@ pub struct Settings {
     pub grpc_listen: SocketAddr,
     pub http_listen: SocketAddr,
     pub shutdown_timeout: Duration,
+    pub http_max_body: usize,
+    /// The host of the server's own instances (resolved: never empty).
+    pub advertise_host: String,
+    pub register_self: bool,
     pub store: StoreOptions,
     pub naming: NamingSettings,
     pub discovery: FeedSettings,
@@ -326,6 +341,20 @@ impl Config {
         if self.server.shutdown_timeout.is_zero() {
             return Err(invalid("server.shutdown_timeout", "must be greater than 0"));
         }
+        if self.server.http_max_body == 0 {
+            return Err(invalid("server.http_max_body", "must be greater than 0"));
+        }
+        let advertise_host = match self.server.advertise_host.trim() {
+            "" if grpc_listen.ip().is_unspecified() => "127.0.0.1".to_owned(),
+            "" => grpc_listen.ip().to_string(),
+            host if host.len() > 128 => {
+                return Err(invalid(
+                    "server.advertise_host",
+                    "must be at most 128 characters",
+                ));
+            }
+            host => host.to_owned(),
+        };
         if !(self.store.url.starts_with("sqlite://") || self.store.url.starts_with("mysql://")) {
             return Err(invalid(
                 "store.url",
@@ -417,6 +446,9 @@ impl Config {
             grpc_listen,
             http_listen,
             shutdown_timeout: self.server.shutdown_timeout,
+            http_max_body: self.server.http_max_body,
+            advertise_host,
+            register_self: self.server.register_self,
             store: StoreOptions {
                 url: self.store.url.clone(),
                 sqlite_synchronous: self.store.sqlite_synchronous,

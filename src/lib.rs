@@ -42,6 +42,11 @@ pub mod proto {
     //! The Polaris v1 wire types and service, generated from proto/ at build time.
     #![allow(clippy::all, missing_docs)]
     tonic::include_proto!("v1");
+
+    /// The descriptors of proto/ (with the imported well-known types), for the HTTP
+    /// API's JSON mapping and for gRPC reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/polaris_descriptor.bin"));
 }
 
 pub use server::{Server, ServerError, run};

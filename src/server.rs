@@ -4,7 +4,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -96,14 +96,19 @@ impl Server {
         if metrics.is_some() {
             process.describe();
         }
+        let client_api = Arc::new(OnceLock::new());
         let router = api::http::router(HttpState {
             metrics,
             process,
             readiness: Arc::clone(&readiness),
+            api: Arc::clone(&client_api),
+            max_body: settings.http_max_body,
+            client: Arc::new(api::http::client::ClientMetrics::new()),
         });
         let http_stopped = stopped.clone();
         let http = tokio::spawn(async move {
-            axum::serve(http_listener, router)
+            let service = router.into_make_service_with_connect_info::<SocketAddr>();
+            axum::serve(http_listener, service)
                 .with_graceful_shutdown(until_stopped(http_stopped))
                 .await
         });
@@ -166,6 +171,7 @@ impl Server {
             PolarisService::new(Arc::clone(&api)),
             until_stopped(stopped),
         ));
+        let _ = client_api.set(Arc::clone(&api));
         readiness.set(Readiness::Serving);
         Ok(Server {
             grpc_addr,

@@ -110,7 +110,7 @@ impl tower_service::Service<Request<Streaming<Incoming>>> for DiscoverStreams {
         let answers = request.into_inner().map(move |incoming| {
             let started = Instant::now();
             let answered = match incoming? {
-                Incoming::Request(request) => api.discover(&request),
+                Incoming::Request(request) => api.discover(&request, false),
                 Incoming::Malformed(reason) => {
                     tracing::debug!(%reason, "undecodable Discover request");
                     crate::discovery::Answered {

@@ -9,9 +9,10 @@ use std::time::Instant;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response as GrpcResponse, Status, Streaming};
 
+use super::wire::{code_of, instance_from_wire, write_response};
 use super::{ApiError, ClientApi};
 use crate::code::Code;
-use crate::naming::{HealthCheckInput, InstanceInput, LocationInput, RequestContext, Written};
+use crate::naming::{InstanceInput, RequestContext, Written};
 use crate::proto;
 use crate::proto::polaris_grpc_server::PolarisGrpc;
 use crate::telemetry::RequestMetrics;
@@ -22,6 +23,7 @@ pub struct PolarisGrpcAdapter {
     register: RequestMetrics,
     deregister: RequestMetrics,
     heartbeat: RequestMetrics,
+    report_client: RequestMetrics,
 }
 
 impl PolarisGrpcAdapter {
@@ -31,6 +33,7 @@ impl PolarisGrpcAdapter {
             register: RequestMetrics::new("register", "grpc"),
             deregister: RequestMetrics::new("deregister", "grpc"),
             heartbeat: RequestMetrics::new("heartbeat", "grpc"),
+            report_client: RequestMetrics::new("report_client", "grpc"),
         }
     }
 
@@ -51,97 +54,6 @@ fn request_context(metadata: &MetadataMap) -> RequestContext {
         request_id: text("request-id"),
         token: text("x-polaris-token"),
         detached: metadata.contains_key("async-regis"),
-    }
-}
-
-pub fn instance_from_wire(wire: proto::Instance) -> InstanceInput {
-    InstanceInput {
-        id: wire.id,
-        service: wire.service,
-        namespace: wire.namespace,
-        vpc_id: wire.vpc_id,
-        host: wire.host,
-        port: wire.port,
-        protocol: wire.protocol,
-        version: wire.version,
-        priority: wire.priority,
-        weight: wire.weight,
-        healthy: wire.healthy,
-        isolate: wire.isolate,
-        enable_health_check: wire.enable_health_check,
-        health_check: wire.health_check.map(|hc| HealthCheckInput {
-            heartbeat: hc.r#type == proto::health_check::HealthCheckType::Heartbeat as i32,
-            ttl: hc.heartbeat.and_then(|hb| hb.ttl),
-        }),
-        location: wire.location.map(|l| LocationInput {
-            region: l.region,
-            zone: l.zone,
-            campus: l.campus,
-        }),
-        metadata: wire.metadata,
-        logic_set: wire.logic_set,
-        service_token: wire.service_token,
-    }
-}
-
-pub fn instance_to_wire(instance: InstanceInput) -> proto::Instance {
-    proto::Instance {
-        id: instance.id,
-        service: instance.service,
-        namespace: instance.namespace,
-        vpc_id: Some(instance.vpc_id.unwrap_or_default()),
-        host: instance.host,
-        port: instance.port,
-        protocol: instance.protocol,
-        version: instance.version,
-        priority: instance.priority,
-        weight: instance.weight,
-        healthy: instance.healthy,
-        isolate: instance.isolate,
-        enable_health_check: instance.enable_health_check,
-        health_check: instance.health_check.map(|hc| proto::HealthCheck {
-            r#type: if hc.heartbeat {
-                proto::health_check::HealthCheckType::Heartbeat as i32
-            } else {
-                proto::health_check::HealthCheckType::Unknown as i32
-            },
-            heartbeat: Some(proto::HeartbeatHealthCheck { ttl: hc.ttl }),
-        }),
-        location: instance.location.map(|l| proto::Location {
-            region: l.region,
-            zone: l.zone,
-            campus: l.campus,
-        }),
-        metadata: instance.metadata,
-        logic_set: instance.logic_set,
-        // The token is the caller's secret: never echoed back.
-        service_token: None,
-        ctime: None,
-        mtime: None,
-        revision: None,
-    }
-}
-
-/// The answer to a write: its code and text, and the instance echoed (with its id once
-/// known): a registration's identity, a deregistration as sent. The one place a result
-/// becomes a wire `Response`.
-fn write_response(
-    result: Result<Written, ApiError>,
-    mut instance: InstanceInput,
-) -> proto::Response {
-    let (code, info) = match result {
-        Ok(written) => {
-            instance.id = Some(written.id);
-            (written.code, written.info.to_owned())
-        }
-        Err(error) => (error.code(), error.to_string()),
-    };
-    proto::Response {
-        code: Some(code.as_u32()),
-        info: Some(info),
-        // Health checking off: Polaris answers the code alone.
-        instance: (code != Code::HealthCheckNotOpen).then(|| instance_to_wire(instance)),
-        client: None,
     }
 }
 
@@ -188,11 +100,7 @@ impl PolarisGrpcAdapter {
         result: Result<Written, ApiError>,
         echo: InstanceInput,
     ) -> GrpcResponse<proto::Response> {
-        let code = match &result {
-            Ok(written) => written.code,
-            Err(error) => error.code(),
-        };
-        metrics.record(code, started.elapsed());
+        metrics.record(code_of(&result), started.elapsed());
         GrpcResponse::new(write_response(result, echo))
     }
 }
@@ -204,11 +112,14 @@ type DiscoverStream =
 impl PolarisGrpc for PolarisGrpcAdapter {
     async fn report_client(
         &self,
-        _request: Request<proto::Client>,
+        request: Request<proto::Client>,
     ) -> Result<GrpcResponse<proto::Response>, Status> {
-        Err(Status::unimplemented(
-            "ReportClient is not served by batchreg",
-        ))
+        let started = Instant::now();
+        let peer = request.remote_addr().map(|addr| addr.ip());
+        let response = self.api.report_client(request.into_inner(), peer);
+        self.report_client
+            .record(Code::ExecuteSuccess, started.elapsed());
+        Ok(GrpcResponse::new(response))
     }
 
     async fn register_instance(

@@ -4,11 +4,14 @@
 pub mod discover;
 pub mod grpc;
 pub mod http;
+pub mod wire;
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::auth::{Auth, AuthError};
 use crate::code::Code;
+use crate::discovery::answer::info as answer_info;
 use crate::discovery::{Answered, Discovery};
 use crate::health::{Health, HealthError};
 use crate::naming::{InstanceInput, Naming, NamingError, RequestContext, Written};
@@ -104,9 +107,37 @@ impl ClientApi {
         })
     }
 
-    /// Answers one Discover request from the registry cache.
-    pub fn discover(&self, request: &proto::DiscoverRequest) -> Answered {
-        self.discovery.answer(request)
+    /// Answers one Discover request from the registry cache; `healthy_only` (HTTP's
+    /// `Filter.OnlyHealthyInstance`; gRPC answers every instance) leaves out unhealthy
+    /// instances of an INSTANCE answer.
+    pub fn discover(&self, request: &proto::DiscoverRequest, healthy_only: bool) -> Answered {
+        self.discovery.answer(request, healthy_only)
+    }
+
+    /// `ReportClient`: nothing is stored; the answer tells the client its host (the
+    /// peer's address when it sent none) and location. A client with an id gets its
+    /// report echoed.
+    pub fn report_client(&self, client: proto::Client, peer: Option<IpAddr>) -> proto::Response {
+        let host = client
+            .host
+            .clone()
+            .filter(|h| !h.is_empty())
+            .or_else(|| peer.map(|ip| ip.to_canonical().to_string()));
+        let echoed = if client.id.as_deref().unwrap_or("").is_empty() {
+            proto::Client {
+                host,
+                location: client.location,
+                ..Default::default()
+            }
+        } else {
+            proto::Client { host, ..client }
+        };
+        proto::Response {
+            code: Some(Code::ExecuteSuccess.as_u32()),
+            info: Some(answer_info(Code::ExecuteSuccess).to_owned()),
+            client: Some(echoed),
+            instance: None,
+        }
     }
 
     /// The checks and the queueing happen now; the future returned only waits for the

@@ -71,8 +71,9 @@ impl Discovery {
         &self.cache
     }
 
-    /// Answers one Discover request. A bad request gets an answer too.
-    pub fn answer(&self, request: &proto::DiscoverRequest) -> Answered {
+    /// Answers one Discover request. A bad request gets an answer too. `healthy_only`
+    /// leaves unhealthy instances out of an INSTANCE answer.
+    pub fn answer(&self, request: &proto::DiscoverRequest, healthy_only: bool) -> Answered {
         let kind = DiscoverRequestType::try_from(request.r#type);
         let label = kind.map_or("UNKNOWN", |k| k.as_str_name());
         let mut requested = request.service.clone().unwrap_or_default();
@@ -86,7 +87,7 @@ impl Discovery {
         };
         match kind {
             Ok(DiscoverRequestType::Instance) => {
-                let mut answered = self.instances(requested, false);
+                let mut answered = self.instances(requested, healthy_only);
                 answered.kind = label;
                 answered
             }
@@ -350,7 +351,7 @@ mod tests {
     #[test]
     fn instance_answers_full_then_no_change_and_reuse_the_encoding() {
         let discovery = discovery_with(&["a", "b"]);
-        let first = discovery.answer(&ask(DiscoverRequestType::Instance, "ns", "svc", ""));
+        let first = discovery.answer(&ask(DiscoverRequestType::Instance, "ns", "svc", ""), false);
         assert_eq!(
             (first.code, first.kind, first.reused),
             (Code::ExecuteSuccess, "INSTANCE", false)
@@ -358,10 +359,16 @@ mod tests {
         let full = decoded(&first);
         assert_eq!(full.instances.len(), 2);
         let revision = full.service.unwrap().revision.unwrap();
-        let second = discovery.answer(&ask(DiscoverRequestType::Instance, "ns", "svc", "older"));
+        let second = discovery.answer(
+            &ask(DiscoverRequestType::Instance, "ns", "svc", "older"),
+            false,
+        );
         assert!(second.reused, "the same revision's answer is shared");
         assert_eq!(second.bytes, first.bytes);
-        let current = discovery.answer(&ask(DiscoverRequestType::Instance, "ns", "svc", &revision));
+        let current = discovery.answer(
+            &ask(DiscoverRequestType::Instance, "ns", "svc", &revision),
+            false,
+        );
         assert_eq!(current.code, Code::DataNoChange);
         let echoed = decoded(&current);
         assert!(echoed.instances.is_empty());
@@ -373,15 +380,16 @@ mod tests {
     #[test]
     fn unknown_services_names_and_types_have_their_codes() {
         let discovery = discovery_with(&["a"]);
-        let missing = discovery.answer(&ask(DiscoverRequestType::Instance, "ns", "nope", ""));
+        let missing =
+            discovery.answer(&ask(DiscoverRequestType::Instance, "ns", "nope", ""), false);
         assert_eq!(missing.code, Code::NotFoundResource);
         let echoed = decoded(&missing);
         assert_eq!(echoed.r#type, DiscoverResponseType::Instance as i32);
         assert_eq!(echoed.service.unwrap().name.as_deref(), Some("nope"));
-        let unnamed = discovery.answer(&ask(DiscoverRequestType::Instance, "ns", "", ""));
+        let unnamed = discovery.answer(&ask(DiscoverRequestType::Instance, "ns", "", ""), false);
         assert_eq!(unnamed.code, Code::InvalidServiceName);
         // The empty namespace is "default", where nothing is registered here.
-        let defaulted = discovery.answer(&ask(DiscoverRequestType::Instance, "", "svc", ""));
+        let defaulted = discovery.answer(&ask(DiscoverRequestType::Instance, "", "svc", ""), false);
         assert_eq!(defaulted.code, Code::NotFoundResource);
         for kind in [
             DiscoverRequestType::Unknown,
@@ -389,7 +397,7 @@ mod tests {
             DiscoverRequestType::Namespaces,
             DiscoverRequestType::Lane,
         ] {
-            let answered = discovery.answer(&ask(kind, "ns", "svc", ""));
+            let answered = discovery.answer(&ask(kind, "ns", "svc", ""), false);
             assert_eq!(answered.code, Code::InvalidDiscoverResource, "{kind:?}");
             assert_eq!(
                 decoded(&answered).r#type,
@@ -402,7 +410,7 @@ mod tests {
             DiscoverRequestType::CircuitBreaker,
             DiscoverRequestType::FaultDetector,
         ] {
-            let answered = discovery.answer(&ask(kind, "ns", "svc", ""));
+            let answered = discovery.answer(&ask(kind, "ns", "svc", ""), false);
             assert_eq!(answered.code, Code::ExecuteSuccess, "{kind:?}");
             assert_eq!(decoded(&answered).r#type, kind as i32);
         }
@@ -411,15 +419,20 @@ mod tests {
     #[test]
     fn services_answers_list_a_namespace_and_keep_their_revision_until_one_is_added() {
         let discovery = discovery_with(&["a"]);
-        let all = discovery.answer(&ask(DiscoverRequestType::Services, "", "", ""));
+        let all = discovery.answer(&ask(DiscoverRequestType::Services, "", "", ""), false);
         assert_eq!(all.code, Code::ExecuteSuccess);
         let listed = decoded(&all);
         assert_eq!(listed.services.len(), 1);
         let revision = listed.service.unwrap().revision.unwrap();
-        let same = discovery.answer(&ask(DiscoverRequestType::Services, "", "", &revision));
+        let same = discovery.answer(
+            &ask(DiscoverRequestType::Services, "", "", &revision),
+            false,
+        );
         assert_eq!(same.code, Code::DataNoChange);
-        let other_namespace =
-            discovery.answer(&ask(DiscoverRequestType::Services, "elsewhere", "", ""));
+        let other_namespace = discovery.answer(
+            &ask(DiscoverRequestType::Services, "elsewhere", "", ""),
+            false,
+        );
         assert!(decoded(&other_namespace).services.is_empty());
         discovery.cache().put_service(&StoredService {
             id: "sid2".to_owned(),
@@ -428,7 +441,10 @@ mod tests {
             ctime: String::new(),
             mtime: String::new(),
         });
-        let grown = discovery.answer(&ask(DiscoverRequestType::Services, "", "", &revision));
+        let grown = discovery.answer(
+            &ask(DiscoverRequestType::Services, "", "", &revision),
+            false,
+        );
         assert_eq!(grown.code, Code::ExecuteSuccess);
         assert_eq!(decoded(&grown).services.len(), 2);
     }

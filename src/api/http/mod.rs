@@ -1,13 +1,19 @@
-//! The HTTP port: `GET /metrics` (Prometheus text) and `GET /healthz`.
+//! The HTTP port: the Polaris client API (`POST /v1/...`, [`client`]), `GET /metrics`
+//! (Prometheus text) and `GET /healthz`.
 
-use std::sync::Arc;
+pub mod client;
+pub mod json;
+
 use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use metrics_exporter_prometheus::PrometheusHandle;
+
+use super::ClientApi;
 
 /// What the HTTP handlers read.
 #[derive(Clone)]
@@ -18,6 +24,22 @@ pub struct HttpState {
     pub process: metrics_process::Collector,
     /// What `/healthz` answers.
     pub readiness: Arc<ReadinessFlag>,
+    /// Set once the store is open and the cache loaded; until then the client API
+    /// answers 503.
+    pub api: Arc<OnceLock<Arc<ClientApi>>>,
+    /// The largest request body read, in bytes (`server.http_max_body`).
+    pub max_body: usize,
+    pub client: Arc<client::ClientMetrics>,
+}
+
+impl HttpState {
+    /// The client API, or the answer while the server is still loading.
+    pub fn api(&self) -> Result<Arc<ClientApi>, (StatusCode, &'static str)> {
+        self.api.get().cloned().ok_or((
+            StatusCode::SERVICE_UNAVAILABLE,
+            "loading the registry cache\n",
+        ))
+    }
 }
 
 /// Where the server is in its life, as `/healthz` says it.
@@ -55,6 +77,7 @@ impl ReadinessFlag {
 
 pub fn router(state: HttpState) -> Router {
     Router::new()
+        .merge(client::routes())
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .with_state(state)

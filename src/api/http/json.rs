@@ -1,0 +1,294 @@
+//! Polaris's JSON for the HTTP client API, as its jsonpb reads and writes it, over the
+//! generated messages through their descriptors (proto/ compiled at build time).
+//!
+//! In: proto names and JSON names both accepted, unknown keys ignored, `null` skipped and
+//! a `null` map value read as `""`, wrappers as plain values, enums by name or number.
+//! Out: JSON names, every field emitted in field order (an unset message or wrapper as
+//! `null`, an empty list as `[]`, an empty map as `{}`), enums by name, indented by one
+//! space.
+
+use std::sync::LazyLock;
+
+use prost::Message;
+use prost_reflect::{
+    DescriptorPool, DeserializeOptions, DynamicMessage, FieldDescriptor, Kind, MessageDescriptor,
+    SerializeOptions,
+};
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::code::Code;
+use crate::proto;
+
+/// The messages the HTTP client API reads and writes.
+pub const INSTANCE: &str = "v1.Instance";
+pub const CLIENT: &str = "v1.Client";
+pub const DISCOVER_REQUEST: &str = "v1.DiscoverRequest";
+pub const DISCOVER_RESPONSE: &str = "v1.DiscoverResponse";
+pub const RESPONSE: &str = "v1.Response";
+
+static POOL: LazyLock<DescriptorPool> = LazyLock::new(|| {
+    DescriptorPool::decode(proto::FILE_DESCRIPTOR_SET).expect("the build's descriptor set decodes")
+});
+
+fn descriptor(full_name: &str) -> MessageDescriptor {
+    POOL.get_message_by_name(full_name)
+        .unwrap_or_else(|| panic!("{full_name} is in proto/"))
+}
+
+/// A request body that is not the message its route takes: answered 400001 with the
+/// parser's message.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct JsonError(String);
+
+impl JsonError {
+    pub fn code(&self) -> Code {
+        Code::ParseException
+    }
+}
+
+/// Reads a JSON body as the message `full_name` (one of the constants above).
+pub fn decode<M: Message + Default>(full_name: &str, body: &[u8]) -> Result<M, JsonError> {
+    let desc = descriptor(full_name);
+    let mut value: Value =
+        serde_json::from_slice(body).map_err(|error| JsonError(error.to_string()))?;
+    if !value.is_object() {
+        return Err(JsonError(format!(
+            "expected a JSON object for {full_name}, found {}",
+            kind_of(&value)
+        )));
+    }
+    lenient(&desc, &mut value);
+    let options = DeserializeOptions::new().deny_unknown_fields(false);
+    let dynamic = DynamicMessage::deserialize_with_options(desc, value, &options)
+        .map_err(|error| JsonError(error.to_string()))?;
+    dynamic
+        .transcode_to::<M>()
+        .map_err(|error| JsonError(error.to_string()))
+}
+
+/// Writes a message as Polaris's JSON.
+pub fn encode<M: Message>(full_name: &str, message: &M) -> Vec<u8> {
+    encode_bytes(full_name, &message.encode_to_vec())
+}
+
+/// Writes an encoded message (an answer the registry cache keeps encoded) as JSON.
+pub fn encode_bytes(full_name: &str, encoded: &[u8]) -> Vec<u8> {
+    let desc = descriptor(full_name);
+    let dynamic = DynamicMessage::decode(desc.clone(), encoded)
+        .expect("a message this server encoded decodes by its own descriptor");
+    let options = SerializeOptions::new().skip_default_fields(false);
+    let value = dynamic
+        .serialize_with_options(serde_json::value::Serializer, &options)
+        .expect("a message serializes to a JSON value");
+    let value = complete(&desc, value);
+    let mut out = Vec::with_capacity(256);
+    let formatter = serde_json::ser::PrettyFormatter::with_indent(b" ");
+    let mut serializer = serde_json::Serializer::with_formatter(&mut out, formatter);
+    value
+        .serialize(&mut serializer)
+        .expect("a JSON value writes to memory");
+    out
+}
+
+fn kind_of(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// The field a JSON key names: by its JSON name or its proto name.
+fn field_of(desc: &MessageDescriptor, key: &str) -> Option<FieldDescriptor> {
+    desc.get_field_by_json_name(key)
+        .or_else(|| desc.get_field_by_name(key))
+}
+
+/// A message of ours, not a well-known type (whose JSON form is a plain value).
+fn nested(field: &FieldDescriptor) -> Option<MessageDescriptor> {
+    match field.kind() {
+        Kind::Message(message) if !message.full_name().starts_with("google.protobuf.") => {
+            Some(message)
+        }
+        _ => None,
+    }
+}
+
+/// Polaris's leniency before the strict proto3 JSON reader: `null` fields dropped, a
+/// `null` map value read as `""`, nested messages likewise.
+fn lenient(desc: &MessageDescriptor, value: &mut Value) {
+    let Value::Object(object) = value else {
+        return;
+    };
+    object.retain(|_, v| !v.is_null());
+    for (key, v) in object.iter_mut() {
+        let Some(field) = field_of(desc, key) else {
+            continue;
+        };
+        if field.is_map() {
+            if let (Value::Object(entries), Kind::Message(entry)) = (v, field.kind()) {
+                let value_field = entry.map_entry_value_field();
+                for entry_value in entries.values_mut() {
+                    if entry_value.is_null() && matches!(value_field.kind(), Kind::String) {
+                        *entry_value = Value::String(String::new());
+                    } else if let Some(message) = nested(&value_field) {
+                        lenient(&message, entry_value);
+                    }
+                }
+            }
+        } else if let Some(message) = nested(&field) {
+            match v {
+                Value::Array(items) => items.iter_mut().for_each(|i| lenient(&message, i)),
+                other => lenient(&message, other),
+            }
+        }
+    }
+}
+
+/// Every field of `desc` in field order, the ones the serializer left out (unset
+/// messages and wrappers) as `null`, nested messages likewise.
+fn complete(desc: &MessageDescriptor, value: Value) -> Value {
+    let Value::Object(mut object) = value else {
+        return value;
+    };
+    let mut ordered = Map::with_capacity(desc.fields().len());
+    for field in desc.fields() {
+        let key = field.json_name();
+        let v = object.remove(key).unwrap_or(Value::Null);
+        let v = match (nested(&field), v) {
+            (Some(message), Value::Array(items)) if field.is_list() => {
+                Value::Array(items.into_iter().map(|i| complete(&message, i)).collect())
+            }
+            (Some(message), v @ Value::Object(_)) if !field.is_map() => complete(&message, v),
+            (_, v) => v,
+        };
+        ordered.insert(key.to_owned(), v);
+    }
+    Value::Object(ordered)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn instance(json: &str) -> proto::Instance {
+        decode(INSTANCE, json.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn reads_json_names_and_proto_names_alike() {
+        let camel = instance(
+            r#"{"namespace":"ns","service":"svc","host":"h","port":80,
+                "enableHealthCheck":true,"healthCheck":{"type":"HEARTBEAT","heartbeat":{"ttl":7}},
+                "vpc_id":"v","logic_set":"ls","metadata":{"k":"v"}}"#,
+        );
+        let snake = instance(
+            r#"{"namespace":"ns","service":"svc","host":"h","port":80,
+                "enable_health_check":true,"health_check":{"type":1,"heartbeat":{"ttl":7}},
+                "vpc_id":"v","logic_set":"ls","metadata":{"k":"v"}}"#,
+        );
+        assert_eq!(camel, snake);
+        assert_eq!(camel.enable_health_check, Some(true));
+        assert_eq!(camel.health_check.unwrap().heartbeat.unwrap().ttl, Some(7));
+        assert_eq!(camel.vpc_id.as_deref(), Some("v"));
+        assert_eq!(camel.port, Some(80));
+    }
+
+    #[test]
+    fn skips_nulls_and_unknown_keys_and_reads_a_null_map_value_as_empty() {
+        let read = instance(
+            r#"{"service":"svc","namespace":null,"host":"h","port":1,"weight":null,
+                "nosuch":{"a":[1,2]},"metadata":{"a":null,"b":"x"},"location":{"zone":null,"region":"r"}}"#,
+        );
+        assert_eq!(read.namespace, None);
+        assert_eq!(read.weight, None);
+        assert_eq!(read.metadata.get("a").map(String::as_str), Some(""));
+        assert_eq!(read.metadata.get("b").map(String::as_str), Some("x"));
+        let location = read.location.unwrap();
+        assert_eq!(
+            (location.region.as_deref(), location.zone),
+            (Some("r"), None)
+        );
+    }
+
+    #[test]
+    fn malformed_or_mistyped_input_is_a_parse_error_with_the_parsers_message() {
+        let broken = decode::<proto::Instance>(INSTANCE, b"{\"host\": ").unwrap_err();
+        assert_eq!(broken.code(), Code::ParseException);
+        assert!(broken.to_string().contains("EOF"), "{broken}");
+        let mistyped = decode::<proto::Instance>(INSTANCE, br#"{"port":"eighty"}"#).unwrap_err();
+        assert!(!mistyped.to_string().is_empty());
+        let array = decode::<proto::Instance>(INSTANCE, b"[]").unwrap_err();
+        assert!(array.to_string().contains("an array"), "{array}");
+    }
+
+    #[test]
+    fn writes_every_field_with_json_names_in_field_order() {
+        let response = proto::Response {
+            code: Some(200000),
+            info: Some("execute success".to_owned()),
+            client: None,
+            instance: Some(proto::Instance {
+                id: Some("i".to_owned()),
+                vpc_id: Some(String::new()),
+                port: Some(8080),
+                ..Default::default()
+            }),
+        };
+        let text = String::from_utf8(encode(RESPONSE, &response)).unwrap();
+        let value: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(value["code"], 200000);
+        assert_eq!(value["client"], Value::Null);
+        let instance = value["instance"].as_object().unwrap();
+        let keys: Vec<&str> = instance.keys().map(String::as_str).collect();
+        assert_eq!(
+            keys,
+            [
+                "id",
+                "service",
+                "namespace",
+                "host",
+                "port",
+                "protocol",
+                "version",
+                "priority",
+                "weight",
+                "healthCheck",
+                "healthy",
+                "isolate",
+                "location",
+                "metadata",
+                "logic_set",
+                "ctime",
+                "mtime",
+                "revision",
+                "service_token",
+                "enableHealthCheck",
+                "vpc_id",
+            ]
+        );
+        assert_eq!(instance["port"], 8080);
+        assert_eq!(instance["vpc_id"], "");
+        assert_eq!(instance["metadata"], serde_json::json!({}));
+        assert_eq!(instance["service_token"], Value::Null);
+        assert!(text.starts_with("{\n \"code\""), "{text}");
+    }
+
+    #[test]
+    fn writes_enums_by_name_and_lists_empty() {
+        let answer = proto::DiscoverResponse {
+            code: Some(200000),
+            r#type: proto::discover_response::DiscoverResponseType::Instance as i32,
+            ..Default::default()
+        };
+        let value: Value = serde_json::from_slice(&encode(DISCOVER_RESPONSE, &answer)).unwrap();
+        assert_eq!(value["type"], "INSTANCE");
+        assert_eq!(value["instances"], serde_json::json!([]));
+        assert_eq!(value["service"], Value::Null);
+    }
+}
