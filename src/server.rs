@@ -11,8 +11,12 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
 use crate::api::discover::PolarisService;
 use crate::api::http::{HttpState, Readiness, ReadinessFlag};
+use crate::api::system::{Advertised, SystemInstances};
 use crate::api::{ClientApi, Layers};
 use crate::auth::Auth;
 use crate::config::Settings;
@@ -72,6 +76,10 @@ pub struct Server {
     grpc: JoinHandle<Result<(), tonic::transport::Error>>,
     http: JoinHandle<std::io::Result<()>>,
     feed: Option<Feed>,
+    /// The `grpc.health.v1` statuses: SERVING once loaded, NOT_SERVING once stopping.
+    grpc_health: HealthReporter,
+    /// This replica's instances in the system services, when `server.register_self`.
+    system: Option<SystemInstances>,
     shutdown_timeout: Duration,
 }
 
@@ -166,12 +174,34 @@ impl Server {
             discovery: Discovery::new(cache),
             health,
         }));
+        let (grpc_health, health_service) = tonic_health::server::health_reporter();
+        set_grpc_health(&grpc_health, ServingStatus::NotServing).await;
         let grpc = tokio::spawn(serve_grpc(
             grpc_listener,
             PolarisService::new(Arc::clone(&api)),
+            health_service,
             until_stopped(stopped),
         ));
+        let system = if settings.register_self {
+            let at = Advertised {
+                host: settings.advertise_host.clone(),
+                grpc_port: grpc_addr.port(),
+            };
+            match SystemInstances::register(&api, &at).await {
+                Ok(system) => Some(system),
+                Err(error) => {
+                    tracing::warn!(
+                        %error,
+                        "could not register this server in the Polaris system services"
+                    );
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let _ = client_api.set(Arc::clone(&api));
+        set_grpc_health(&grpc_health, ServingStatus::Serving).await;
         readiness.set(Readiness::Serving);
         Ok(Server {
             grpc_addr,
@@ -182,6 +212,8 @@ impl Server {
             grpc,
             http,
             feed: Some(feed),
+            grpc_health,
+            system,
             shutdown_timeout: settings.shutdown_timeout,
         })
     }
@@ -199,10 +231,31 @@ impl Server {
         &self.api
     }
 
-    /// Stops taking requests, lets in-flight ones be answered (up to the shutdown
-    /// timeout), writes everything still queued, then returns.
-    pub async fn shutdown(mut self) -> Result<(), ServerError> {
+    /// The ids of this replica's instances in the system services (none when
+    /// `server.register_self` is off or their registration failed).
+    pub fn system_instance_ids(&self) -> Vec<String> {
+        self.system
+            .as_ref()
+            .map(SystemInstances::ids)
+            .unwrap_or_default()
+    }
+
+    /// The first step of a shutdown, on its own for embedders that stop in stages:
+    /// `/healthz` answers 503 and the gRPC health service NOT_SERVING, so load
+    /// balancers stop sending; requests are still answered.
+    pub async fn begin_shutdown(&self) {
         self.readiness.set(Readiness::Stopping);
+        set_grpc_health(&self.grpc_health, ServingStatus::NotServing).await;
+    }
+
+    /// Stops taking requests, lets in-flight ones be answered (up to the shutdown
+    /// timeout), writes everything still queued, then returns. The server's own system
+    /// instances are deregistered first.
+    pub async fn shutdown(mut self) -> Result<(), ServerError> {
+        self.begin_shutdown().await;
+        if let Some(system) = self.system.take() {
+            system.deregister(&self.api).await;
+        }
         let _ = self.stop.send(true);
         let grpc_result = match tokio::time::timeout(self.shutdown_timeout, self.grpc).await {
             Ok(joined) => joined?.map_err(ServerError::from),
@@ -298,15 +351,55 @@ async fn until_stopped(mut stopped: watch::Receiver<bool>) {
     let _ = stopped.wait_for(|stop| *stop).await;
 }
 
-async fn serve_grpc(
+/// Sets the status of the whole server (`""`) and of `v1.PolarisGRPC` alike.
+async fn set_grpc_health(reporter: &HealthReporter, status: ServingStatus) {
+    reporter.set_service_status("", status).await;
+    reporter
+        .set_service_status(
+            <PolarisService as tonic::server::NamedService>::NAME,
+            status,
+        )
+        .await;
+}
+
+/// Serves `v1.PolarisGRPC`, `grpc.health.v1.Health` and server reflection (v1 and
+/// v1alpha), so that grpcurl and ghz can list and call the methods without the protos.
+async fn serve_grpc<H>(
     listener: TcpListener,
     service: PolarisService,
+    health: H,
     shutdown: impl Future<Output = ()>,
-) -> Result<(), tonic::transport::Error> {
+) -> Result<(), tonic::transport::Error>
+where
+    H: tower_service::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+        > + tonic::server::NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    H::Future: Send + 'static,
+{
+    let reflection = |builder: tonic_reflection::server::Builder<'static>| {
+        builder
+            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection(tonic_reflection::server::Builder::configure())
+        .build_v1()
+        .expect("the build's descriptor sets are valid");
+    let reflection_v1alpha = reflection(tonic_reflection::server::Builder::configure())
+        .build_v1alpha()
+        .expect("the build's descriptor sets are valid");
     // No Nagle delay: a small answer must not wait for the client's delayed ACK.
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     tonic::transport::Server::builder()
         .add_service(service)
+        .add_service(health)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
 }

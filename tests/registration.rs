@@ -486,14 +486,58 @@ async fn async_regis_is_answered_on_enqueue_and_written() {
 }
 
 #[tokio::test]
-async fn methods_not_served_answer_unimplemented() {
+async fn report_client_answers_the_clients_host_and_location() {
     let t = TestServer::start(|_| {}).await;
     let mut client = t.client().await;
-    let status = client
+    // No host: the peer's address.
+    let answer = client
         .report_client(proto::Client::default())
         .await
-        .unwrap_err();
-    assert_eq!(status.code(), tonic::Code::Unimplemented);
+        .unwrap()
+        .into_inner();
+    assert_eq!(code(&answer), SUCCESS);
+    let reported = answer.client.unwrap();
+    assert_eq!(reported.host.as_deref(), Some("127.0.0.1"));
+    assert!(answer.instance.is_none());
+
+    let location = proto::Location {
+        region: Some("r1".to_owned()),
+        zone: Some("z1".to_owned()),
+        campus: Some("c1".to_owned()),
+    };
+    let sent = proto::Client {
+        host: Some("10.1.1.1".to_owned()),
+        version: Some("1.2.3".to_owned()),
+        location: Some(location.clone()),
+        ..Default::default()
+    };
+    let answer = client.report_client(sent).await.unwrap().into_inner();
+    let reported = answer.client.unwrap();
+    assert_eq!(reported.host.as_deref(), Some("10.1.1.1"));
+    assert_eq!(reported.location, Some(location.clone()));
+    // Without an id only the host and location come back.
+    assert_eq!(reported.version, None);
+
+    let with_id = proto::Client {
+        id: Some("client-7".to_owned()),
+        version: Some("1.2.3".to_owned()),
+        r#type: proto::client::ClientType::Sdk as i32,
+        location: Some(location),
+        ..Default::default()
+    };
+    let answer = client
+        .report_client(with_id.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    let reported = answer.client.unwrap();
+    assert_eq!(
+        reported,
+        proto::Client {
+            host: Some("127.0.0.1".to_owned()),
+            ..with_id
+        }
+    );
     t.server.shutdown().await.unwrap();
 }
 

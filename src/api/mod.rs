@@ -4,6 +4,7 @@
 pub mod discover;
 pub mod grpc;
 pub mod http;
+pub mod system;
 pub mod wire;
 
 use std::net::IpAddr;

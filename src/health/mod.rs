@@ -218,6 +218,11 @@ impl Health {
         }
     }
 
+    /// Whether heartbeats are answered (`health.enabled`).
+    pub fn is_on(&self) -> bool {
+        self.enabled
+    }
+
     /// An instance was registered (new or changed): that counts as its first beat.
     pub fn registered(&self, id: &str) {
         if let Some((shared, Some(ttl), _)) = self.cache.heartbeat_ttl(id) {

@@ -42,6 +42,8 @@ impl TestServer {
         config.store.url = format!("sqlite://{}", db_path.display());
         // Tests run many servers on one machine: durability is not what they check.
         config.store.sqlite_synchronous = batchreg::store::sqlite::Synchronous::Normal;
+        // Tests count the rows they write; tests/system.rs turns self-registration on.
+        config.server.register_self = false;
         tweak(&mut config);
         let settings = config.validate().expect("valid test config");
         let server = Server::start(settings).await.expect("server starts");
