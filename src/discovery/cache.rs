@@ -609,16 +609,24 @@ impl ServiceEntry {
 }
 
 impl ServiceEntry {
-    /// An answer built now from the current state, and not kept.
-    pub fn encode(&self, encode: impl FnOnce(&ServiceSnapshot<'_>) -> Encoded) -> Encoded {
+    /// The answer to a client that last saw `revision`, as [`view`](Self::view) decides it,
+    /// but built now from the current state and not kept (a filtered answer).
+    pub fn view_unkept(
+        &self,
+        revision: &str,
+        encode: impl FnOnce(&ServiceSnapshot<'_>) -> Encoded,
+    ) -> ServiceView {
         let state = self.state.lock().expect("service lock");
-        encode(&ServiceSnapshot {
+        if *state.revision == *revision {
+            return ServiceView::Current;
+        }
+        ServiceView::Changed(encode(&ServiceSnapshot {
             namespace: &self.namespace,
             name: &self.name,
             info: &state.info,
             revision: &state.revision,
             instances: &state.instances,
-        })
+        }))
     }
 }
 

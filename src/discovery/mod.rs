@@ -117,7 +117,8 @@ impl Discovery {
     }
 
     /// The INSTANCE answer for a service; `healthy_only` leaves out unhealthy instances
-    /// (an answer not kept, built for this request).
+    /// (an answer not kept, built for this request). The client's revision is checked
+    /// first either way, as Polaris does.
     pub fn instances(&self, mut requested: proto::Service, healthy_only: bool) -> Answered {
         let kind = DiscoverResponseType::Instance;
         if requested.namespace.as_deref().unwrap_or("").is_empty() {
@@ -138,18 +139,17 @@ impl Discovery {
             return plain(Code::NotFoundResource, requested);
         };
         let client_revision = requested.revision.as_deref().unwrap_or("");
-        if healthy_only {
-            let bytes = entry.encode(|snapshot| answer::instances(snapshot, true));
-            return Answered {
-                code: Code::ExecuteSuccess,
-                kind: "INSTANCE",
-                bytes,
-                reused: false,
-            };
-        }
-        match entry.view(client_revision, |snapshot| {
-            answer::instances(snapshot, false)
-        }) {
+        let view = if healthy_only {
+            let view = entry.view_unkept(client_revision, |snapshot| {
+                answer::instances(snapshot, true)
+            });
+            (view, false)
+        } else {
+            entry.view(client_revision, |snapshot| {
+                answer::instances(snapshot, false)
+            })
+        };
+        match view {
             (ServiceView::Current, _) => plain(Code::DataNoChange, requested),
             (ServiceView::Changed(bytes), reused) => Answered {
                 code: Code::ExecuteSuccess,
@@ -375,6 +375,53 @@ mod tests {
         let service = echoed.service.unwrap();
         assert_eq!(service.name.as_deref(), Some("svc"));
         assert_eq!(service.token, None, "a token is never echoed");
+    }
+
+    #[test]
+    fn healthy_only_answers_leave_out_the_unhealthy_and_check_the_revision_first() {
+        let discovery = discovery_with(&["a"]);
+        let mut down = record("b");
+        down.healthy = false;
+        discovery.cache().put_instance(
+            &StoredService {
+                id: "sid".to_owned(),
+                namespace: "ns".to_owned(),
+                name: "svc".to_owned(),
+                ctime: "2026-12-01 10:00:00.000".to_owned(),
+                mtime: "2026-12-01 10:00:00.000".to_owned(),
+            },
+            InstanceFacts {
+                record: &down,
+                isolate: false,
+                revision: "rev",
+                ctime: "2026-12-01 10:00:00.000",
+                mtime: "2026-12-01 10:00:00.000",
+            },
+        );
+        let everything =
+            discovery.answer(&ask(DiscoverRequestType::Instance, "ns", "svc", ""), false);
+        assert_eq!(decoded(&everything).instances.len(), 2);
+        let healthy = discovery.answer(&ask(DiscoverRequestType::Instance, "ns", "svc", ""), true);
+        assert_eq!(healthy.code, Code::ExecuteSuccess);
+        let listed = decoded(&healthy);
+        let ids: Vec<_> = listed
+            .instances
+            .iter()
+            .map(|i| i.id.clone().unwrap())
+            .collect();
+        assert_eq!(ids, ["a"]);
+        let revision = listed.service.unwrap().revision.unwrap();
+        assert_eq!(
+            revision,
+            decoded(&everything).service.unwrap().revision.unwrap(),
+            "the service's revision, filtered or not"
+        );
+        let current = discovery.answer(
+            &ask(DiscoverRequestType::Instance, "ns", "svc", &revision),
+            true,
+        );
+        assert_eq!(current.code, Code::DataNoChange);
+        assert!(decoded(&current).instances.is_empty());
     }
 
     #[test]

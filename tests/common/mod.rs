@@ -4,8 +4,10 @@
 #![allow(dead_code)]
 
 pub mod discover;
+pub mod http;
 pub mod metrics;
 pub mod mysql;
+pub mod polaris_json;
 pub mod redis;
 
 use std::collections::HashMap;

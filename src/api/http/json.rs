@@ -2,7 +2,8 @@
 //! generated messages through their descriptors (proto/ compiled at build time).
 //!
 //! In: proto names and JSON names both accepted, unknown keys ignored, `null` skipped and
-//! a `null` map value read as `""`, wrappers as plain values, enums by name or number.
+//! a `null` map value read as `""` (a `null` body as the empty message), wrappers as plain
+//! values, enums by name or number (an unknown name refused, as jsonpb does).
 //! Out: JSON names, every field emitted in field order (an unset message or wrapper as
 //! `null`, an empty list as `[]`, an empty map as `{}`), enums by name, indented by one
 //! space.
@@ -53,6 +54,10 @@ pub fn decode<M: Message + Default>(full_name: &str, body: &[u8]) -> Result<M, J
     let desc = descriptor(full_name);
     let mut value: Value =
         serde_json::from_slice(body).map_err(|error| JsonError(error.to_string()))?;
+    if value.is_null() {
+        // jsonpb reads a top-level `null` as the empty message.
+        value = Value::Object(Map::new());
+    }
     if !value.is_object() {
         return Err(JsonError(format!(
             "expected a JSON object for {full_name}, found {}",
@@ -60,8 +65,9 @@ pub fn decode<M: Message + Default>(full_name: &str, body: &[u8]) -> Result<M, J
         )));
     }
     lenient(&desc, &mut value);
-    let options = DeserializeOptions::new().deny_unknown_fields(false);
-    let dynamic = DynamicMessage::deserialize_with_options(desc, value, &options)
+    // With the unknown keys gone, the strict reader refuses only bad values: an unknown
+    // enum name among them, which the lenient one would drop.
+    let dynamic = DynamicMessage::deserialize_with_options(desc, value, &DeserializeOptions::new())
         .map_err(|error| JsonError(error.to_string()))?;
     dynamic
         .transcode_to::<M>()
@@ -119,13 +125,13 @@ fn nested(field: &FieldDescriptor) -> Option<MessageDescriptor> {
     }
 }
 
-/// Polaris's leniency before the strict proto3 JSON reader: `null` fields dropped, a
-/// `null` map value read as `""`, nested messages likewise.
+/// Polaris's leniency before the strict proto3 JSON reader: `null` fields and keys that
+/// name no field dropped, a `null` map value read as `""`, nested messages likewise.
 fn lenient(desc: &MessageDescriptor, value: &mut Value) {
     let Value::Object(object) = value else {
         return;
     };
-    object.retain(|_, v| !v.is_null());
+    object.retain(|key, v| !v.is_null() && field_of(desc, key).is_some());
     for (key, v) in object.iter_mut() {
         let Some(field) = field_of(desc, key) else {
             continue;
@@ -214,6 +220,34 @@ mod tests {
             (location.region.as_deref(), location.zone),
             (Some("r"), None)
         );
+    }
+
+    #[test]
+    fn reads_enums_by_name_or_number_and_refuses_an_unknown_name() {
+        let by_name = instance(r#"{"healthCheck":{"type":"HEARTBEAT","nosuch":"NOPE"}}"#);
+        let by_number = instance(r#"{"health_check":{"type":1}}"#);
+        assert_eq!(by_name, by_number);
+        assert_eq!(
+            by_name.health_check.unwrap().r#type,
+            proto::health_check::HealthCheckType::Heartbeat as i32
+        );
+        let unknown =
+            decode::<proto::Instance>(INSTANCE, br#"{"healthCheck":{"type":"NOPE"}}"#).unwrap_err();
+        assert_eq!(unknown.code(), Code::ParseException);
+        assert!(unknown.to_string().contains("NOPE"), "{unknown}");
+        // A number is read as it is, known or not (proto3 enums are open).
+        let request: proto::DiscoverRequest = decode(
+            DISCOVER_REQUEST,
+            br#"{"type":99,"Filter":{"OnlyHealthyInstance":true}}"#,
+        )
+        .unwrap();
+        assert_eq!(request.r#type, 99);
+        assert!(request.filter.unwrap().only_healthy_instance);
+    }
+
+    #[test]
+    fn a_null_body_is_the_empty_message() {
+        assert_eq!(instance("null"), proto::Instance::default());
     }
 
     #[test]
