@@ -12,8 +12,10 @@
 //!   which instances are listed unhealthy
 //! - `verify`: the server's listing of each service checked against the fleet
 //! - `discover_stream`: one Discover stream, request by request (discover, verify)
+//! - `connections`: gRPC or HTTP connections, and a register sent over either
 
 pub mod churn;
+mod connections;
 pub mod discover;
 pub mod discover_stream;
 #[cfg(test)]
@@ -28,23 +30,20 @@ pub mod restart;
 pub mod storm;
 pub mod verify;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::header::{HeaderMap, HeaderValue};
 use tonic::metadata::{AsciiMetadataValue, MetadataValue};
-use tonic::transport::Channel;
 
 use crate::fleet::MAX_FLEET_SIZE;
-use crate::http_pool::{
-    HttpAnswer, HttpConnectError, HttpError, HttpPool, HttpTarget, JsonRequest,
-};
+use crate::http_pool::{HttpConnectError, HttpPool};
 use crate::options::{ConnectionOptions, LoadOptions, Protocol};
 use crate::pool::{ClientPool, ConnectError};
-use crate::proto::polaris_grpc_client::PolarisGrpcClient;
+use crate::proto;
 use crate::report::{Measurements, OfferedLoad, Outcome, Report, RunSetup};
 use crate::runner::RunOutcome;
-use crate::{polaris_json, proto};
+
+pub use connections::{Connections, DISCOVER_PATH};
 
 /// Name of the register operation in reports.
 pub const REGISTER: &str = "register";
@@ -135,81 +134,6 @@ impl RequestHeaders {
     }
 }
 
-/// The connections of a run that speaks either protocol.
-#[derive(Debug, Clone)]
-pub enum Connections {
-    Grpc(ClientPool),
-    Http(HttpPool),
-}
-
-/// HTTP path of RegisterInstance.
-pub const REGISTER_PATH: &str = "/v1/RegisterInstance";
-/// HTTP path of Discover.
-pub const DISCOVER_PATH: &str = "/v1/Discover";
-
-/// One prepared unary call, ready to send on its connection.
-enum UnaryCall<T> {
-    Grpc(PolarisGrpcClient<Channel>, tonic::Request<T>),
-    Http(Arc<HttpTarget>, JsonRequest),
-}
-
-impl Connections {
-    pub fn connection_count(&self) -> usize {
-        match self {
-            Connections::Grpc(pool) => pool.connection_count(),
-            Connections::Http(pool) => pool.connection_count(),
-        }
-    }
-
-    pub fn protocol(&self) -> Protocol {
-        match self {
-            Connections::Grpc(_) => Protocol::Grpc,
-            Connections::Http(_) => Protocol::Http,
-        }
-    }
-
-    /// HTTP only: connections opened so far.
-    pub fn connections_opened(&self) -> Option<u64> {
-        match self {
-            Connections::Grpc(_) => None,
-            Connections::Http(pool) => Some(pool.connections_opened()),
-        }
-    }
-
-    /// RegisterInstance of `instance` as request `index`, on that request's
-    /// connection: the protobuf message over gRPC, its JSON over HTTP.
-    pub fn register(
-        &self,
-        index: u64,
-        instance: proto::Instance,
-        headers: &RequestHeaders,
-    ) -> impl Future<Output = Outcome> + Send + use<> {
-        let request_id = index.to_string();
-        let call = match self {
-            Connections::Grpc(pool) => {
-                let mut request = tonic::Request::new(instance);
-                headers.apply(&mut request, &request_id);
-                UnaryCall::Grpc(pool.client(index), request)
-            }
-            Connections::Http(pool) => {
-                let target = pool.target(index);
-                let mut request =
-                    target.post(REGISTER_PATH, polaris_json::instance_body(&instance));
-                headers.apply_http(request.headers_mut(), &request_id);
-                UnaryCall::Http(target, request)
-            }
-        };
-        async move {
-            match call {
-                UnaryCall::Grpc(mut client, request) => {
-                    outcome_of(client.register_instance(request).await)
-                }
-                UnaryCall::Http(target, request) => http_outcome(target.send(request).await),
-            }
-        }
-    }
-}
-
 /// Opens the connections of `protocol` and checks the headers before any load is sent.
 async fn connect_over(
     protocol: Protocol,
@@ -288,18 +212,6 @@ fn outcome_of(answer: Result<tonic::Response<proto::Response>, tonic::Status>) -
     match answer {
         Ok(response) => Outcome::Answered(response.into_inner().code),
         Err(status) => Outcome::Grpc(status.code()),
-    }
-}
-
-/// The outcome of one HTTP request: the code of its JSON answer, whatever the status
-/// (it is code / 1000).
-fn http_outcome(answer: Result<HttpAnswer, HttpError>) -> Outcome {
-    match answer {
-        Ok(answer) => match polaris_json::response_code(&answer.body) {
-            Ok(code) => Outcome::Answered(code),
-            Err(_) => Outcome::Http(answer.status.as_u16()),
-        },
-        Err(_) => Outcome::ConnectionFailed,
     }
 }
 
@@ -397,37 +309,5 @@ mod tests {
         let mut http = HeaderMap::new();
         plain.apply_http(&mut http, "0");
         assert_eq!(http.len(), 1);
-    }
-
-    #[test]
-    fn http_answers_become_outcomes_by_their_code_not_their_status() {
-        let answer = |status: u16, body: &'static str| {
-            Ok(HttpAnswer {
-                status: hyper::StatusCode::from_u16(status).unwrap(),
-                body: bytes::Bytes::from_static(body.as_bytes()),
-            })
-        };
-        assert_eq!(
-            http_outcome(answer(200, r#"{"code": 200000, "info": "ok"}"#)),
-            Outcome::Answered(Some(200000))
-        );
-        assert_eq!(
-            http_outcome(answer(400, r#"{"code": 400201, "instance": null}"#)),
-            Outcome::Answered(Some(400201))
-        );
-        assert_eq!(
-            http_outcome(answer(200, r#"{"info": "no code"}"#)),
-            Outcome::Answered(None)
-        );
-        assert_eq!(
-            http_outcome(answer(404, "404 page not found")),
-            Outcome::Http(404)
-        );
-        assert_eq!(http_outcome(answer(502, "")), Outcome::Http(502));
-        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
-        assert_eq!(
-            http_outcome(Err(HttpError::Io(refused))),
-            Outcome::ConnectionFailed
-        );
     }
 }
