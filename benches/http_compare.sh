@@ -13,7 +13,7 @@
 #   2. Discover of one service of 100 instances, for DURATION over each protocol, by
 #      WATCHERS watchers on CONNECTIONS connections: "full" (`--cold`: every answer
 #      lists the 100 instances) and "current" (the revision of the last answer is sent
-#      back: 200001 answers).
+#      back: 200001 answers), with the server's CPU time per answer.
 # Prints a line per run, then the median storm rate of each protocol with the ratio
 # HTTP / gRPC (of the medians, and of each round's pair), and the Discover rates and p99.
 # It builds nothing: it runs the release binaries of target/release, or those named by
@@ -114,18 +114,22 @@ print("%.0f %.2f %.2f %.1f %s %s %s" % (r["rate_per_s"], r["latency_ms"]["p50"],
 PY
 }
 
-# discover PROTOCOL MODE EXTRA...: one Discover run; prints "rate p50 p99 codes".
+# discover PROTOCOL MODE EXTRA...: one Discover run; prints
+# "rate p50 p99 server_µs_per_answer codes".
 discover() {
-  local protocol=$1 mode=$2
+  local protocol=$1 mode=$2 before after
   shift 2
+  before=$(cpu_ticks "$server_pid")
   "$loadgen" discover --protocol "$protocol" --target "$(address "$protocol")" \
     --namespaces 1 --services 1 --watchers "$watchers" --connections "$connections" \
     --duration "$duration" --no-progress --json "$@" > "$work/discover-$protocol-$mode.json" || true
-  python3 - "$work/discover-$protocol-$mode.json" <<'PY'
+  after=$(cpu_ticks "$server_pid")
+  python3 - "$work/discover-$protocol-$mode.json" $((after - before)) "$ticks" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
+us = int(sys.argv[2]) / int(sys.argv[3]) * 1e6 / max(sum(r["codes"].values()), 1)
 codes = ",".join("%s:%s" % kv for kv in sorted(r["codes"].items()))
-print("%.0f %.2f %.2f %s" % (r["rate_per_s"], r["latency_ms"]["p50"], r["latency_ms"]["p99"], codes))
+print("%.0f %.2f %.2f %.1f %s" % (r["rate_per_s"], r["latency_ms"]["p50"], r["latency_ms"]["p99"], us, codes))
 PY
 }
 
@@ -150,9 +154,10 @@ for mode in full current; do
   extra=()
   [ "$mode" = full ] && extra=(--cold)
   for protocol in grpc http; do
-    read -r rate p50 p99 codes < <(discover "$protocol" "$mode" "${extra[@]}")
-    echo "discover $mode $protocol: $rate/s p50 ${p50} ms p99 ${p99} ms, codes $codes"
-    echo "$mode $protocol $rate $p50 $p99" >> "$work/discover.txt"
+    read -r rate p50 p99 us codes < <(discover "$protocol" "$mode" "${extra[@]}")
+    echo "discover $mode $protocol: $rate/s p50 ${p50} ms p99 ${p99} ms," \
+      "server ${us} µs/answer, codes $codes"
+    echo "$mode $protocol $rate $p50 $p99 $us" >> "$work/discover.txt"
   done
 done
 stop_server discover
@@ -184,10 +189,11 @@ print()
 print(f"Discover of one 100-instance service, {watchers} watchers, {connections} connections, "
       f"{duration} each")
 print()
-print("| answers | gRPC /s | p99 ms | HTTP /s | p99 ms | HTTP / gRPC |")
-print("| --- | ---: | ---: | ---: | ---: | ---: |")
+print("| answers | gRPC /s | p99 ms | server µs/answer | HTTP /s | p99 ms | server µs/answer | HTTP / gRPC |")
+print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
 for mode, label in (("full", "full, 100 instances (200000)"), ("current", "current revision (200001)")):
     g, h = polls[(mode, "grpc")], polls[(mode, "http")]
-    print(f"| {label} | {float(g[0]):,.0f} | {float(g[2]):.2f} | {float(h[0]):,.0f} "
-          f"| {float(h[2]):.2f} | {float(h[0]) / max(float(g[0]), 1):.2f} |")
+    print(f"| {label} | {float(g[0]):,.0f} | {float(g[2]):.2f} | {float(g[3]):.1f} "
+          f"| {float(h[0]):,.0f} | {float(h[2]):.2f} | {float(h[3]):.1f} "
+          f"| {float(h[0]) / max(float(g[0]), 1):.2f} |")
 PY
