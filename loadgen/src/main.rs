@@ -1,9 +1,13 @@
-//! batchreg-loadgen: load scenarios against a PolarisMesh v1 gRPC server.
+//! batchreg-loadgen: load scenarios against a PolarisMesh v1 server, over gRPC (and for
+//! `storm`, `restart` and `discover`, over its HTTP API too).
 //!
 //! # Layout
 //! - `options`: command-line option groups shared by the scenarios
 //! - `fleet`: deterministic instances (address, placement, metadata) from a seed
 //! - `pool`: gRPC connections to the targets, round-robin per request
+//! - `http_pool`: HTTP/1.1 keep-alive connections to the targets, each request on an
+//!   idle one
+//! - `polaris_json`: request bodies and answers of the HTTP API (Polaris's JSON)
 //! - `schedule`: when requests are due (open-loop rate and ramp, closed-loop ramp)
 //! - `runner`: bounded closed- or open-loop driver, one histogram per operation, progress bar
 //! - `report`: outcome counting, percentiles, table / JSON / .hgrm output
@@ -16,7 +20,9 @@
 mod beats;
 mod expiry;
 mod fleet;
+mod http_pool;
 mod options;
+mod polaris_json;
 mod pool;
 mod report;
 mod runner;
@@ -55,7 +61,7 @@ const EXIT_UNEXPECTED_ANSWERS: u8 = 1;
 #[command(
     name = "batchreg-loadgen",
     version,
-    about = "Load generator for batchreg and other PolarisMesh v1 gRPC servers"
+    about = "Load generator for batchreg and other PolarisMesh v1 servers (gRPC or HTTP API)"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -65,6 +71,10 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Scenario {
     /// Register a whole fleet at once, as after a mass (re)start.
+    ///
+    /// With --protocol http, each instance is sent as JSON to POST /v1/RegisterInstance
+    /// of --target's HTTP API, over --connections HTTP/1.1 keep-alive connections: the
+    /// same fleet, so the server gives each instance the same id.
     Storm(storm::StormArgs),
     /// Register the same fleet as `storm` again, unchanged.
     ///
@@ -97,7 +107,9 @@ enum Scenario {
     /// last full answer (200000), so an unchanged service is answered DataNoChange
     /// (200001); with --cold none is sent and every answer is a full listing. The
     /// report adds the instances returned, in all and per full answer. Any other
-    /// answer (but 400202 with --allow-not-found) fails the run.
+    /// answer (but 400202 with --allow-not-found) fails the run. With --protocol http
+    /// each poll is a POST /v1/Discover of the same request as JSON, on an idle one of
+    /// --connections HTTP/1.1 keep-alive connections.
     Discover(discover::DiscoverArgs),
     /// Beat a registered fleet by id, each instance every ttl, open loop, while a
     /// Discover watch checks which instances are listed unhealthy.

@@ -4,15 +4,17 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Args;
+use clap::{Args, ValueEnum};
+use serde::Serialize;
 
 use crate::fleet::MAX_FLEET_SIZE;
 
 /// Where the requests go.
 #[derive(Debug, Clone, Args)]
 pub struct ConnectionOptions {
-    /// Server gRPC address (host:port or http://host:port); repeat or comma-separate
-    /// for several servers, requests are spread round-robin over them.
+    /// Server gRPC address (host:port or http://host:port), or with --protocol http
+    /// its HTTP address (batchreg's is on port 8090); repeat or comma-separate for
+    /// several servers, requests are spread round-robin over them.
     #[arg(
         long = "target",
         value_name = "ADDR",
@@ -21,7 +23,8 @@ pub struct ConnectionOptions {
     )]
     pub targets: Vec<String>,
 
-    /// HTTP/2 connections (tonic channels) in total, spread over the targets.
+    /// Connections in total, spread over the targets: HTTP/2 connections (tonic
+    /// channels), or with --protocol http HTTP/1.1 keep-alive connections.
     #[arg(long, value_name = "K", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub connections: u32,
 
@@ -29,9 +32,39 @@ pub struct ConnectionOptions {
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
 
-    /// Sent as `x-polaris-token` gRPC metadata with every request.
+    /// Sent as `x-polaris-token` (gRPC metadata, or HTTP header) with every request.
     #[arg(long, value_name = "TOKEN")]
     pub token: Option<String>,
+}
+
+/// The API a scenario's requests use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// gRPC: the `v1.PolarisGRPC` service, any number of requests on each connection.
+    Grpc,
+    /// The HTTP client API: `POST /v1/<Method>` with the message as its JSON body.
+    Http,
+}
+
+impl Protocol {
+    /// As the command line and the report name it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Grpc => "grpc",
+            Protocol::Http => "http",
+        }
+    }
+}
+
+/// The protocol of a scenario that speaks both.
+#[derive(Debug, Clone, Args)]
+pub struct ProtocolOptions {
+    /// `http`: the same requests as JSON to `POST /v1/<Method>` of --target's HTTP
+    /// API, over --connections HTTP/1.1 keep-alive connections carrying one request at
+    /// a time each; a request waits for an idle one, and the wait counts in its latency.
+    #[arg(long, value_enum, value_name = "PROTOCOL", default_value_t = Protocol::Grpc)]
+    pub protocol: Protocol,
 }
 
 /// How much of a load scenario's work is outstanding at once.

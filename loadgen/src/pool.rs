@@ -8,7 +8,7 @@ use tonic::transport::{Channel, Endpoint};
 use crate::proto::polaris_grpc_client::PolarisGrpcClient;
 
 /// Longest wait for one connection to open.
-const CONNECT_TIMEOUT_CAP: Duration = Duration::from_secs(10);
+pub(crate) const CONNECT_TIMEOUT_CAP: Duration = Duration::from_secs(10);
 /// Largest answer accepted: a full Discover answer lists every instance of a
 /// service, some 250 bytes each, far past tonic's 4 MiB default.
 const MAX_ANSWER_BYTES: usize = 1 << 30;
@@ -105,14 +105,14 @@ fn endpoint(target: &str, connect_timeout: Duration) -> Result<Endpoint, Connect
 }
 
 /// Connections given to target `target_index`: `total` dealt out in turn, at least one.
-fn channels_for_target(target_index: usize, targets: usize, total: usize) -> usize {
+pub(crate) fn channels_for_target(target_index: usize, targets: usize, total: usize) -> usize {
     let base = total / targets;
     let extra = usize::from(target_index < total % targets);
     (base + extra).max(1)
 }
 
 /// Target of request `index`: the targets take turns.
-fn route_target(index: u64, targets: usize) -> usize {
+pub(crate) fn route_target(index: u64, targets: usize) -> usize {
     (index % targets as u64) as usize
 }
 

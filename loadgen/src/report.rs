@@ -9,6 +9,8 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use crate::options::Protocol;
+
 mod heartbeat;
 
 pub use heartbeat::{DelaySummary, ExpiryFigures, HeartbeatFigures, WatchFigures};
@@ -63,11 +65,15 @@ pub enum Outcome {
     Timeout,
     /// The server ended a Discover stream without a status before answering.
     StreamEnded,
+    /// An HTTP answer whose body is no Polaris JSON answer; its status.
+    Http(u16),
+    /// The HTTP connection failed, or closed before the answer.
+    ConnectionFailed,
 }
 
 impl Outcome {
     /// Key used in the table and in JSON: the Polaris code, `grpc:<Code>`,
-    /// `no-code`, `timeout` or `stream-ended`.
+    /// `http:<status>`, `no-code`, `timeout`, `stream-ended` or `connection-failed`.
     pub fn label(&self) -> String {
         match self {
             Outcome::Answered(Some(code)) => code.to_string(),
@@ -75,6 +81,8 @@ impl Outcome {
             Outcome::Grpc(code) => format!("grpc:{code:?}"),
             Outcome::Timeout => "timeout".to_owned(),
             Outcome::StreamEnded => "stream-ended".to_owned(),
+            Outcome::Http(status) => format!("http:{status}"),
+            Outcome::ConnectionFailed => "connection-failed".to_owned(),
         }
     }
 
@@ -89,6 +97,8 @@ impl Outcome {
             Outcome::Grpc(code) => code.description(),
             Outcome::Timeout => "no answer before --timeout",
             Outcome::StreamEnded => "stream ended before the answer",
+            Outcome::Http(_) => "HTTP answer without a Polaris JSON body",
+            Outcome::ConnectionFailed => "HTTP connection failed before the answer",
         }
     }
 }
@@ -224,10 +234,15 @@ fn micros_to_millis(micros: u64) -> f64 {
 pub struct Report {
     pub scenario: &'static str,
     pub targets: Vec<String>,
+    pub protocol: Protocol,
     /// Requests sent, over all operations.
     pub count: u64,
     pub in_flight: u32,
     pub connections: usize,
+    /// HTTP only: connections opened during the run, the kept ones included; above
+    /// `connections` when some were closed (a failure, a deadline) and reopened.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connections_opened: Option<u64>,
     /// Length of the gradual start; 0 without one.
     pub ramp_s: f64,
     pub elapsed_s: f64,
@@ -330,6 +345,7 @@ pub struct OfferedLoad {
 pub struct RunSetup {
     pub scenario: &'static str,
     pub targets: Vec<String>,
+    pub protocol: Protocol,
     pub in_flight: u32,
     pub connections: usize,
     pub ramp: Duration,
@@ -394,9 +410,11 @@ impl Report {
         Report {
             scenario: setup.scenario,
             targets: setup.targets,
+            protocol: setup.protocol,
             count,
             in_flight: setup.in_flight,
             connections: setup.connections,
+            connections_opened: None,
             ramp_s: setup.ramp.as_secs_f64(),
             elapsed_s,
             rate_per_s,
@@ -448,9 +466,17 @@ impl Report {
         let mut out = String::new();
         let _ = writeln!(out, "scenario     {}", self.scenario);
         let _ = writeln!(out, "targets      {}", self.targets.join(", "));
+        let _ = writeln!(out, "protocol     {}", self.protocol.name());
         let _ = writeln!(out, "count        {}", self.count);
         let _ = writeln!(out, "in-flight    {}", self.in_flight);
-        let _ = writeln!(out, "connections  {}", self.connections);
+        match self.connections_opened {
+            Some(opened) => {
+                let _ = writeln!(out, "connections  {} ({opened} opened)", self.connections);
+            }
+            None => {
+                let _ = writeln!(out, "connections  {}", self.connections);
+            }
+        }
         if self.ramp_s > 0.0 {
             let _ = writeln!(out, "ramp         {:.3} s", self.ramp_s);
         }
@@ -638,6 +664,7 @@ mod tests {
         RunSetup {
             scenario: "storm",
             targets: vec!["127.0.0.1:8091".to_owned()],
+            protocol: Protocol::Grpc,
             in_flight: 512,
             connections: 8,
             ramp: Duration::ZERO,
@@ -725,6 +752,8 @@ mod tests {
         );
         assert_eq!(Outcome::Timeout.label(), "timeout");
         assert_eq!(Outcome::StreamEnded.label(), "stream-ended");
+        assert_eq!(Outcome::Http(404).label(), "http:404");
+        assert_eq!(Outcome::ConnectionFailed.label(), "connection-failed");
         assert_eq!(
             Outcome::Answered(Some(400201)).description(),
             "ExistedResource"
@@ -740,6 +769,34 @@ mod tests {
         assert!(!STORM.accepts(Outcome::Answered(None)));
         assert!(!STORM.accepts(Outcome::Timeout));
         assert!(!STORM.accepts(Outcome::Grpc(tonic::Code::Unimplemented)));
+        assert!(!STORM.accepts(Outcome::Http(200)));
+        assert!(!STORM.accepts(Outcome::ConnectionFailed));
+    }
+
+    #[test]
+    fn an_http_run_names_its_protocol_and_the_connections_it_opened() {
+        let tally = tally_of([(Outcome::Answered(Some(EXECUTE_SUCCESS)), 3)]);
+        let answers = [measured(REGISTER, tally, [1000; 3])];
+        let grpc = Report::new(setup(), Duration::from_secs(1), &answers);
+        let grpc_json: serde_json::Value = serde_json::from_str(&grpc.to_json()).unwrap();
+        assert_eq!(grpc_json["protocol"], "grpc");
+        assert!(grpc_json.get("connections_opened").is_none());
+        assert!(grpc.to_table().contains("connections  8\n"));
+
+        let http = RunSetup {
+            protocol: Protocol::Http,
+            connections: 64,
+            ..setup()
+        };
+        let mut report = Report::new(http, Duration::from_secs(1), &answers);
+        report.connections_opened = Some(66);
+        let json: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
+        assert_eq!(json["protocol"], "http");
+        assert_eq!(json["connections"], 64);
+        assert_eq!(json["connections_opened"], 66);
+        let table = report.to_table();
+        assert!(table.contains("protocol     http\n"), "{table}");
+        assert!(table.contains("connections  64 (66 opened)\n"), "{table}");
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::time::Duration;
 use clap::Args;
 
 use crate::fleet::{Fleet, MAX_FLEET_SIZE};
-use crate::options::{ConnectionOptions, FleetOptions, LoadOptions, OutputOptions};
+use crate::options::{ConnectionOptions, FleetOptions, LoadOptions, OutputOptions, Protocol};
 use crate::proto;
 use crate::report::{EXECUTE_SUCCESS, Expectation, Operation};
 use crate::runner::{Pacing, RunPlan, progress_wanted, run_load};
@@ -100,7 +100,15 @@ pub async fn run(args: ChurnArgs) -> Result<ScenarioRun, SetupError> {
         request_timeout: connection.timeout,
         show_progress: progress_wanted(args.output.no_progress),
     };
-    let setup = run_setup("churn", connection, &args.load, &pool, args.ramp, None);
+    let setup = run_setup(
+        "churn",
+        connection,
+        &args.load,
+        Protocol::Grpc,
+        pool.connection_count(),
+        args.ramp,
+        None,
+    );
 
     let measured = run_load(plan, move |index, step| {
         // Both operations of a pair go over the same connection.

@@ -2,7 +2,9 @@
 //! Polaris SDKs do. Each watcher sends back, for each of its services, the revision
 //! of the last full answer, so an unchanged service costs only a DataNoChange;
 //! `--cold` never sends one, and every answer is a full listing. Latency counts from
-//! the send to the answer; a stream's first poll includes its opening.
+//! the send to the answer; a stream's first poll includes its opening. With
+//! `--protocol http` each poll is a `POST /v1/Discover` of the same request as JSON,
+//! on whichever keep-alive connection is idle.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -12,14 +14,20 @@ use clap::Args;
 use tokio::time::Instant;
 
 use crate::fleet::ServiceGrid;
-use crate::options::{ConnectionOptions, OutputOptions, ServiceGridOptions};
+use crate::http_pool::HttpTarget;
+use crate::options::{ConnectionOptions, OutputOptions, ProtocolOptions, ServiceGridOptions};
+use crate::polaris_json::{self, ListingSummary};
+use crate::proto::{DiscoverRequest, DiscoverResponse};
 use crate::report::{
     DATA_NO_CHANGE, DiscoverFigures, EXECUTE_SUCCESS, Expectation, Measurements,
     NOT_FOUND_RESOURCE, Operation, Outcome, RunSetup,
 };
 use crate::runner::{LiveCounters, ProgressDisplay, RunOutcome, progress_wanted};
 use crate::scenario::discover_stream::{DiscoverStream, instances_request};
-use crate::scenario::{ScenarioRun, SetupError, connect, finish, parse_run_duration};
+use crate::scenario::{
+    Connections, DISCOVER_PATH, RequestHeaders, ScenarioRun, SetupError, connect_over, finish,
+    parse_run_duration,
+};
 
 /// A poll is answered in full, or with no change since the revision it sent.
 const DISCOVER: Operation = Operation {
@@ -43,11 +51,15 @@ pub struct DiscoverArgs {
     #[command(flatten)]
     pub connection: ConnectionOptions,
 
+    #[command(flatten)]
+    pub protocol: ProtocolOptions,
+
     /// The services watched are those a fleet with these options is spread over.
     #[command(flatten)]
     pub grid: ServiceGridOptions,
 
-    /// Discover streams, one poll outstanding on each; dealt over the connections.
+    /// Discover streams, one poll outstanding on each; dealt over the connections
+    /// (HTTP: pollers, each poll on an idle connection).
     #[arg(long, value_name = "W", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub watchers: u32,
 
@@ -147,7 +159,7 @@ impl WatchRun {
 /// Runs the watchers until the run's time or polls are used up, and reports.
 pub async fn run(args: DiscoverArgs) -> Result<ScenarioRun, SetupError> {
     let connection = &args.connection;
-    let (pool, headers) = connect(connection, false).await?;
+    let (connections, headers) = connect_over(args.protocol.protocol, connection, false).await?;
     let operation = if args.allow_not_found {
         DISCOVER_ALLOWING_NOT_FOUND
     } else {
@@ -177,13 +189,13 @@ pub async fn run(args: DiscoverArgs) -> Result<ScenarioRun, SetupError> {
     });
     let watchers: Vec<_> = (0..args.watchers)
         .map(|watcher| {
-            let stream = DiscoverStream::new(
-                pool.grpc(u64::from(watcher)),
-                headers.clone(),
-                format!("watch-{watcher}"),
+            let poller = Poller::new(
+                &connections,
+                u64::from(watcher),
+                &headers,
                 connection.timeout,
             );
-            tokio::spawn(watch(watcher, Arc::clone(&run), stream))
+            tokio::spawn(watch(watcher, Arc::clone(&run), poller))
         })
         .collect();
     for watcher in watchers {
@@ -211,8 +223,9 @@ pub async fn run(args: DiscoverArgs) -> Result<ScenarioRun, SetupError> {
     let setup = RunSetup {
         scenario: "discover",
         targets: connection.targets.clone(),
+        protocol: connections.protocol(),
         in_flight: args.watchers,
-        connections: pool.connection_count(),
+        connections: connections.connection_count(),
         ramp: Duration::ZERO,
         offered: None,
     };
@@ -222,11 +235,88 @@ pub async fn run(args: DiscoverArgs) -> Result<ScenarioRun, SetupError> {
     };
     let mut finished = finish(setup, outcome);
     finished.report.discover = Some(figures);
+    finished.report.connections_opened = connections.connections_opened();
     Ok(finished)
 }
 
-/// One watcher: polls its services in turn on its stream until the run is over.
-async fn watch(watcher: u32, run: Arc<WatchRun>, mut stream: DiscoverStream) {
+/// How a watcher polls: on its own Discover stream, or by HTTP requests.
+enum Poller {
+    /// Boxed: a stream is some 500 bytes, and a watcher holds its poller throughout.
+    Stream(Box<DiscoverStream>),
+    Http {
+        target: Arc<HttpTarget>,
+        headers: RequestHeaders,
+        /// Sent as `request-id` with each poll.
+        request_id: String,
+        timeout: Duration,
+    },
+}
+
+impl Poller {
+    /// The poller of watcher `watcher`: its stream on connection `watcher` (the
+    /// connections taking turns), or its target's HTTP connections.
+    fn new(
+        connections: &Connections,
+        watcher: u64,
+        headers: &RequestHeaders,
+        timeout: Duration,
+    ) -> Self {
+        let request_id = format!("watch-{watcher}");
+        match connections {
+            Connections::Grpc(pool) => Poller::Stream(Box::new(DiscoverStream::new(
+                pool.grpc(watcher),
+                headers.clone(),
+                request_id,
+                timeout,
+            ))),
+            Connections::Http(pool) => Poller::Http {
+                target: pool.target(watcher),
+                headers: headers.clone(),
+                request_id,
+                timeout,
+            },
+        }
+    }
+
+    /// Sends `request` and reads what the run counts of its answer; the outcome of a
+    /// poll that got none.
+    async fn ask(&mut self, request: DiscoverRequest) -> Result<ListingSummary, Outcome> {
+        match self {
+            Poller::Stream(stream) => stream
+                .ask(request)
+                .await
+                .map(summary_of)
+                .map_err(|error| error.outcome()),
+            Poller::Http {
+                target,
+                headers,
+                request_id,
+                timeout,
+            } => {
+                let mut post = target.post(DISCOVER_PATH, polaris_json::discover_body(&request));
+                headers.apply_http(post.headers_mut(), request_id);
+                let answer = tokio::time::timeout(*timeout, target.send(post))
+                    .await
+                    .map_err(|_| Outcome::Timeout)?
+                    .map_err(|_| Outcome::ConnectionFailed)?;
+                polaris_json::listing_summary(&answer.body)
+                    .map_err(|_| Outcome::Http(answer.status.as_u16()))
+            }
+        }
+    }
+}
+
+/// What a poll counts of a gRPC answer.
+fn summary_of(answer: DiscoverResponse) -> ListingSummary {
+    ListingSummary {
+        code: answer.code,
+        revision: answer.service.and_then(|service| service.revision),
+        instances: answer.instances.len() as u64,
+    }
+}
+
+/// One watcher: polls its services in turn until the run is over.
+async fn watch(watcher: u32, run: Arc<WatchRun>, mut poller: Poller) {
     let cells = watched_cells(watcher, run.services_per_watcher, run.grid.cells());
     // The revision of the last full answer for each service, sent with its next poll.
     let mut revisions: Vec<Option<String>> = vec![None; cells.len()];
@@ -240,7 +330,7 @@ async fn watch(watcher: u32, run: Arc<WatchRun>, mut stream: DiscoverStream) {
         }
         let (namespace, service) = run.grid.cell(cells[slot]);
         let sent = Instant::now();
-        let answer = stream
+        let answer = poller
             .ask(instances_request(
                 namespace,
                 service,
@@ -250,15 +340,15 @@ async fn watch(watcher: u32, run: Arc<WatchRun>, mut stream: DiscoverStream) {
         let answered = Instant::now();
         let outcome = match &answer {
             Ok(answer) => Outcome::Answered(answer.code),
-            Err(error) => error.outcome(),
+            Err(outcome) => *outcome,
         };
-        if let Ok(full) = &answer
+        if let Ok(full) = answer
             && full.code == Some(EXECUTE_SUCCESS)
         {
-            let listed = full.instances.len() as u64;
-            run.instances_returned.fetch_add(listed, Ordering::Relaxed);
+            run.instances_returned
+                .fetch_add(full.instances, Ordering::Relaxed);
             if !run.cold {
-                revisions[slot] = full.service.as_ref().and_then(|s| s.revision.clone());
+                revisions[slot] = full.revision;
             }
         }
         run.record(outcome, answered - sent);
@@ -512,5 +602,86 @@ mod tests {
             // Some h2 versions wait for the server's SETTINGS before the channel is up.
             Err(error) => assert!(matches!(error, SetupError::Connect(_)), "{error:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn http_polls_send_the_same_requests_and_count_alike() {
+        use crate::scenario::fake_http::FakeHttp;
+        // Service 1 of 2 has no instance: the server does not know it.
+        let listing = registered_fleet(&fleet(5, 2));
+        let listing: Vec<_> = listing
+            .into_iter()
+            .filter(|i| i.service.as_deref() == Some("loadgen-svc-0"))
+            .collect();
+        let grpc = FakeDiscover::listing(listing.clone()).start().await;
+        let http = FakeHttp::listing(listing).start().await;
+        let words = [
+            "--services",
+            "2",
+            "--watchers",
+            "1",
+            "--services-per-watcher",
+            "2",
+            "--count",
+            "6",
+            "--allow-not-found",
+            "--connections",
+            "2",
+        ];
+        let over_grpc = discover(&grpc.address, &words).await;
+        let over_http = discover(
+            &http.address,
+            &[&words[..], &["--protocol", "http"]].concat(),
+        )
+        .await;
+        for run in [&over_grpc, &over_http] {
+            assert_eq!(codes(run), [("200000", 1), ("200001", 2), ("400202", 3)]);
+            assert!(run.report.is_success());
+            assert_eq!(run.report.discover.as_ref().unwrap().instances_returned, 3);
+        }
+        assert_eq!(over_grpc.report.connections_opened, None);
+        assert_eq!(over_http.report.connections_opened, Some(2));
+        assert_eq!(over_http.report.protocol.name(), "http");
+
+        let received = http.received();
+        assert!(received.iter().all(|r| r.path == "/v1/Discover"));
+        assert!(
+            received
+                .iter()
+                .all(|r| r.headers["request-id"] == "loadgen-watch-0")
+        );
+        let sent: Vec<_> = received
+            .iter()
+            .map(|r| {
+                (
+                    r.body["service"]["name"].clone(),
+                    r.body["service"]["revision"].clone(),
+                )
+            })
+            .collect();
+        let grpc_sent: Vec<_> = grpc
+            .requests()
+            .iter()
+            .map(|r| {
+                let service = r.service.as_ref().unwrap();
+                (
+                    serde_json::json!(service.name),
+                    serde_json::json!(service.revision),
+                )
+            })
+            .collect();
+        assert_eq!(sent, grpc_sent);
+        assert_eq!(received[2].body["service"]["revision"], "rev-3");
+        assert_eq!(received[0].body["type"], "INSTANCE");
+    }
+
+    #[tokio::test]
+    async fn an_http_answer_that_is_no_polaris_json_is_counted_by_its_status() {
+        use crate::scenario::fake_http::FakeHttp;
+        let server = FakeHttp::default().without_api().start().await;
+        let words = ["--protocol", "http", "--watchers", "1", "--count", "2"];
+        let run = discover(&server.address, &words).await;
+        assert_eq!(codes(&run), [("http:404", 2)]);
+        assert!(!run.report.is_success());
     }
 }

@@ -16,7 +16,9 @@ use tokio::time::Instant;
 use crate::beats::{BeatSchedule, stopped_instances};
 use crate::expiry::{BeatLog, ExpiryCheck, MISSED_BEATS};
 use crate::fleet::{Fleet, IdDigest, parse_id};
-use crate::options::{ConnectionOptions, FleetOptions, LoadOptions, OutputOptions};
+use crate::options::{
+    ConnectionOptions, FleetOptions, LoadOptions, OutputOptions, Protocol, ProtocolOptions,
+};
 use crate::pool::ClientPool;
 use crate::proto;
 use crate::report::{
@@ -197,7 +199,8 @@ pub async fn run(args: HeartbeatArgs) -> Result<ScenarioRun, SetupError> {
         "heartbeat",
         connection,
         &args.load,
-        &pool,
+        Protocol::Grpc,
+        pool.connection_count(),
         Duration::ZERO,
         Some(offered),
     );
@@ -239,6 +242,9 @@ pub async fn run(args: HeartbeatArgs) -> Result<ScenarioRun, SetupError> {
 async fn register(args: &HeartbeatArgs) -> Result<Duration, SetupError> {
     let storm_args = StormArgs {
         connection: args.connection.clone(),
+        protocol: ProtocolOptions {
+            protocol: Protocol::Grpc,
+        },
         load: args.load.clone(),
         fleet: args.fleet.clone(),
         async_regis: false,

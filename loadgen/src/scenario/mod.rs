@@ -1,6 +1,7 @@
 //! Scenarios: each builds its requests, runs them and returns a [`ScenarioRun`]
 //! (`verify`: a [`crate::verification::Verification`]); connecting, headers,
-//! printing and the exit code are shared.
+//! printing and the exit code are shared. `storm`, `restart` and `discover` speak
+//! gRPC or HTTP ([`Connections`]), the others gRPC.
 //!
 //! - `storm`: the whole fleet registers once, closed loop
 //! - `restart`: the same fleet registers again, unchanged
@@ -11,12 +12,16 @@
 //!   which instances are listed unhealthy
 //! - `verify`: the server's listing of each service checked against the fleet
 //! - `discover_stream`: one Discover stream, request by request (discover, verify)
+//! - `connections`: gRPC or HTTP connections, and a register sent over either
 
 pub mod churn;
+mod connections;
 pub mod discover;
 pub mod discover_stream;
 #[cfg(test)]
 mod fake_discover;
+#[cfg(test)]
+pub(crate) mod fake_http;
 #[cfg(test)]
 mod fake_registry;
 pub mod heartbeat;
@@ -27,14 +32,18 @@ pub mod verify;
 
 use std::time::Duration;
 
+use hyper::header::{HeaderMap, HeaderValue};
 use tonic::metadata::{AsciiMetadataValue, MetadataValue};
 
 use crate::fleet::MAX_FLEET_SIZE;
-use crate::options::{ConnectionOptions, LoadOptions};
+use crate::http_pool::{HttpConnectError, HttpPool};
+use crate::options::{ConnectionOptions, LoadOptions, Protocol};
 use crate::pool::{ClientPool, ConnectError};
 use crate::proto;
 use crate::report::{Measurements, OfferedLoad, Outcome, Report, RunSetup};
 use crate::runner::RunOutcome;
+
+pub use connections::{Connections, DISCOVER_PATH};
 
 /// Name of the register operation in reports.
 pub const REGISTER: &str = "register";
@@ -52,6 +61,8 @@ pub struct ScenarioRun {
 pub enum SetupError {
     #[error(transparent)]
     Connect(#[from] ConnectError),
+    #[error(transparent)]
+    HttpConnect(#[from] HttpConnectError),
     #[error("--token is not a valid gRPC metadata value")]
     InvalidToken(#[source] tonic::metadata::errors::InvalidMetadataValue),
     #[error("no request is due within --duration {duration:?} at this --rate and --ramp")]
@@ -70,19 +81,29 @@ pub enum SetupError {
     RegistrationFailed { summary: String },
 }
 
-/// gRPC metadata sent with every request.
+/// gRPC metadata, or HTTP headers, sent with every request.
 #[derive(Debug, Clone)]
 pub struct RequestHeaders {
     token: Option<AsciiMetadataValue>,
+    /// The same token as an HTTP header value.
+    http_token: Option<HeaderValue>,
     async_regis: bool,
 }
 
 impl RequestHeaders {
     pub fn new(token: Option<&str>, async_regis: bool) -> Result<Self, SetupError> {
-        let token = token
+        let token: Option<AsciiMetadataValue> = token
             .map(|value| value.parse().map_err(SetupError::InvalidToken))
             .transpose()?;
-        Ok(RequestHeaders { token, async_regis })
+        let http_token = token.as_ref().map(|token| {
+            HeaderValue::from_bytes(token.as_encoded_bytes())
+                .expect("a valid metadata value is a valid header value")
+        });
+        Ok(RequestHeaders {
+            token,
+            http_token,
+            async_regis,
+        })
     }
 
     /// Sets `request-id` (`loadgen-{request_id}`), the token and `async-regis`.
@@ -98,9 +119,50 @@ impl RequestHeaders {
             metadata.insert("async-regis", MetadataValue::from_static("true"));
         }
     }
+
+    /// The same as [`Self::apply`], as the headers of an HTTP request.
+    pub fn apply_http(&self, headers: &mut HeaderMap, request_id: &str) {
+        if let Ok(request_id) = HeaderValue::from_str(&format!("loadgen-{request_id}")) {
+            headers.insert("request-id", request_id);
+        }
+        if let Some(token) = &self.http_token {
+            headers.insert("x-polaris-token", token.clone());
+        }
+        if self.async_regis {
+            headers.insert("async-regis", HeaderValue::from_static("true"));
+        }
+    }
 }
 
-/// Opens the connections and checks the headers before any load is sent.
+/// Opens the connections of `protocol` and checks the headers before any load is sent.
+async fn connect_over(
+    protocol: Protocol,
+    connection: &ConnectionOptions,
+    async_regis: bool,
+) -> Result<(Connections, RequestHeaders), SetupError> {
+    let headers = RequestHeaders::new(connection.token.as_deref(), async_regis)?;
+    let connections = match protocol {
+        Protocol::Grpc => Connections::Grpc(
+            ClientPool::connect(
+                &connection.targets,
+                connection.connections as usize,
+                connection.timeout,
+            )
+            .await?,
+        ),
+        Protocol::Http => Connections::Http(
+            HttpPool::connect(
+                &connection.targets,
+                connection.connections as usize,
+                connection.timeout,
+            )
+            .await?,
+        ),
+    };
+    Ok((connections, headers))
+}
+
+/// Opens gRPC connections and checks the headers before any load is sent.
 async fn connect(
     connection: &ConnectionOptions,
     async_regis: bool,
@@ -120,15 +182,17 @@ fn run_setup(
     scenario: &'static str,
     connection: &ConnectionOptions,
     load: &LoadOptions,
-    pool: &ClientPool,
+    protocol: Protocol,
+    connections: usize,
     ramp: Duration,
     offered: Option<OfferedLoad>,
 ) -> RunSetup {
     RunSetup {
         scenario,
         targets: connection.targets.clone(),
+        protocol,
         in_flight: load.in_flight,
-        connections: pool.connection_count(),
+        connections,
         ramp,
         offered,
     }
@@ -231,5 +295,19 @@ mod tests {
             outcome_of(Err(tonic::Status::unavailable("down"))),
             Outcome::Grpc(tonic::Code::Unavailable)
         );
+    }
+
+    #[test]
+    fn http_headers_carry_the_same_token_async_flag_and_request_id() {
+        let headers = RequestHeaders::new(Some("secret"), true).unwrap();
+        let mut http = HeaderMap::new();
+        headers.apply_http(&mut http, "7");
+        assert_eq!(http["x-polaris-token"], "secret");
+        assert_eq!(http["async-regis"], "true");
+        assert_eq!(http["request-id"], "loadgen-7");
+        let plain = RequestHeaders::new(None, false).unwrap();
+        let mut http = HeaderMap::new();
+        plain.apply_http(&mut http, "0");
+        assert_eq!(http.len(), 1);
     }
 }

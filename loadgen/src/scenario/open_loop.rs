@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::Args;
 
 use crate::fleet::{Fleet, MAX_FLEET_SIZE};
-use crate::options::{ConnectionOptions, FleetOptions, LoadOptions, OutputOptions};
+use crate::options::{ConnectionOptions, FleetOptions, LoadOptions, OutputOptions, Protocol};
 use crate::report::{OfferedLoad, Operation};
 use crate::runner::{Pacer, Pacing, RunPlan, progress_wanted, run_load};
 use crate::scenario::{
@@ -167,7 +167,8 @@ pub async fn run(args: OpenLoopArgs) -> Result<ScenarioRun, SetupError> {
         "open-loop",
         connection,
         &args.load,
-        &pool,
+        Protocol::Grpc,
+        pool.connection_count(),
         args.ramp,
         Some(offered),
     );

@@ -1,15 +1,18 @@
 //! Startup storm: every instance of the fleet registers once, as fast as the
-//! in-flight bound allows, the way a fleet does when it (re)starts at once.
+//! in-flight bound allows, the way a fleet does when it (re)starts at once. Over gRPC
+//! or, with `--protocol http`, as the same instances' JSON to the HTTP API.
 
 use std::time::Duration;
 
 use clap::Args;
 
 use crate::fleet::Fleet;
-use crate::options::{ConnectionOptions, FleetOptions, LoadOptions, OutputOptions};
+use crate::options::{
+    ConnectionOptions, FleetOptions, LoadOptions, OutputOptions, ProtocolOptions,
+};
 use crate::report::{EXECUTE_SUCCESS, EXISTED_RESOURCE, Expectation, Operation};
 use crate::runner::{Pacing, RunPlan, progress_wanted, run_load};
-use crate::scenario::{REGISTER, ScenarioRun, SetupError, connect, finish, outcome_of, run_setup};
+use crate::scenario::{REGISTER, ScenarioRun, SetupError, connect_over, finish, run_setup};
 
 /// A first registration succeeds; a repeated one (same content) is `ExistedResource`.
 pub const EXPECTATION: Expectation = Expectation {
@@ -26,6 +29,9 @@ const OPERATIONS: &[Operation] = &[Operation {
 pub struct StormArgs {
     #[command(flatten)]
     pub connection: ConnectionOptions,
+
+    #[command(flatten)]
+    pub protocol: ProtocolOptions,
 
     #[command(flatten)]
     pub load: LoadOptions,
@@ -66,7 +72,8 @@ pub(crate) async fn register_fleet(
 ) -> Result<ScenarioRun, SetupError> {
     debug_assert_eq!(operations.len(), 1);
     let connection = &args.connection;
-    let (pool, headers) = connect(connection, args.async_regis).await?;
+    let (connections, headers) =
+        connect_over(args.protocol.protocol, connection, args.async_regis).await?;
     let fleet = fleet_of(&args);
     let plan = RunPlan {
         total: fleet.count(),
@@ -76,16 +83,24 @@ pub(crate) async fn register_fleet(
         request_timeout: connection.timeout,
         show_progress: progress_wanted(args.output.no_progress),
     };
-    let setup = run_setup(scenario, connection, &args.load, &pool, args.ramp, None);
+    let setup = run_setup(
+        scenario,
+        connection,
+        &args.load,
+        connections.protocol(),
+        connections.connection_count(),
+        args.ramp,
+        None,
+    );
 
+    let sending = connections.clone();
     let measured = run_load(plan, move |index, _| {
-        let mut client = pool.client(index);
-        let mut request = tonic::Request::new(fleet.instance(index));
-        headers.apply(&mut request, &index.to_string());
-        async move { outcome_of(client.register_instance(request).await) }
+        sending.register(index, fleet.instance(index), &headers)
     })
     .await;
-    Ok(finish(setup, measured))
+    let mut finished = finish(setup, measured);
+    finished.report.connections_opened = connections.connections_opened();
+    Ok(finished)
 }
 
 #[cfg(test)]
@@ -142,5 +157,123 @@ mod tests {
             // Some h2 versions wait for the server's SETTINGS before the channel is up.
             Err(error) => assert!(matches!(error, SetupError::Connect(_)), "{error:?}"),
         }
+    }
+
+    /// Storm words for a small fleet sent over HTTP to `address`.
+    fn http_storm(address: &str) -> StormArgs {
+        parse_args::<StormArgs>([
+            "--protocol",
+            "http",
+            "--target",
+            address,
+            "--count",
+            "20",
+            "--namespaces",
+            "2",
+            "--services",
+            "3",
+            "--connections",
+            "3",
+            "--in-flight",
+            "8",
+            "--token",
+            "secret",
+            "--no-progress",
+        ])
+        .unwrap()
+    }
+
+    #[test]
+    fn protocol_defaults_to_grpc_and_reads_http() {
+        use crate::options::Protocol;
+        let plain = parse_args::<StormArgs>([]).unwrap();
+        assert_eq!(plain.protocol.protocol, Protocol::Grpc);
+        let http = parse_args::<StormArgs>(["--protocol", "http"]).unwrap();
+        assert_eq!(http.protocol.protocol, Protocol::Http);
+        assert!(parse_args::<StormArgs>(["--protocol", "h3"]).is_err());
+    }
+
+    #[tokio::test]
+    async fn an_http_storm_sends_the_fleet_as_json_on_the_connections_it_opened() {
+        use crate::scenario::fake_http::FakeHttp;
+        let server = FakeHttp::default().start().await;
+        let args = http_storm(&server.address);
+        let fleet = fleet_of(&args);
+        let run = run(args).await.unwrap();
+        assert_eq!(
+            run.report.codes,
+            BTreeMap::from([("200000".to_owned(), 20)])
+        );
+        assert!(run.report.is_success());
+        assert_eq!(run.report.protocol.name(), "http");
+        assert_eq!(run.report.connections, 3);
+        assert_eq!(run.report.connections_opened, Some(3));
+        assert_eq!(server.connections_accepted(), 3);
+
+        let mut received = server.received();
+        assert_eq!(received.len(), 20);
+        received.sort_by_key(|r| {
+            let id = r.headers["request-id"].to_str().unwrap().to_owned();
+            id.trim_start_matches("loadgen-").parse::<u64>().unwrap()
+        });
+        for (index, request) in received.iter().enumerate() {
+            let index = index as u64;
+            assert_eq!(request.path, "/v1/RegisterInstance");
+            assert_eq!(request.headers["x-polaris-token"], "secret");
+            assert_eq!(
+                request.headers["request-id"],
+                format!("loadgen-{index}").as_str()
+            );
+            let sent = crate::polaris_json::instance_body(&fleet.instance(index));
+            let sent: serde_json::Value = serde_json::from_slice(&sent).unwrap();
+            assert_eq!(request.body, sent, "instance {index}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_http_restart_is_answered_existed_resource() {
+        use crate::scenario::fake_http::FakeHttp;
+        let server = FakeHttp::default().start().await;
+        run(http_storm(&server.address)).await.unwrap();
+        let again = crate::scenario::restart::run(http_storm(&server.address))
+            .await
+            .unwrap();
+        assert_eq!(
+            again.report.codes,
+            BTreeMap::from([("400201".to_owned(), 20)])
+        );
+        assert!(again.report.is_success());
+    }
+
+    #[tokio::test]
+    async fn a_silent_http_server_ends_in_timeouts_not_a_hang() {
+        let (address, silent_server) = silent_server().await;
+        let args = parse_args::<StormArgs>([
+            "--protocol",
+            "http",
+            "--target",
+            &address,
+            "--count",
+            "5",
+            "--connections",
+            "2",
+            "--in-flight",
+            "2",
+            "--timeout",
+            "300ms",
+            "--no-progress",
+        ])
+        .unwrap();
+        let run = tokio::time::timeout(std::time::Duration::from_secs(10), run(args))
+            .await
+            .expect("the storm returns")
+            .expect("TCP connections open");
+        silent_server.abort();
+        assert_eq!(
+            run.report.codes,
+            BTreeMap::from([("timeout".to_owned(), 5)])
+        );
+        // Each abandoned request closed its connection; the next one reopened it.
+        assert_eq!(run.report.connections_opened, Some(5));
     }
 }
