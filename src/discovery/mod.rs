@@ -27,7 +27,7 @@ use crate::store::{Store, StoreError, StoredInstance, StoredService};
 use answer::Encoded;
 use cache::{InstanceFacts, RegistryCache, ServiceView};
 
-/// The namespace of a Discover that names none.
+/// The namespace of a Discover, or of a read of the HTTP port, that names none.
 pub const DEFAULT_NAMESPACE: &str = "default";
 
 /// Instances read from the store per page when the cache loads.
@@ -139,7 +139,7 @@ impl Discovery {
         };
         let client_revision = requested.revision.as_deref().unwrap_or("");
         if healthy_only {
-            let bytes = entry.encode(|snapshot| answer::instances(snapshot, true));
+            let bytes = entry.snapshot(|snapshot| answer::instances(snapshot, true));
             return Answered {
                 code: Code::ExecuteSuccess,
                 kind: "INSTANCE",
