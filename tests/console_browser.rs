@@ -164,29 +164,45 @@ fn stat(dom: &str, id: &str) -> String {
     dom[start..][..dom[start..].find('<').unwrap()].to_owned()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_console_shows_a_registered_service_and_its_instances() {
-    let Some(binary) = chromium() else {
+/// The browser, or `None` (the test skips) when none is installed and none is required.
+fn browser_or_skip(test: &str) -> Option<PathBuf> {
+    let found = chromium();
+    if found.is_none() {
         let required = std::env::var("BATCHREG_TEST_REQUIRE_BROWSER").is_ok_and(|v| v == "1");
         assert!(
             !required,
             "BATCHREG_TEST_REQUIRE_BROWSER=1 but no chromium is installed (PATH, or BATCHREG_TEST_CHROMIUM)"
         );
         eprintln!(
-            "SKIPPED console_browser: no chromium on PATH (install it, or set BATCHREG_TEST_CHROMIUM)"
+            "SKIPPED {test}: no chromium on PATH (install it, or set BATCHREG_TEST_CHROMIUM)"
         );
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_shows_a_registered_service_and_its_instances() {
+    let Some(binary) = browser_or_skip("the_console_shows_a_registered_service_and_its_instances")
+    else {
         return;
     };
     let t = TestServer::start(|_| {}).await;
     let mut client = t.client().await;
+    // Without a health check, each instance keeps the health it was registered with,
+    // however slowly the browser runs.
+    let unchecked = |host: &str, port: u32| batchreg::proto::Instance {
+        enable_health_check: Some(false),
+        health_check: None,
+        ..instance("default", "console-svc", host, port)
+    };
     for (port, healthy) in [(8080, true), (8081, true), (8082, false)] {
-        let mut wire = instance("default", "console-svc", "10.1.0.7", port);
+        let mut wire = unchecked("10.1.0.7", port);
         wire.healthy = Some(healthy);
         let answer = client.register_instance(wire).await.unwrap().into_inner();
         assert_eq!(code(&answer), 200_000, "{answer:?}");
     }
     // Markup in a value is shown as text, never parsed.
-    let mut marked = instance("default", "console-svc", "10.1.0.8", 8080);
+    let mut marked = unchecked("10.1.0.8", 8080);
     marked.isolate = Some(true);
     marked
         .metadata
@@ -309,5 +325,41 @@ async fn the_console_shows_a_registered_service_and_its_instances() {
         let png = std::fs::read(path).expect("a screenshot");
         assert!(png.starts_with(b"\x89PNG"), "{}", path.display());
         eprintln!("screenshot: {}", path.display());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_auth_on_the_console_asks_for_a_token() {
+    let Some(binary) = browser_or_skip("with_auth_on_the_console_asks_for_a_token") else {
+        return;
+    };
+    let t = TestServer::start(|config| {
+        config.auth.enabled = true;
+        config.auth.tokens = vec![batchreg::config::TokenConfig {
+            token: "console-token".to_owned(),
+            allow: vec!["*".to_owned()],
+        }];
+    })
+    .await;
+    let url = format!("http://{}/", t.server.http_addr());
+    let run =
+        tokio::task::spawn_blocking(move || run_browser(&binary, &url, &["--dump-dom".to_owned()]))
+            .await
+            .unwrap();
+    let dom = &run.stdout;
+    assert!(
+        dom.contains("<form id=\"token-form\">"),
+        "the token field shows:\n{dom}"
+    );
+    assert!(
+        dom.contains("role=\"alert\">401002: "),
+        "the refusal is shown:\n{dom}"
+    );
+    // The browser reports each refused read itself; the page adds nothing.
+    for line in run.console_lines() {
+        assert!(
+            line.contains("Failed to load resource: the server responded with a status of 401"),
+            "{line}"
+        );
     }
 }

@@ -114,6 +114,16 @@ async fn register(t: &TestServer, wire: batchreg::proto::Instance) {
     assert_eq!(code(&answer), 200_000, "{answer:?}");
 }
 
+/// An instance without a health check: it keeps the health it was registered with, however
+/// slowly the test runs.
+fn unchecked(namespace: &str, service: &str, host: &str, port: u32) -> batchreg::proto::Instance {
+    batchreg::proto::Instance {
+        enable_health_check: Some(false),
+        health_check: None,
+        ..instance(namespace, service, host, port)
+    }
+}
+
 /// `read/pay`: five instances, registered out of order; two unhealthy, one isolated.
 /// `read/cart` and `other/x`: one each.
 async fn fill(t: &TestServer) {
@@ -124,13 +134,13 @@ async fn fill(t: &TestServer) {
         ("10.0.0.3", 80, false, false),
         ("10.0.0.2", 81, false, false),
     ] {
-        let mut wire = instance("read", "pay", host, port);
+        let mut wire = unchecked("read", "pay", host, port);
         wire.healthy = Some(healthy);
         wire.isolate = Some(isolate);
         register(t, wire).await;
     }
-    register(t, instance("read", "cart", "10.0.1.1", 80)).await;
-    register(t, instance("other", "x", "10.0.2.1", 80)).await;
+    register(t, unchecked("read", "cart", "10.0.1.1", 80)).await;
+    register(t, unchecked("other", "x", "10.0.2.1", 80)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -248,8 +258,8 @@ async fn instances_are_paged_in_a_stable_order_and_filtered() {
     assert_eq!(first["healthy"], true);
     assert_eq!(first["isolate"], false);
     assert_eq!(first["metadata"]["env"], "test");
-    assert_eq!(first["enableHealthCheck"], true);
-    assert_eq!(first["healthCheck"]["type"], "HEARTBEAT");
+    assert_eq!(first["enableHealthCheck"], false);
+    assert_eq!(first["healthCheck"], Value::Null);
     assert_eq!(first["service_token"], Value::Null);
     assert_eq!(first["mtime"].as_str().unwrap().len(), 19, "{first}");
     assert_eq!(whole.list("instances")[1]["isolate"], true);
@@ -302,6 +312,10 @@ async fn the_namespace_defaults_and_unknown_or_emptied_services_differ() {
     let found = get(&t, "/naming/v1/instances?service=echo", &[]).await;
     assert_served(&found);
     assert_eq!(found.addresses(), ["10.0.3.1:80"]);
+    let echo = &found.list("instances")[0];
+    assert_eq!(echo["enableHealthCheck"], true);
+    assert_eq!(echo["healthCheck"]["type"], "HEARTBEAT");
+    assert_eq!(echo["healthCheck"]["heartbeat"]["ttl"], 5);
     assert!(!found.body.to_string().contains("secret-service-token"));
 
     let unknown = get(
