@@ -518,4 +518,26 @@ mod tests {
         assert_eq!(page(usize::MAX, usize::MAX), Vec::<i32>::new());
         assert_eq!(page(2, usize::MAX), [3, 4, 5]);
     }
+
+    proptest::proptest! {
+        #[test]
+        fn paging_reads_back_what_was_asked_and_pages_tile_the_list(
+            offset in 0usize..1_000, limit in 0usize..=MAX_LIMIT, len in 0usize..300,
+        ) {
+            let query = InstancesQuery::parse(&format!("service=s&offset={offset}&limit={limit}"));
+            proptest::prop_assert_eq!(query.map(|q| q.page), Ok(Page { offset, limit }));
+            let items: Vec<usize> = (0..len).collect();
+            let page = Page { offset, limit }.of(&items);
+            proptest::prop_assert_eq!(page.len(), limit.min(len.saturating_sub(offset)));
+            proptest::prop_assert!(page.iter().enumerate().all(|(i, &item)| item == offset + i));
+        }
+
+        #[test]
+        fn any_limit_over_the_maximum_is_refused(limit in MAX_LIMIT + 1..usize::MAX) {
+            proptest::prop_assert_eq!(
+                ServicesQuery::parse(&format!("limit={limit}")),
+                Err(QueryError::OverLimit(limit))
+            );
+        }
+    }
 }
