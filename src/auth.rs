@@ -14,7 +14,7 @@ use crate::naming::{InstanceInput, RequestContext};
 pub enum AuthError {
     #[error("an auth token is required (service_token or x-polaris-token)")]
     MissingToken,
-    #[error("the token is not allowed to write {resource}")]
+    #[error("the token is not allowed to access {resource}")]
     NotAllowed { resource: String },
 }
 

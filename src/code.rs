@@ -41,6 +41,8 @@ codes! {
     /// Discover of a type this server does not serve.
     InvalidDiscoverResource = 400004,
     InvalidParameter = 400103,
+    /// A read of the HTTP port without a parameter it needs.
+    EmptyQueryParameter = 400104,
     InvalidNamespaceName = 400110,
     InvalidServiceName = 400120,
     InvalidInstanceId = 400130,

@@ -7,8 +7,8 @@
 //! In the order a request passes through them:
 //!
 //! - [`api`]: transport adapters. gRPC `v1.PolarisGRPC` (wire types in, Polaris
-//!   `Response` out) and the HTTP port (`/metrics`, `/healthz`), both over one
-//!   transport-free client API.
+//!   `Response` out) and the HTTP port (the client API as JSON, the operators' read API
+//!   and console page, `/metrics`, `/healthz`), both over one transport-free client API.
 //! - [`auth`]: the token check, off by default.
 //! - [`naming`]: validation, instance id, what a write did; a plain async API.
 //! - [`discovery`]: Discover answered from the registry cache, which follows every write

@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -112,6 +112,7 @@ impl Server {
             api: Arc::clone(&client_api),
             max_body: settings.http_max_body,
             client: Arc::new(api::http::client::ClientMetrics::new()),
+            started: Instant::now(),
         });
         let http_stopped = stopped.clone();
         let http = tokio::spawn(async move {

@@ -7,6 +7,7 @@
 //! Only [`Code`] is imported: the layers pass their own labels as text.
 
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
@@ -237,6 +238,28 @@ fn describe() {
     );
 }
 
+static REGISTRATIONS: AtomicU64 = AtomicU64::new(0);
+static HEARTBEATS: AtomicU64 = AtomicU64::new(0);
+static DISCOVERS: AtomicU64 = AtomicU64::new(0);
+
+/// Requests answered since the process started, over both protocols and whatever their
+/// code: what the console computes its rates from. Counted with metrics switched off too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Totals {
+    pub registrations: u64,
+    pub heartbeats: u64,
+    /// Discover requests (each message of a gRPC stream is one).
+    pub discovers: u64,
+}
+
+pub fn totals() -> Totals {
+    Totals {
+        registrations: REGISTRATIONS.load(Ordering::Relaxed),
+        heartbeats: HEARTBEATS.load(Ordering::Relaxed),
+        discovers: DISCOVERS.load(Ordering::Relaxed),
+    }
+}
+
 /// The requests of one api over one protocol: a counter per code, and their durations.
 #[derive(Clone)]
 pub struct RequestMetrics {
@@ -244,20 +267,29 @@ pub struct RequestMetrics {
     protocol: &'static str,
     by_code: Vec<(Code, Counter)>,
     duration: Histogram,
+    /// The api's share of [`totals`], if it has one.
+    total: Option<&'static AtomicU64>,
 }
 
 impl RequestMetrics {
-    /// Registers a counter for every code the server answers with, at 0.
+    /// Registers a counter for every code the server answers with, at 0. The apis
+    /// `register` and `heartbeat` are also counted in [`totals`].
     pub fn new(api: &'static str, protocol: &'static str) -> Self {
         let by_code = Code::ALL
             .iter()
             .map(|&code| (code, request_counter(api, protocol, code)))
             .collect();
+        let total = match api {
+            "register" => Some(&REGISTRATIONS),
+            "heartbeat" => Some(&HEARTBEATS),
+            _ => None,
+        };
         RequestMetrics {
             api,
             protocol,
             by_code,
             duration: histogram!(REQUEST_DURATION_SECONDS, "api" => api, "protocol" => protocol),
+            total,
         }
     }
 
@@ -268,6 +300,9 @@ impl RequestMetrics {
             None => request_counter(self.api, self.protocol, code).increment(1),
         }
         self.duration.record(elapsed);
+        if let Some(total) = self.total {
+            total.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -443,6 +478,7 @@ impl DiscoverMetrics {
             Some((_, _, counter)) => counter.increment(1),
             None => discover_counter(self.protocol, kind, code).increment(1),
         }
+        DISCOVERS.fetch_add(1, Ordering::Relaxed);
         if full {
             if reused {
                 self.reused.increment(1);
@@ -617,4 +653,28 @@ pub fn set_namespace_counts(counts: &[NamespaceGauge<'_>], previous: &mut Vec<St
             .set(count.services as f64);
     }
     *previous = counts.iter().map(|c| c.namespace.to_owned()).collect();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn totals_count_registrations_heartbeats_and_discovers_of_any_code_or_protocol() {
+        let register = RequestMetrics::new("register", "grpc");
+        let heartbeat = RequestMetrics::new("heartbeat", "http");
+        let deregister = RequestMetrics::new("deregister", "grpc");
+        let discover = DiscoverMetrics::new("grpc");
+        let before = totals();
+        register.record(Code::ExecuteSuccess, Duration::ZERO);
+        register.record(Code::InvalidInstanceHost, Duration::ZERO);
+        heartbeat.record(Code::ExecuteSuccess, Duration::ZERO);
+        deregister.record(Code::ExecuteSuccess, Duration::ZERO);
+        discover.record("INSTANCE", Code::DataNoChange, false, false, Duration::ZERO);
+        let after = totals();
+        // Other tests of this binary may count at the same time: at least ours.
+        assert!(after.registrations >= before.registrations + 2);
+        assert!(after.heartbeats > before.heartbeats);
+        assert!(after.discovers > before.discovers);
+    }
 }

@@ -173,6 +173,26 @@ impl ClientApi {
         Ok(written)
     }
 
+    /// Whether the request may read `namespace` (and `service`, when given) through the
+    /// HTTP port's read API: its token (`x-polaris-token`) must be granted them when auth
+    /// is on. Without a namespace, only a grant of every namespace will do.
+    pub fn check_read(
+        &self,
+        ctx: &RequestContext,
+        namespace: Option<&str>,
+        service: Option<&str>,
+    ) -> Result<(), ApiError> {
+        // No instance is written: the token can only come from the request.
+        self.auth
+            .check(ctx, &InstanceInput::default(), namespace, service)?;
+        Ok(())
+    }
+
+    /// Whether requests need a token.
+    pub fn auth_is_on(&self) -> bool {
+        self.auth.is_on()
+    }
+
     pub fn naming(&self) -> &Naming {
         &self.naming
     }

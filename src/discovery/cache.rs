@@ -531,6 +531,17 @@ impl RegistryCache {
         found
     }
 
+    /// Every namespace with its number of services, sorted by name.
+    pub fn namespaces(&self) -> Vec<(Arc<str>, usize)> {
+        let services = self.services.read().expect("cache lock");
+        let mut found: Vec<(Arc<str>, usize)> = services
+            .iter()
+            .map(|(namespace, names)| (Arc::clone(namespace), names.len()))
+            .collect();
+        found.sort_unstable();
+        found
+    }
+
     /// Changes whenever a service is added.
     pub fn services_generation(&self) -> u64 {
         self.services_generation.load(Ordering::Relaxed)
@@ -609,24 +620,17 @@ impl ServiceEntry {
 }
 
 impl ServiceEntry {
-    /// The answer to a client that last saw `revision`, as [`view`](Self::view) decides it,
-    /// but built now from the current state and not kept (a filtered answer).
-    pub fn view_unkept(
-        &self,
-        revision: &str,
-        encode: impl FnOnce(&ServiceSnapshot<'_>) -> Encoded,
-    ) -> ServiceView {
+    /// `look` applied to the service as it is now (an answer built now and not kept, the
+    /// counts an operator reads), under the service's lock.
+    pub fn snapshot<R>(&self, look: impl FnOnce(&ServiceSnapshot<'_>) -> R) -> R {
         let state = self.state.lock().expect("service lock");
-        if *state.revision == *revision {
-            return ServiceView::Current;
-        }
-        ServiceView::Changed(encode(&ServiceSnapshot {
+        look(&ServiceSnapshot {
             namespace: &self.namespace,
             name: &self.name,
             info: &state.info,
             revision: &state.revision,
             instances: &state.instances,
-        }))
+        })
     }
 }
 
@@ -796,6 +800,24 @@ pub(crate) mod tests {
             (ServiceView::Changed(_), false)
         ));
         assert_eq!(encoded, 2);
+    }
+
+    #[test]
+    fn namespaces_are_listed_by_name_with_their_service_counts() {
+        let cache = RegistryCache::default();
+        assert_eq!(cache.namespaces(), []);
+        for (namespace, name) in [("prod", "b"), ("dev", "a"), ("prod", "a")] {
+            cache.put_service(&StoredService {
+                namespace: namespace.to_owned(),
+                ..service(name)
+            });
+        }
+        let namespaces = cache.namespaces();
+        let listed: Vec<(&str, usize)> = namespaces
+            .iter()
+            .map(|(namespace, services)| (&**namespace, *services))
+            .collect();
+        assert_eq!(listed, [("dev", 1), ("prod", 2)]);
     }
 
     #[test]

@@ -27,7 +27,7 @@ use crate::store::{Store, StoreError, StoredInstance, StoredService};
 use answer::Encoded;
 use cache::{InstanceFacts, RegistryCache, ServiceView};
 
-/// The namespace of a Discover that names none.
+/// The namespace of a Discover, or of a read of the HTTP port, that names none.
 pub const DEFAULT_NAMESPACE: &str = "default";
 
 /// Instances read from the store per page when the cache loads.
@@ -140,8 +140,13 @@ impl Discovery {
         };
         let client_revision = requested.revision.as_deref().unwrap_or("");
         let view = if healthy_only {
-            let view = entry.view_unkept(client_revision, |snapshot| {
-                answer::instances(snapshot, true)
+            // Built for this request, not kept; the revision is checked first all the same.
+            let view = entry.snapshot(|snapshot| {
+                if snapshot.revision == client_revision {
+                    ServiceView::Current
+                } else {
+                    ServiceView::Changed(answer::instances(snapshot, true))
+                }
             });
             (view, false)
         } else {

@@ -60,7 +60,7 @@ pub fn routes() -> Router<HttpState> {
         .route("/v1/ReportClient", post(report_client))
 }
 
-const REQUEST_ID: HeaderName = HeaderName::from_static("request-id");
+pub(super) const REQUEST_ID: HeaderName = HeaderName::from_static("request-id");
 const POLARIS_CODE: HeaderName = HeaderName::from_static("x-polaris-code");
 const POLARIS_MESSAGE: HeaderName = HeaderName::from_static("x-polaris-message");
 
@@ -103,18 +103,7 @@ impl Call {
         let body = axum::body::to_bytes(body, limit)
             .await
             .map_err(|_| too_large())?;
-        let text = |key: &str| {
-            headers
-                .get(key)
-                .and_then(|v| v.to_str().ok())
-                .filter(|v| !v.is_empty())
-                .map(str::to_owned)
-        };
-        let ctx = RequestContext {
-            request_id: text("request-id"),
-            token: text("x-polaris-token").or_else(|| text("polaris-token")),
-            detached: false,
-        };
+        let ctx = request_context(headers);
         Ok(Call {
             api,
             ctx,
@@ -135,6 +124,22 @@ impl Call {
             json::encode(json::RESPONSE, response),
             self.request_id.as_ref(),
         )
+    }
+}
+
+/// The request's id and token, from its headers.
+pub(super) fn request_context(headers: &HeaderMap) -> RequestContext {
+    let text = |key: &str| {
+        headers
+            .get(key)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned)
+    };
+    RequestContext {
+        request_id: text("request-id"),
+        token: text("x-polaris-token").or_else(|| text("polaris-token")),
+        detached: false,
     }
 }
 
@@ -163,12 +168,12 @@ fn parse_failure(error: &JsonError) -> (Code, proto::Response) {
 }
 
 /// HTTP status = code / 1000, as Polaris answers.
-fn status_of(code: Code) -> StatusCode {
+pub(super) fn status_of(code: Code) -> StatusCode {
     StatusCode::from_u16((code.as_u32() / 1000) as u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
 }
 
 /// A JSON answer with Polaris's headers.
-fn polaris(
+pub(super) fn polaris(
     status: StatusCode,
     code: Code,
     info: &str,

@@ -27,6 +27,8 @@ pub const CLIENT: &str = "v1.Client";
 pub const DISCOVER_REQUEST: &str = "v1.DiscoverRequest";
 pub const DISCOVER_RESPONSE: &str = "v1.DiscoverResponse";
 pub const RESPONSE: &str = "v1.Response";
+/// A service in the read API's answers.
+pub const SERVICE: &str = "v1.Service";
 
 static POOL: LazyLock<DescriptorPool> = LazyLock::new(|| {
     DescriptorPool::decode(proto::FILE_DESCRIPTOR_SET).expect("the build's descriptor set decodes")
@@ -81,6 +83,15 @@ pub fn encode<M: Message>(full_name: &str, message: &M) -> Vec<u8> {
 
 /// Writes an encoded message (an answer the registry cache keeps encoded) as JSON.
 pub fn encode_bytes(full_name: &str, encoded: &[u8]) -> Vec<u8> {
+    write(&value_of_bytes(full_name, encoded))
+}
+
+/// A message as Polaris's JSON, to be placed in a larger answer.
+pub fn to_value<M: Message>(full_name: &str, message: &M) -> Value {
+    value_of_bytes(full_name, &message.encode_to_vec())
+}
+
+fn value_of_bytes(full_name: &str, encoded: &[u8]) -> Value {
     let desc = descriptor(full_name);
     let dynamic = DynamicMessage::decode(desc.clone(), encoded)
         .expect("a message this server encoded decodes by its own descriptor");
@@ -88,7 +99,12 @@ pub fn encode_bytes(full_name: &str, encoded: &[u8]) -> Vec<u8> {
     let value = dynamic
         .serialize_with_options(serde_json::value::Serializer, &options)
         .expect("a message serializes to a JSON value");
-    let value = complete(&desc, value);
+    complete(&desc, value)
+}
+
+/// Writes a JSON value as every answer of the HTTP port is written: indented by one
+/// space.
+pub fn write(value: &Value) -> Vec<u8> {
     let mut out = Vec::with_capacity(256);
     let formatter = serde_json::ser::PrettyFormatter::with_indent(b" ");
     let mut serializer = serde_json::Serializer::with_formatter(&mut out, formatter);

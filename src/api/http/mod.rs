@@ -1,11 +1,15 @@
-//! The HTTP port: the Polaris client API (`POST /v1/...`, [`client`]), `GET /metrics`
-//! (Prometheus text) and `GET /healthz`.
+//! The HTTP port: the Polaris client API (`POST /v1/...`, [`client`]), the operators'
+//! read API (`GET /naming/v1/...`, [`read`]) and the console page over it (`GET /`,
+//! [`console`]), `GET /metrics` (Prometheus text) and `GET /healthz`.
 
 pub mod client;
+pub mod console;
 pub mod json;
+pub mod read;
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 use axum::Router;
 use axum::extract::State;
@@ -30,6 +34,8 @@ pub struct HttpState {
     /// The largest request body read, in bytes (`server.http_max_body`).
     pub max_body: usize,
     pub client: Arc<client::ClientMetrics>,
+    /// When the server started, for the console's uptime.
+    pub started: Instant,
 }
 
 impl HttpState {
@@ -78,6 +84,8 @@ impl ReadinessFlag {
 pub fn router(state: HttpState) -> Router {
     Router::new()
         .merge(client::routes())
+        .merge(read::routes())
+        .merge(console::routes())
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .with_state(state)
