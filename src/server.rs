@@ -112,6 +112,7 @@ impl Server {
             api: Arc::clone(&client_api),
             max_body: settings.http_max_body,
             client: Arc::new(api::http::client::ClientMetrics::new()),
+            answers: Arc::default(),
             started: Instant::now(),
         });
         let http_stopped = stopped.clone();

@@ -26,6 +26,11 @@ impl Encoded {
         &self.0
     }
 
+    /// Whether `other` is this very answer (a clone of it), not an equal one.
+    pub fn same(&self, other: &Encoded) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
     /// The answer in one piece.
     pub fn to_bytes(&self) -> Bytes {
         match &*self.0 {

@@ -177,7 +177,7 @@ pub(super) fn polaris(
     status: StatusCode,
     code: Code,
     info: &str,
-    body: Vec<u8>,
+    body: impl IntoResponse,
     request_id: Option<&HeaderValue>,
 ) -> Response {
     let mut response = (
@@ -320,12 +320,24 @@ async fn discover(State(state): State<HttpState>, headers: HeaderMap, body: Body
         answered.reused,
         call.started.elapsed(),
     );
-    let encoded = answered.bytes.to_bytes();
+    let body = if full && !healthy_only {
+        // The answer of the service's current revision, shared by its watchers.
+        let service = request.service.unwrap_or_default();
+        let namespace = service.namespace.as_deref().filter(|n| !n.is_empty());
+        state.answers.json(
+            namespace.unwrap_or(crate::discovery::DEFAULT_NAMESPACE),
+            service.name.as_deref().unwrap_or(""),
+            &answered.bytes,
+        )
+    } else {
+        let encoded = answered.bytes.to_bytes();
+        Bytes::from(json::encode_bytes(json::DISCOVER_RESPONSE, &encoded))
+    };
     polaris(
         status_of(answered.code),
         answered.code,
         crate::discovery::answer::info(answered.code),
-        json::encode_bytes(json::DISCOVER_RESPONSE, &encoded),
+        body,
         call.request_id.as_ref(),
     )
 }

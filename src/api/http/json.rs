@@ -12,10 +12,10 @@ use std::sync::LazyLock;
 
 use prost::Message;
 use prost_reflect::{
-    DescriptorPool, DeserializeOptions, DynamicMessage, FieldDescriptor, Kind, MessageDescriptor,
-    SerializeOptions,
+    DescriptorPool, DeserializeOptions, DynamicMessage, FieldDescriptor, Kind, MapKey,
+    MessageDescriptor, ReflectMessage, SerializeOptions, Value as ReflectValue,
 };
-use serde::Serialize;
+use serde::ser::{Serialize, SerializeMap, SerializeSeq, Serializer};
 use serde_json::{Map, Value};
 
 use crate::code::Code;
@@ -54,6 +54,19 @@ impl JsonError {
 /// Reads a JSON body as the message `full_name` (one of the constants above).
 pub fn decode<M: Message + Default>(full_name: &str, body: &[u8]) -> Result<M, JsonError> {
     let desc = descriptor(full_name);
+    // The usual body (no nulls, no unknown keys, every value valid) is read straight from
+    // its bytes by the strict reader; any other takes the lenient way below, which also
+    // words the error.
+    let mut reader = serde_json::Deserializer::from_slice(body);
+    if let Ok(dynamic) = DynamicMessage::deserialize_with_options(
+        desc.clone(),
+        &mut reader,
+        &DeserializeOptions::new(),
+    ) && reader.end().is_ok()
+        && let Ok(message) = dynamic.transcode_to::<M>()
+    {
+        return Ok(message);
+    }
     let mut value: Value =
         serde_json::from_slice(body).map_err(|error| JsonError(error.to_string()))?;
     if value.is_null() {
@@ -83,23 +96,117 @@ pub fn encode<M: Message>(full_name: &str, message: &M) -> Vec<u8> {
 
 /// Writes an encoded message (an answer the registry cache keeps encoded) as JSON.
 pub fn encode_bytes(full_name: &str, encoded: &[u8]) -> Vec<u8> {
-    write(&value_of_bytes(full_name, encoded))
+    let dynamic = dynamic_of_bytes(full_name, encoded);
+    let mut out = Vec::with_capacity(encoded.len() * 3 + 64);
+    let formatter = serde_json::ser::PrettyFormatter::with_indent(b" ");
+    let mut serializer = serde_json::Serializer::with_formatter(&mut out, formatter);
+    Polaris(&dynamic)
+        .serialize(&mut serializer)
+        .expect("a message writes to memory");
+    out
 }
 
 /// A message as Polaris's JSON, to be placed in a larger answer.
 pub fn to_value<M: Message>(full_name: &str, message: &M) -> Value {
-    value_of_bytes(full_name, &message.encode_to_vec())
+    let dynamic = dynamic_of_bytes(full_name, &message.encode_to_vec());
+    serde_json::to_value(Polaris(&dynamic)).expect("a message serializes to a JSON value")
 }
 
-fn value_of_bytes(full_name: &str, encoded: &[u8]) -> Value {
-    let desc = descriptor(full_name);
-    let dynamic = DynamicMessage::decode(desc.clone(), encoded)
-        .expect("a message this server encoded decodes by its own descriptor");
-    let options = SerializeOptions::new().skip_default_fields(false);
-    let value = dynamic
-        .serialize_with_options(serde_json::value::Serializer, &options)
-        .expect("a message serializes to a JSON value");
-    complete(&desc, value)
+fn dynamic_of_bytes(full_name: &str, encoded: &[u8]) -> DynamicMessage {
+    DynamicMessage::decode(descriptor(full_name), encoded)
+        .expect("a message this server encoded decodes by its own descriptor")
+}
+
+/// A message as Polaris writes it: every field in field order under its JSON name, an
+/// unset message or wrapper as `null`, a wrapper as its plain value, an enum by name, a
+/// map's keys sorted.
+struct Polaris<'a>(&'a DynamicMessage);
+
+impl Serialize for Polaris<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let message = self.0;
+        let desc = message.descriptor();
+        let mut map = serializer.serialize_map(Some(desc.fields().len()))?;
+        for field in desc.fields() {
+            if field.supports_presence() && !message.has_field(&field) {
+                map.serialize_entry(field.json_name(), &())?;
+                continue;
+            }
+            let value = message.get_field(&field);
+            let kind = if field.is_map() {
+                match field.kind() {
+                    Kind::Message(entry) => entry.map_entry_value_field().kind(),
+                    other => other,
+                }
+            } else {
+                field.kind()
+            };
+            map.serialize_entry(field.json_name(), &FieldValue(&value, &kind))?;
+        }
+        map.end()
+    }
+}
+
+/// A field's value of a [`Polaris`] message (for a list or a map: of its items).
+struct FieldValue<'a>(&'a ReflectValue, &'a Kind);
+
+impl Serialize for FieldValue<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let FieldValue(value, kind) = *self;
+        match value {
+            ReflectValue::Message(message) => {
+                if message
+                    .descriptor()
+                    .full_name()
+                    .starts_with("google.protobuf.")
+                {
+                    // A wrapper: its plain value.
+                    message.serialize_with_options(serializer, &SerializeOptions::new())
+                } else {
+                    Polaris(message).serialize(serializer)
+                }
+            }
+            ReflectValue::List(items) => {
+                let mut seq = serializer.serialize_seq(Some(items.len()))?;
+                for item in items {
+                    seq.serialize_element(&FieldValue(item, kind))?;
+                }
+                seq.end()
+            }
+            ReflectValue::Map(entries) => {
+                let mut sorted: Vec<(&str, &ReflectValue)> = entries
+                    .iter()
+                    .filter_map(|(key, v)| match key {
+                        MapKey::String(key) => Some((key.as_str(), v)),
+                        _ => None,
+                    })
+                    .collect();
+                sorted.sort_unstable_by_key(|(key, _)| *key);
+                let mut map = serializer.serialize_map(Some(sorted.len()))?;
+                for (key, v) in sorted {
+                    map.serialize_entry(key, &FieldValue(v, kind))?;
+                }
+                map.end()
+            }
+            ReflectValue::EnumNumber(number) => match kind {
+                Kind::Enum(named) => match named.get_value(*number) {
+                    Some(known) => serializer.serialize_str(known.name()),
+                    None => serializer.serialize_i32(*number),
+                },
+                _ => serializer.serialize_i32(*number),
+            },
+            ReflectValue::Bool(b) => serializer.serialize_bool(*b),
+            ReflectValue::I32(n) => serializer.serialize_i32(*n),
+            ReflectValue::U32(n) => serializer.serialize_u32(*n),
+            // As jsonpb writes 64-bit integers: as strings.
+            ReflectValue::I64(n) => serializer.collect_str(n),
+            ReflectValue::U64(n) => serializer.collect_str(n),
+            ReflectValue::F32(n) => serializer.serialize_f32(*n),
+            ReflectValue::F64(n) => serializer.serialize_f64(*n),
+            ReflectValue::String(text) => serializer.serialize_str(text),
+            ReflectValue::Bytes(_) => serializer.serialize_none(),
+        }
+    }
 }
 
 /// Writes a JSON value as every answer of the HTTP port is written: indented by one
@@ -172,28 +279,6 @@ fn lenient(desc: &MessageDescriptor, value: &mut Value) {
     }
 }
 
-/// Every field of `desc` in field order, the ones the serializer left out (unset
-/// messages and wrappers) as `null`, nested messages likewise.
-fn complete(desc: &MessageDescriptor, value: Value) -> Value {
-    let Value::Object(mut object) = value else {
-        return value;
-    };
-    let mut ordered = Map::with_capacity(desc.fields().len());
-    for field in desc.fields() {
-        let key = field.json_name();
-        let v = object.remove(key).unwrap_or(Value::Null);
-        let v = match (nested(&field), v) {
-            (Some(message), Value::Array(items)) if field.is_list() => {
-                Value::Array(items.into_iter().map(|i| complete(&message, i)).collect())
-            }
-            (Some(message), v @ Value::Object(_)) if !field.is_map() => complete(&message, v),
-            (_, v) => v,
-        };
-        ordered.insert(key.to_owned(), v);
-    }
-    Value::Object(ordered)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -264,6 +349,21 @@ mod tests {
     #[test]
     fn a_null_body_is_the_empty_message() {
         assert_eq!(instance("null"), proto::Instance::default());
+    }
+
+    #[test]
+    fn a_null_is_unset_whichever_way_the_body_is_read() {
+        // No unknown key and no null map value: the direct reading.
+        let read = instance(
+            r#"{"service":"svc","namespace":null,"host":"h","port":1,"weight":null,
+                "location":null,"healthCheck":{"type":"HEARTBEAT","heartbeat":null}}"#,
+        );
+        assert_eq!(
+            (read.namespace, read.weight, read.location),
+            (None, None, None)
+        );
+        assert_eq!(read.health_check.unwrap().heartbeat, None);
+        assert_eq!(read.port, Some(1));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! read API (`GET /naming/v1/...`, [`read`]) and the console page over it (`GET /`,
 //! [`console`]), `GET /metrics` (Prometheus text) and `GET /healthz`.
 
+pub mod answers;
 pub mod client;
 pub mod console;
 pub mod json;
@@ -34,6 +35,8 @@ pub struct HttpState {
     /// The largest request body read, in bytes (`server.http_max_body`).
     pub max_body: usize,
     pub client: Arc<client::ClientMetrics>,
+    /// Full Discover answers as JSON, one per service's current revision.
+    pub answers: Arc<answers::JsonAnswers>,
     /// When the server started, for the console's uptime.
     pub started: Instant,
 }
