@@ -4,10 +4,12 @@
 #   1. storms: the same fleet of COUNT instances (3 metadata entries, ttl 5) registered
 #      over gRPC and over HTTP (`batchreg-loadgen storm --protocol http`: each instance's
 #      JSON to POST /v1/RegisterInstance), alternating, ROUNDS times each, each storm on
-#      a fresh store, with CONNECTIONS connections and IN_FLIGHT requests outstanding.
-#      Over HTTP/1.1 a connection carries one request at a time: at most CONNECTIONS
-#      requests are at the server, and the others wait in the loadgen for an idle
-#      connection, the wait counting in their latency. After each storm, `verify`
+#      a fresh store, with CONNECTIONS connections. gRPC keeps IN_FLIGHT requests
+#      outstanding over them (HTTP/2 multiplexes); over HTTP/1.1 a keep-alive connection
+#      carries one request at a time, so an HTTP client has at most CONNECTIONS
+#      outstanding, and that is what the HTTP storm keeps (HTTP_IN_FLIGHT, default
+#      CONNECTIONS: more would only queue inside the loadgen, and spend the CPU this
+#      machine shares with the server on waiting). After each storm, `verify`
 #      checks over gRPC that the server lists the whole fleet as it was sent. The
 #      server's CPU time (utime + stime from /proc/<pid>/stat) is read around the storm.
 #   2. Discover of one service of 100 instances, for DURATION over each protocol, by
@@ -21,7 +23,8 @@
 #
 # usage: benches/http_compare.sh [COUNT] [ROUNDS] [DURATION]
 #   defaults: 100000 3 10s
-#   BATCHREG=path  LOADGEN=path  CONNECTIONS=n (64)  IN_FLIGHT=n (512)  WATCHERS=n (64)
+#   BATCHREG=path  LOADGEN=path  CONNECTIONS=n (64)  IN_FLIGHT=n (512)
+#   HTTP_IN_FLIGHT=n (CONNECTIONS)  WATCHERS=n (64)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 count=${1:-100000}
@@ -29,6 +32,7 @@ rounds=${2:-3}
 duration=${3:-10s}
 connections=${CONNECTIONS:-64}
 in_flight=${IN_FLIGHT:-512}
+http_in_flight=${HTTP_IN_FLIGHT:-$connections}
 watchers=${WATCHERS:-64}
 batchreg=${BATCHREG:-target/release/batchreg}
 loadgen=${LOADGEN:-target/release/batchreg-loadgen}
@@ -90,11 +94,12 @@ address() { if [ "$1" = http ]; then echo "$http"; else echo "$grpc"; fi; }
 # "rate p50 p99 server_µs_per_request connections_opened verified codes" to $work/line.
 # (Not run in a subshell: the server it starts must be this shell's to stop.)
 storm() {
-  local protocol=$1 name="storm-$1-$2" before after verified
+  local protocol=$1 name="storm-$1-$2" before after verified outstanding=$in_flight
+  [ "$protocol" = http ] && outstanding=$http_in_flight
   start_server "$name"
   before=$(cpu_ticks "$server_pid")
   "$loadgen" storm --protocol "$protocol" --target "$(address "$protocol")" "${fleet[@]}" \
-    --connections "$connections" --in-flight "$in_flight" --no-progress --json \
+    --connections "$connections" --in-flight "$outstanding" --no-progress --json \
     > "$work/$name.json" || true
   after=$(cpu_ticks "$server_pid")
   if "$loadgen" verify --target "$grpc" "${fleet[@]}" --json > "$work/$name.verify.json"; then
@@ -134,7 +139,7 @@ PY
 }
 
 echo "batchreg on SQLite, gRPC $grpc, HTTP $http; storms of $count instances," \
-  "$connections connections, $in_flight in flight"
+  "$connections connections, $in_flight in flight over gRPC, $http_in_flight over HTTP"
 : > "$work/storms.txt"
 for round in $(seq 1 "$rounds"); do
   for protocol in grpc http; do
@@ -162,8 +167,8 @@ for mode in full current; do
 done
 stop_server discover
 
-python3 - "$work/storms.txt" "$work/discover.txt" "$count" "$connections" "$in_flight" \
-  "$watchers" "$duration" <<'PY'
+python3 - "$work/storms.txt" "$work/discover.txt" "$count" "$connections" \
+  "$in_flight/$http_in_flight" "$watchers" "$duration" <<'PY'
 import statistics, sys
 storms = [l.split() for l in open(sys.argv[1]) if l.strip()]
 polls = {(l.split()[0], l.split()[1]): l.split()[2:] for l in open(sys.argv[2]) if l.strip()}
@@ -172,7 +177,8 @@ med = lambda protocol, i: statistics.median(float(r[i]) for r in storms if r[1] 
 rate = {(r[0], r[1]): float(r[2]) for r in storms}
 rounds = sorted({r[0] for r in storms}, key=int)
 print()
-print(f"Storm of {int(count):,} instances, {connections} connections, {in_flight} in flight, "
+print(f"Storm of {int(count):,} instances, {connections} connections, {in_flight} in flight "
+      "(gRPC/HTTP), "
       f"fresh SQLite store each; medians of {len(rounds)} alternating rounds")
 print()
 print("| protocol | instances/s | p50 ms | p99 ms | server µs/request | verified |")

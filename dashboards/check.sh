@@ -416,6 +416,29 @@ run_load() {
     die "batchreg-loadgen $1 failed (exit status above); the dashboard needs a server that answers"
   fi
 }
+# The HTTP client API (POST /v1/...): one round of each route, so the protocol="http"
+# series have data; a few rounds a second apart, since rate() needs two samples.
+http_round() {
+  local round=$1 i body
+  for i in 1 2 3 4 5; do
+    body="{\"namespace\":\"http\",\"service\":\"svc\",\"host\":\"10.8.$round.$i\",\"port\":80,\"enableHealthCheck\":true,\"healthCheck\":{\"type\":\"HEARTBEAT\",\"heartbeat\":{\"ttl\":5}}}"
+    curl -sf -m 5 -o /dev/null -X POST -H 'Content-Type: application/json' -d "$body" "http://$HTTP_ADDR/v1/RegisterInstance" \
+      || die "HTTP RegisterInstance failed"
+    curl -sf -m 5 -o /dev/null -X POST -d "$body" "http://$HTTP_ADDR/v1/Heartbeat" || die "HTTP Heartbeat failed"
+  done
+  curl -sf -m 5 -o /dev/null -X POST -d '{"type":"INSTANCE","service":{"namespace":"http","name":"svc"}}' \
+    "http://$HTTP_ADDR/v1/Discover" || die "HTTP Discover failed"
+  curl -sf -m 5 -o /dev/null -X POST -d '{"type":"SDK","version":"check"}' "http://$HTTP_ADDR/v1/ReportClient" \
+    || die "HTTP ReportClient failed"
+  curl -sf -m 5 -o /dev/null -X POST -d "$body" "http://$HTTP_ADDR/v1/DeregisterInstance" \
+    || die "HTTP DeregisterInstance failed"
+}
+http_load() {
+  local round
+  log "HTTP client API: $1 rounds"
+  for round in $(seq 1 "$1"); do http_round "$round"; sleep 1; done
+}
+
 # Every scenario works on the same grid of services (loadgen's defaults, spelled out),
 # so that Discover watches the services the storm registered.
 grid=(--namespaces 1 --services 10)
@@ -423,6 +446,7 @@ grid=(--namespaces 1 --services 10)
 # the storm starts: rate() only counts increases between samples, and a storm on this
 # machine can be over within one scrape.
 run_load churn --count 50 "${grid[@]}"
+http_load 2
 sleep 2
 run_load storm --count 20000 --in-flight 256 "${grid[@]}"
 run_load churn --count 2000 "${grid[@]}"
@@ -437,6 +461,7 @@ run_load discover --watchers 16 --duration 4s --cold "${grid[@]}"
 # The storm's instances, registered with ttl 5 and never beaten, expire meanwhile.
 run_load heartbeat --count 2000 --ttl 1 --seed 7 --register --duration 6s \
   --stop-share 0.1 --stop-after 2s --expiry-timeout 8s "${grid[@]}"
+http_load 4
 load_done=$SECONDS
 
 # rate() windows are 1m: enough scrapes to span the load and a few after it, then query

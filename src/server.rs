@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -116,6 +117,12 @@ impl Server {
             started: Instant::now(),
         });
         let http_stopped = stopped.clone();
+        // No Nagle delay here either: a small answer must not wait for an ACK.
+        let http_listener = http_listener.tap_io(|tcp| {
+            if let Err(error) = tcp.set_nodelay(true) {
+                tracing::debug!(%error, "TCP_NODELAY not set on an HTTP connection");
+            }
+        });
         let http = tokio::spawn(async move {
             let service = router.into_make_service_with_connect_info::<SocketAddr>();
             axum::serve(http_listener, service)
