@@ -216,6 +216,15 @@ async fn two_replicas_on_one_database_are_both_listed() {
     }
 }
 
+/// A gRPC connection to the test server, for the clients of other services.
+async fn channel_to(t: &TestServer) -> tonic::transport::Channel {
+    tonic::transport::Channel::from_shared(format!("http://{}", t.server.grpc_addr()))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
 async fn health_of(client: &mut HealthClient<tonic::transport::Channel>, service: &str) -> i32 {
     client
         .check(HealthCheckRequest {
@@ -230,12 +239,7 @@ async fn health_of(client: &mut HealthClient<tonic::transport::Channel>, service
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_health_serves_once_loaded_and_not_once_shutdown_begins() {
     let t = TestServer::start(|_| {}).await;
-    let channel =
-        tonic::transport::Channel::from_shared(format!("http://{}", t.server.grpc_addr()))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
+    let channel = channel_to(&t).await;
     let mut health = HealthClient::new(channel);
     for service in ["", "v1.PolarisGRPC"] {
         assert_eq!(
@@ -293,12 +297,7 @@ async fn reflect(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reflection_lists_the_services_and_describes_the_polaris_api() {
     let t = TestServer::start(|_| {}).await;
-    let channel =
-        tonic::transport::Channel::from_shared(format!("http://{}", t.server.grpc_addr()))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
+    let channel = channel_to(&t).await;
     let mut client = ServerReflectionClient::new(channel);
     let MessageResponse::ListServicesResponse(listed) =
         reflect(&mut client, MessageRequest::ListServices(String::new())).await

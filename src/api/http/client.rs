@@ -212,7 +212,22 @@ fn header_text(info: &str) -> HeaderValue {
     HeaderValue::from_str(&visible).unwrap_or(HeaderValue::from_static(""))
 }
 
-async fn register(State(state): State<HttpState>, headers: HeaderMap, body: Body) -> Response {
+/// The routes that take an `Instance`.
+#[derive(Clone, Copy)]
+enum InstanceRoute {
+    Register,
+    Deregister,
+    Heartbeat,
+}
+
+/// Reads the instance, calls the client API, answers with the instance echoed: its
+/// identity for a registration and a heartbeat, as sent for a deregistration.
+async fn instance_route(
+    route: InstanceRoute,
+    state: HttpState,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let call = match Call::accept(&state, &headers, body).await {
         Ok(call) => call,
         Err(refused) => return refused,
@@ -221,44 +236,38 @@ async fn register(State(state): State<HttpState>, headers: HeaderMap, body: Body
         Err(error) => parse_failure(&error),
         Ok(wire) => {
             let input = instance_from_wire(wire);
-            let echo = input.identity();
-            let result = call.api.register(&call.ctx, input).await;
+            let (result, echo) = match route {
+                InstanceRoute::Register => {
+                    let echo = input.identity();
+                    (call.api.register(&call.ctx, input).await, echo)
+                }
+                InstanceRoute::Deregister => (call.api.deregister(&call.ctx, &input).await, input),
+                InstanceRoute::Heartbeat => (
+                    call.api.heartbeat(&call.ctx, &input).await,
+                    input.identity(),
+                ),
+            };
             (code_of(&result), write_response(result, echo))
         }
     };
-    call.answer(&state.client.register, code, &response)
+    let metrics = match route {
+        InstanceRoute::Register => &state.client.register,
+        InstanceRoute::Deregister => &state.client.deregister,
+        InstanceRoute::Heartbeat => &state.client.heartbeat,
+    };
+    call.answer(metrics, code, &response)
+}
+
+async fn register(State(state): State<HttpState>, headers: HeaderMap, body: Body) -> Response {
+    instance_route(InstanceRoute::Register, state, headers, body).await
 }
 
 async fn deregister(State(state): State<HttpState>, headers: HeaderMap, body: Body) -> Response {
-    let call = match Call::accept(&state, &headers, body).await {
-        Ok(call) => call,
-        Err(refused) => return refused,
-    };
-    let (code, response) = match json::decode::<proto::Instance>(json::INSTANCE, &call.body) {
-        Err(error) => parse_failure(&error),
-        Ok(wire) => {
-            let input = instance_from_wire(wire);
-            let result = call.api.deregister(&call.ctx, &input).await;
-            (code_of(&result), write_response(result, input))
-        }
-    };
-    call.answer(&state.client.deregister, code, &response)
+    instance_route(InstanceRoute::Deregister, state, headers, body).await
 }
 
 async fn heartbeat(State(state): State<HttpState>, headers: HeaderMap, body: Body) -> Response {
-    let call = match Call::accept(&state, &headers, body).await {
-        Ok(call) => call,
-        Err(refused) => return refused,
-    };
-    let (code, response) = match json::decode::<proto::Instance>(json::INSTANCE, &call.body) {
-        Err(error) => parse_failure(&error),
-        Ok(wire) => {
-            let input = instance_from_wire(wire);
-            let result = call.api.heartbeat(&call.ctx, &input).await;
-            (code_of(&result), write_response(result, input.identity()))
-        }
-    };
-    call.answer(&state.client.heartbeat, code, &response)
+    instance_route(InstanceRoute::Heartbeat, state, headers, body).await
 }
 
 async fn report_client(
