@@ -76,8 +76,7 @@ fn millis(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1000.0
 }
 
-/// How the fleet's services were watched, each on a stream of its own: their polls and
-/// answers.
+/// How the fleet's services were watched: their polls and answers.
 #[derive(Debug, Clone, Serialize)]
 pub struct WatchFigures {
     pub services: u64,
@@ -86,14 +85,13 @@ pub struct WatchFigures {
     pub codes: BTreeMap<String, u64>,
     /// Count per outcome label the watch does not accept; empty on success.
     pub unexpected: BTreeMap<String, u64>,
-    /// Mean time between two polls of the service polled least often.
+    /// Mean time between two polls of one service.
     pub poll_interval_ms: f64,
 }
 
 impl WatchFigures {
-    /// Figures of a watch of `services` that polled each of them at least `rounds`
-    /// times (the polls of the one polled least often) over `elapsed`, its answers in
-    /// `tally`.
+    /// Figures of a watch of `services` that polled each of them `rounds` times over
+    /// `elapsed`, its answers in `tally`.
     pub fn new(
         services: u64,
         tally: &Tally,
@@ -173,7 +171,7 @@ impl HeartbeatFigures {
         let _ = writeln!(out);
         let _ = writeln!(
             out,
-            "watch        {} services on a stream each, the slowest polled every {:.1} ms: {} polls ({})",
+            "watch        {} services on one stream, each polled every {:.1} ms: {} polls ({})",
             watch.services,
             watch.poll_interval_ms,
             watch.polls,
@@ -277,7 +275,7 @@ mod tests {
         for line in [
             "fleet        200 instances, ttl 1 s",
             "registered   in 0.250 s",
-            "watch        1 services on a stream each, the slowest polled every 100.5 ms: 2 polls (200000 x1, 200001 x1)",
+            "watch        1 services on one stream, each polled every 100.5 ms: 2 polls (200000 x1, 200001 x1)",
             "wrongly      0 instances",
             "stopped      40 of 200 (0.2) at 1.000 s, timeout 5.000 s",
             "unhealthy    40 in time, 0 still healthy, 0 early",

@@ -1,19 +1,14 @@
 //! One Discover stream as a Polaris SDK holds it: requests go out one at a time and
 //! the server answers each, in order, on the same stream. A stream that fails or
 //! falls silent is dropped, and the next request opens a new one. Answers are read
-//! whole ([`DiscoverResponse`]), or for the instances' health only ([`HealthListing`]),
-//! once they have arrived ([`Undecoded`]).
+//! whole ([`DiscoverResponse`]), or for the instances' health only ([`HealthListing`]).
 
-use std::marker::PhantomData;
 use std::time::Duration;
 
-use bytes::{Buf, Bytes};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder};
 use tonic::codegen::http::uri::PathAndQuery;
 use tonic::transport::Channel;
-use tonic_prost::{ProstCodec, ProstEncoder};
 
 use crate::proto::discover_request::DiscoverRequestType;
 use crate::proto::{self, DiscoverRequest, DiscoverResponse};
@@ -80,31 +75,13 @@ pub struct DiscoverStream<Answer = DiscoverResponse> {
     /// Sent as `request-id` with each opening of the stream.
     request_id: String,
     timeout: Duration,
-    open: Option<OpenStream>,
-    answer: PhantomData<fn() -> Answer>,
+    open: Option<OpenStream<Answer>>,
 }
 
 /// The two halves of an open stream.
-struct OpenStream {
+struct OpenStream<Answer> {
     requests: mpsc::Sender<DiscoverRequest>,
-    answers: tonic::Streaming<Bytes>,
-}
-
-/// An answer that has arrived whole, not decoded yet: its reader can note when it came
-/// before paying for the decode, which for a listing of thousands of instances takes
-/// milliseconds.
-#[derive(Debug)]
-pub struct Undecoded<Answer> {
-    bytes: Bytes,
-    answer: PhantomData<fn() -> Answer>,
-}
-
-impl<Answer: prost::Message + Default> Undecoded<Answer> {
-    /// The answer; one that cannot be read fails as tonic's own decoder fails it.
-    pub fn decode(self) -> Result<Answer, DiscoverError> {
-        Answer::decode(self.bytes)
-            .map_err(|error| DiscoverError::Status(tonic::Status::internal(error.to_string())))
-    }
+    answers: tonic::Streaming<Answer>,
 }
 
 impl<Answer: prost::Message + Default + Send + 'static> DiscoverStream<Answer> {
@@ -121,21 +98,12 @@ impl<Answer: prost::Message + Default + Send + 'static> DiscoverStream<Answer> {
             request_id,
             timeout,
             open: None,
-            answer: PhantomData,
         }
     }
 
     /// Sends `request` and waits for its answer, opening the stream first when it is
     /// not open; the timeout counts from here.
     pub async fn ask(&mut self, request: DiscoverRequest) -> Result<Answer, DiscoverError> {
-        self.ask_undecoded(request).await?.decode()
-    }
-
-    /// As [`Self::ask`], the answer left to decode.
-    pub async fn ask_undecoded(
-        &mut self,
-        request: DiscoverRequest,
-    ) -> Result<Undecoded<Answer>, DiscoverError> {
         let answer = tokio::time::timeout(self.timeout, self.exchange(request))
             .await
             .unwrap_or(Err(DiscoverError::TimedOut(self.timeout)));
@@ -143,14 +111,10 @@ impl<Answer: prost::Message + Default + Send + 'static> DiscoverStream<Answer> {
             // A late answer would be taken for the next request's.
             self.open = None;
         }
-        let bytes = answer?;
-        Ok(Undecoded {
-            bytes,
-            answer: PhantomData,
-        })
+        answer
     }
 
-    async fn exchange(&mut self, request: DiscoverRequest) -> Result<Bytes, DiscoverError> {
+    async fn exchange(&mut self, request: DiscoverRequest) -> Result<Answer, DiscoverError> {
         let open = match self.open.take() {
             Some(open) => {
                 // The receiver is gone only with the stream, whose answers say why.
@@ -165,57 +129,25 @@ impl<Answer: prost::Message + Default + Send + 'static> DiscoverStream<Answer> {
 
     /// Opens a stream with `first` already queued: a server may hold back its
     /// response headers until it answers a request.
-    async fn open_with(&mut self, first: DiscoverRequest) -> Result<OpenStream, DiscoverError> {
+    async fn open_with(
+        &mut self,
+        first: DiscoverRequest,
+    ) -> Result<OpenStream<Answer>, DiscoverError> {
         let (requests, outgoing) = mpsc::channel(1);
         requests
             .try_send(first)
             .expect("a new channel has room for one request");
         let mut call = tonic::Request::new(ReceiverStream::new(outgoing));
         self.headers.apply(&mut call, &self.request_id);
-        // What the generated client's `discover` does, with the answers left undecoded.
+        // What the generated client's `discover` does, with `Answer` for the answers.
         self.grpc
             .ready()
             .await
             .map_err(|error| tonic::Status::unknown(format!("Service was not ready: {error}")))?;
+        let codec = tonic_prost::ProstCodec::<DiscoverRequest, Answer>::default();
         let path = PathAndQuery::from_static(DISCOVER_PATH);
-        let answers = self
-            .grpc
-            .streaming(call, path, UndecodedCodec)
-            .await?
-            .into_inner();
+        let answers = self.grpc.streaming(call, path, codec).await?.into_inner();
         Ok(OpenStream { requests, answers })
-    }
-}
-
-/// Requests encoded by prost, answers handed over as the bytes of their message.
-#[derive(Debug, Clone, Copy)]
-struct UndecodedCodec;
-
-impl Codec for UndecodedCodec {
-    type Encode = DiscoverRequest;
-    type Decode = Bytes;
-    type Encoder = ProstEncoder<DiscoverRequest>;
-    type Decoder = MessageBytes;
-
-    fn encoder(&mut self) -> Self::Encoder {
-        ProstCodec::<DiscoverRequest, DiscoverResponse>::raw_encoder(BufferSettings::default())
-    }
-
-    fn decoder(&mut self) -> Self::Decoder {
-        MessageBytes
-    }
-}
-
-/// Takes a message's bytes out of tonic's buffer without copying them.
-#[derive(Debug, Clone, Copy)]
-struct MessageBytes;
-
-impl Decoder for MessageBytes {
-    type Item = Bytes;
-    type Error = tonic::Status;
-
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, tonic::Status> {
-        Ok(Some(src.copy_to_bytes(src.remaining())))
     }
 }
 

@@ -2,8 +2,7 @@
 //! their beats by id, and every 250 ms marks unhealthy those whose last beat (or
 //! registration) is `window` ttls old (3 by the Polaris rule) and healthy again those
 //! that beat since. Discover lists each instance with its health; a service's revision
-//! changes with every change to it. It keeps the time of every beat it answers and
-//! counts each service's Discover requests; it can answer one service's late.
+//! changes with every change to it. It keeps the time of every beat it answers.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -35,8 +34,6 @@ struct Registry {
     unknown_beats: HashMap<String, u32>,
     /// Every beat answered, by id: when it arrived.
     beats: HashMap<String, Vec<Instant>>,
-    /// Discover requests taken, by (namespace, service).
-    discovered: HashMap<(String, String), usize>,
 }
 
 #[derive(Debug)]
@@ -63,8 +60,6 @@ pub struct FakeRegistry {
     state: Arc<Mutex<Registry>>,
     /// Ttls without a beat after which an instance is marked unhealthy.
     window: f64,
-    /// A (namespace, service) whose Discover answers are this late.
-    slow: Option<(String, String, Duration)>,
 }
 
 /// A running [`FakeRegistry`]; stops when dropped.
@@ -80,16 +75,6 @@ impl FakeRegistry {
         FakeRegistry {
             state: Arc::default(),
             window,
-            slow: None,
-        }
-    }
-
-    /// The same registry, answering each Discover request for `namespace`/`service`
-    /// `delay` after it arrives (without holding up other streams).
-    pub fn answering_late(self, namespace: &str, service: &str, delay: Duration) -> Self {
-        FakeRegistry {
-            slow: Some((namespace.to_owned(), service.to_owned(), delay)),
-            ..self
         }
     }
 
@@ -134,25 +119,12 @@ impl FakeRegistry {
         }
     }
 
-    /// Answers `request` after recording it, late for the slow service.
-    async fn answer(&self, request: &DiscoverRequest) -> DiscoverResponse {
+    fn answer(&self, request: &DiscoverRequest) -> DiscoverResponse {
         let asked = request.service.clone().unwrap_or_default();
         let key = (
             asked.namespace.clone().unwrap_or_default(),
             asked.name.clone().unwrap_or_default(),
         );
-        *self
-            .state
-            .lock()
-            .unwrap()
-            .discovered
-            .entry(key.clone())
-            .or_default() += 1;
-        if let Some((namespace, service, delay)) = &self.slow
-            && (namespace, service) == (&key.0, &key.1)
-        {
-            tokio::time::sleep(*delay).await;
-        }
         let state = self.state.lock().unwrap();
         let Some(revision) = state.revisions.get(&key) else {
             return DiscoverResponse {
@@ -194,13 +166,6 @@ impl FakeRegistryServer {
     pub fn beats_of(&self, id: &str) -> Vec<Instant> {
         let state = self.state.lock().unwrap();
         state.beats.get(id).cloned().unwrap_or_default()
-    }
-
-    /// How many Discover requests for `namespace`/`service` arrived.
-    pub fn discover_requests(&self, namespace: &str, service: &str) -> usize {
-        let state = self.state.lock().unwrap();
-        let key = (namespace.to_owned(), service.to_owned());
-        state.discovered.get(&key).copied().unwrap_or(0)
     }
 }
 
@@ -278,8 +243,7 @@ impl PolarisGrpc for FakeRegistry {
         let fake = self.clone();
         tokio::spawn(async move {
             while let Ok(Some(request)) = incoming.message().await {
-                let answer = fake.answer(&request).await;
-                if answers.send(Ok(answer)).await.is_err() {
+                if answers.send(Ok(fake.answer(&request))).await.is_err() {
                     break;
                 }
             }

@@ -1,9 +1,9 @@
 //! Heartbeat: a registered fleet beats as SDKs do, each instance by its id every ttl
 //! from its own phase, open loop: a beat is due whether or not the ones before were
 //! answered, and its latency counts from when it was due. A Discover watch over the
-//! fleet's services ([`FleetWatch`], on a thread of its own) checks that no instance
-//! that beats is listed unhealthy and, with `--stop-share`, that the instances that
-//! stop beating are, three ttls after their last beat.
+//! fleet's services checks that no instance that beats is listed unhealthy and, with
+//! `--stop-share`, that the instances that stop beating are, three ttls after their
+//! last beat.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -11,17 +11,22 @@ use std::time::Duration;
 
 use clap::Args;
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 use crate::beats::{BeatSchedule, stopped_instances};
 use crate::expiry::{BeatLog, ExpiryCheck, MISSED_BEATS};
-use crate::fleet::{Fleet, IdDigest};
+use crate::fleet::{Fleet, IdDigest, parse_id};
 use crate::options::{
     ConnectionOptions, FleetOptions, LoadOptions, OutputOptions, Protocol, ProtocolOptions,
 };
+use crate::pool::ClientPool;
 use crate::proto;
-use crate::report::{EXECUTE_SUCCESS, Expectation, HeartbeatFigures, OfferedLoad, Operation};
+use crate::report::{
+    DATA_NO_CHANGE, EXECUTE_SUCCESS, Expectation, HeartbeatFigures, OfferedLoad, Operation,
+    Outcome, Tally, WatchFigures,
+};
 use crate::runner::{Pacer, Pacing, RunPlan, progress_wanted, run_load};
-use crate::scenario::fleet_watch::{FleetWatch, watched_services};
+use crate::scenario::discover_stream::{DiscoverStream, HealthListing, instances_request};
 use crate::scenario::storm::{self, StormArgs};
 use crate::scenario::{
     ScenarioRun, SetupError, connect, finish, outcome_of, parse_run_duration, run_setup,
@@ -35,6 +40,14 @@ const OPERATIONS: &[Operation] = &[Operation {
         codes: &[EXECUTE_SUCCESS],
     },
 }];
+
+/// The watch polls each service with the revision of its last full answer.
+const WATCH_EXPECTATION: Expectation = Expectation {
+    codes: &[EXECUTE_SUCCESS, DATA_NO_CHANGE],
+};
+
+/// From the start of one round of polls over the watched services to the next.
+const POLL_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Added to three ttls for the default `--expiry-timeout`: the server's check interval,
 /// its health write and the watch's poll, with room to spare.
@@ -142,6 +155,8 @@ pub async fn run(args: HeartbeatArgs) -> Result<ScenarioRun, SetupError> {
     };
     let connection = &args.connection;
     let (pool, headers) = connect(connection, false).await?;
+    // Full answers can be large: on a connection of their own, they never hold up beats.
+    let watch_pool = ClientPool::connect(&connection.targets[..1], 1, connection.timeout).await?;
     let fleet = Fleet::new(&args.fleet);
     let FleetIds { ids, indices } = FleetIds::new(&fleet);
 
@@ -155,10 +170,14 @@ pub async fn run(args: HeartbeatArgs) -> Result<ScenarioRun, SetupError> {
         log: Arc::clone(&log),
         check,
     };
+    let stream = DiscoverStream::new(
+        watch_pool.grpc(0),
+        headers.clone(),
+        "heartbeat-watch".to_owned(),
+        connection.timeout,
+    );
     let (beats_done, beating) = watch::channel(false);
-    let watcher = fleet_watch
-        .start(connection, headers.clone(), beating)
-        .await?;
+    let watcher = tokio::spawn(fleet_watch.run(stream, beating));
 
     let schedule = Arc::new(plan.schedule);
     let offered = OfferedLoad {
@@ -205,7 +224,7 @@ pub async fn run(args: HeartbeatArgs) -> Result<ScenarioRun, SetupError> {
     })
     .await;
     beats_done.send_replace(true);
-    let watched = watcher.join().await;
+    let watched = watcher.await.expect("the watch panicked");
 
     let mut finished = finish(setup, measured);
     finished.report.heartbeat = Some(HeartbeatFigures {
@@ -265,6 +284,93 @@ impl FleetIds {
             indices.insert(digest, index);
         }
         FleetIds { ids, indices }
+    }
+}
+
+/// The services of the grid that hold instances of the fleet: all of them unless the
+/// fleet has fewer instances than the grid has cells.
+fn watched_services(fleet: &Fleet) -> Vec<(String, String)> {
+    let cells = fleet.grid().cells().min(fleet.count());
+    (0..cells)
+        .map(|cell| {
+            let (namespace, service) = fleet.grid().cell(cell);
+            (namespace.to_owned(), service.to_owned())
+        })
+        .collect()
+}
+
+/// The watch over the fleet's services, on one Discover stream.
+struct FleetWatch {
+    services: Vec<(String, String)>,
+    indices: HashMap<IdDigest, u64>,
+    log: Arc<BeatLog>,
+    check: ExpiryCheck,
+}
+
+/// What the watch saw.
+struct Watched {
+    check: ExpiryCheck,
+    figures: WatchFigures,
+}
+
+impl FleetWatch {
+    /// Polls every service in turn, a round every [`POLL_INTERVAL`] (or as soon as the
+    /// last one ends, when a round takes longer), until `beating` turns true.
+    async fn run(
+        mut self,
+        mut stream: DiscoverStream<HealthListing>,
+        mut beating: watch::Receiver<bool>,
+    ) -> Watched {
+        let started = Instant::now();
+        let mut revisions: Vec<Option<String>> = vec![None; self.services.len()];
+        let mut tally = Tally::default();
+        let mut rounds = 0;
+        loop {
+            let round = Instant::now();
+            for (slot, (namespace, service)) in self.services.iter().enumerate() {
+                let request = instances_request(namespace, service, revisions[slot].clone());
+                let asked = stream.ask(request).await;
+                let seen = self.log.now();
+                let answer = match asked {
+                    Ok(answer) => answer,
+                    Err(error) => {
+                        tally.record(error.outcome());
+                        continue;
+                    }
+                };
+                tally.record(Outcome::Answered(answer.code));
+                if answer.code != Some(EXECUTE_SUCCESS) {
+                    continue;
+                }
+                revisions[slot] = answer.service.and_then(|listed| listed.revision);
+                let unhealthy = answer
+                    .instances
+                    .iter()
+                    .filter(|instance| instance.healthy == Some(false))
+                    .filter_map(|instance| parse_id(instance.id.as_deref()?))
+                    .filter_map(|digest| self.indices.get(&digest));
+                for &index in unhealthy {
+                    self.check.listed_unhealthy(&self.log, index, seen);
+                }
+            }
+            rounds += 1;
+            tokio::select! {
+                biased;
+                _ = beating.wait_for(|&done| done) => break,
+                () = tokio::time::sleep_until(round + POLL_INTERVAL) => {}
+            }
+        }
+        let figures = WatchFigures::new(
+            self.services.len() as u64,
+            &tally,
+            WATCH_EXPECTATION,
+            rounds,
+            started.elapsed(),
+        );
+        Watched {
+            check: self.check,
+            figures,
+        }
     }
 }
 
@@ -426,33 +532,6 @@ mod tests {
                 );
             }
         }
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_service_answered_late_does_not_hold_up_the_polls_of_the_others() {
-        let fleet_words = ["--count", "20", "--services", "2", "--ttl", "1"];
-        let fleet = Fleet::new(&parse_args::<HeartbeatArgs>(fleet_words).unwrap().fleet);
-        let (slow, fast) = (fleet.grid().cell(0), fleet.grid().cell(1));
-        let late = Duration::from_millis(600);
-        let server = FakeRegistry::expiring_after(3.0)
-            .answering_late(slow.0, slow.1, late)
-            .start()
-            .await;
-        let words = [&fleet_words[..], &["--register", "--duration", "2s"]].concat();
-        let run = heartbeat(&server.address, &words).await;
-        let report = &run.report;
-        assert!(report.is_success(), "{}", report.to_table());
-        let watch = &report.heartbeat.as_ref().unwrap().watch;
-        // Polled one after the other, each would be polled as often as the slow one.
-        let slow_polls = server.discover_requests(slow.0, slow.1);
-        let fast_polls = server.discover_requests(fast.0, fast.1);
-        assert!(
-            slow_polls >= 2 && fast_polls > 2 * slow_polls,
-            "{slow_polls} slow, {fast_polls} fast"
-        );
-        assert_eq!(watch.polls, (slow_polls + fast_polls) as u64);
-        // The rounds are the slow service's polls, each at least `late` long.
-        assert!(watch.poll_interval_ms >= 590.0, "{watch:?}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,10 +11,7 @@
 //! - `heartbeat`: the fleet beats every ttl, open loop, while a Discover watch checks
 //!   which instances are listed unhealthy
 //! - `verify`: the server's listing of each service checked against the fleet
-//! - `fleet_watch`: the heartbeat run's Discover watch, a stream per service on a thread
-//!   of its own
-//! - `discover_stream`: one Discover stream, request by request (discover, verify,
-//!   fleet_watch)
+//! - `discover_stream`: one Discover stream, request by request (discover, verify)
 //! - `connections`: gRPC or HTTP connections, and a register sent over either
 
 pub mod churn;
@@ -27,7 +24,6 @@ mod fake_discover;
 pub(crate) mod fake_http;
 #[cfg(test)]
 mod fake_registry;
-mod fleet_watch;
 pub mod heartbeat;
 pub mod open_loop;
 pub mod restart;
