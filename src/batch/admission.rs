@@ -5,8 +5,9 @@
 //!
 //! The rate is the time a store worker spends on a full batch (taking, writing and
 //! answering it), averaged over recent batches of at least half `max_batch`: under a
-//! backlog every batch is full, so the queue ahead of a request is written in
-//! `queued / max_batch / workers` such times. Smaller batches are not measured (a lone
+//! backlog every batch is full, so a request that joins the queue is answered after the
+//! batches in the workers now and the queue ahead of it: `1 + queued / max_batch /
+//! workers` such times. Smaller batches are not measured (a lone
 //! request says little about how fast a backlog drains), nor are batches whose writer met
 //! an outage. While a writer waits for an unreachable database, no request is refused
 //! for time: an outage is ridden through (see `store.outage_wait`), and the queue's
@@ -17,8 +18,11 @@ use std::time::Duration;
 
 use crate::store::resilient::OutageWatch;
 
-/// Weight of the newest full batch in the average, as 1/N.
-const SMOOTHING: u64 = 8;
+/// Weight of the newest full batch in the average, as 1/N: a slower batch counts more
+/// than a faster one, so that the estimate follows a store that slows down at once
+/// and one that speeds up with some caution.
+const SLOWER_WEIGHT: u64 = 2;
+const FASTER_WEIGHT: u64 = 8;
 
 /// The admission check of one batch controller, shared by its submitters and workers.
 pub struct Admission {
@@ -55,14 +59,15 @@ impl Admission {
         }
     }
 
-    /// How long the store workers take to write `queued` requests at the measured rate;
-    /// `None` before a full batch was measured.
+    /// How long a request joining `queued` others waits for its answer at the measured
+    /// rate: the batches in the workers, then the queue; `None` before a full batch was
+    /// measured.
     pub fn estimate(&self, queued: usize) -> Option<Duration> {
         let full_batch = self.full_batch_nanos.load(Ordering::Relaxed);
         if full_batch == 0 {
             return None;
         }
-        let rounds = queued as f64 / (self.max_batch * self.workers) as f64;
+        let rounds = 1.0 + queued as f64 / (self.max_batch * self.workers) as f64;
         Some(Duration::from_nanos((rounds * full_batch as f64) as u64))
     }
 
@@ -78,8 +83,10 @@ impl Admission {
         let old = self.full_batch_nanos.load(Ordering::Relaxed);
         let new = if old == 0 {
             sample
+        } else if sample > old {
+            old + (sample - old) / SLOWER_WEIGHT
         } else {
-            old - old / SMOOTHING + sample / SMOOTHING
+            old - (old - sample) / FASTER_WEIGHT
         };
         self.full_batch_nanos.store(new.max(1), Ordering::Relaxed);
     }
@@ -117,14 +124,15 @@ mod tests {
     fn the_queue_is_judged_by_full_batches_over_the_workers() {
         let a = admission(Duration::from_secs(1), 2);
         a.record(100, 100 * MS, false);
-        // 2,000 queued = 20 batches = 10 rounds of 100 ms on two workers.
-        assert_eq!(a.estimate(2_000), Some(Duration::from_secs(1)));
-        assert!(a.admits(2_000));
-        assert!(!a.admits(2_100));
+        // 1,800 queued = 18 batches = 9 rounds of 100 ms on two workers, after the
+        // round in the workers now.
+        assert_eq!(a.estimate(1_800), Some(Duration::from_secs(1)));
+        assert!(a.admits(1_800));
+        assert!(!a.admits(1_900));
         // Half a batch in 50 ms counts as a full one in 100 ms.
         let b = admission(Duration::from_secs(1), 1);
         b.record(50, 50 * MS, false);
-        assert_eq!(b.estimate(1_000), Some(Duration::from_secs(1)));
+        assert_eq!(b.estimate(900), Some(Duration::from_secs(1)));
     }
 
     #[test]
@@ -139,13 +147,23 @@ mod tests {
     fn the_average_follows_the_store_as_it_slows_down() {
         let a = admission(Duration::from_secs(1), 1);
         a.record(100, 10 * MS, false);
-        assert!(a.admits(5_000), "50 batches of 10 ms");
+        assert!(a.admits(5_000), "51 batches of 10 ms");
         for _ in 0..40 {
             a.record(100, 100 * MS, false);
         }
-        assert!(!a.admits(5_000), "50 batches of ~100 ms");
-        let estimate = a.estimate(100).unwrap();
+        assert!(!a.admits(5_000), "51 batches of ~100 ms");
+        let estimate = a.estimate(0).unwrap();
         assert!(estimate > 95 * MS && estimate <= 100 * MS, "{estimate:?}");
+    }
+
+    #[test]
+    fn a_slowdown_counts_at_once_a_speed_up_with_caution() {
+        let a = admission(Duration::from_secs(1), 1);
+        a.record(100, 100 * MS, false);
+        a.record(100, 300 * MS, false);
+        assert_eq!(a.estimate(0), Some(200 * MS), "half way up at once");
+        a.record(100, 40 * MS, false);
+        assert_eq!(a.estimate(0), Some(180 * MS), "an eighth of the way down");
     }
 
     #[test]
@@ -153,7 +171,7 @@ mod tests {
         let a = admission(Duration::from_secs(1), 1);
         a.record(100, 10 * MS, false);
         a.record(100, Duration::from_secs(8), true);
-        assert_eq!(a.estimate(100), Some(10 * MS));
+        assert_eq!(a.estimate(0), Some(10 * MS));
     }
 
     #[test]
