@@ -23,6 +23,9 @@ use crate::store::resilient::OutageWatch;
 /// and one that speeds up with some caution.
 const SLOWER_WEIGHT: u64 = 2;
 const FASTER_WEIGHT: u64 = 8;
+/// A batch counts as at most this many times the average: one batch held up by a
+/// database that paused and came back says little about its rate.
+const MAX_SAMPLE_RATIO: u64 = 2;
 
 /// The admission check of one batch controller, shared by its submitters and workers.
 pub struct Admission {
@@ -84,6 +87,7 @@ impl Admission {
         let new = if old == 0 {
             sample
         } else if sample > old {
+            let sample = sample.min(old.saturating_mul(MAX_SAMPLE_RATIO));
             old + (sample - old) / SLOWER_WEIGHT
         } else {
             old - (old - sample) / FASTER_WEIGHT
@@ -160,10 +164,13 @@ mod tests {
     fn a_slowdown_counts_at_once_a_speed_up_with_caution() {
         let a = admission(Duration::from_secs(1), 1);
         a.record(100, 100 * MS, false);
-        a.record(100, 300 * MS, false);
-        assert_eq!(a.estimate(0), Some(200 * MS), "half way up at once");
-        a.record(100, 40 * MS, false);
-        assert_eq!(a.estimate(0), Some(180 * MS), "an eighth of the way down");
+        a.record(100, 200 * MS, false);
+        assert_eq!(a.estimate(0), Some(150 * MS), "half way up at once");
+        a.record(100, 70 * MS, false);
+        assert_eq!(a.estimate(0), Some(140 * MS), "an eighth of the way down");
+        // A batch held up for seconds counts as twice the average.
+        a.record(100, Duration::from_secs(4), false);
+        assert_eq!(a.estimate(0), Some(210 * MS));
     }
 
     #[test]
