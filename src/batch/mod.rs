@@ -391,6 +391,9 @@ mod tests {
             if ops.iter().any(|(key, _)| key == "panic") {
                 panic!("writer panicked");
             }
+            if ops.iter().any(|(key, _)| key.starts_with("slow")) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
             self.batches.lock().unwrap().push(ops.to_vec());
             ops.iter()
                 .map(|(key, value)| {
@@ -416,6 +419,16 @@ mod tests {
         max_wait: Duration,
         task_life: Duration,
     ) -> Harness {
+        harness_with_admission(queue_size, max_batch, max_wait, task_life, Duration::ZERO)
+    }
+
+    fn harness_with_admission(
+        queue_size: usize,
+        max_batch: usize,
+        max_wait: Duration,
+        task_life: Duration,
+        max_queue_wait: Duration,
+    ) -> Harness {
         let (gate, gate_rx) = crossbeam_channel::unbounded();
         let batches = Arc::new(Mutex::new(Vec::new()));
         let writer = FakeWrite {
@@ -429,7 +442,7 @@ mod tests {
             max_batch: NonZeroUsize::new(max_batch).unwrap(),
             max_wait,
             task_life,
-            max_queue_wait: Duration::ZERO,
+            max_queue_wait,
         };
         Harness {
             controller: BatchController::start("test", settings, vec![writer]),
@@ -520,6 +533,51 @@ mod tests {
             1 + accepted_count,
             "refused requests were never written"
         );
+    }
+
+    #[test]
+    fn a_queue_holding_more_than_max_queue_wait_of_work_refuses_at_once() {
+        let h = harness_with_admission(1_000, 2, HOUR, HOUR * 2, Duration::from_millis(100));
+        // A full batch measured: 50 ms.
+        let blocker = h.controller.submit(op("block", 0)).unwrap();
+        wait_until_queue_empty(&h.controller);
+        let slow: Vec<_> = ["slow-a", "slow-b"]
+            .into_iter()
+            .map(|key| h.controller.submit(op(key, 1)).unwrap())
+            .collect();
+        h.gate.send(()).unwrap();
+        blocker.blocking_recv().unwrap().unwrap();
+        for rx in slow {
+            rx.blocking_recv().unwrap().unwrap();
+        }
+        // The worker busy again: each queued batch of 2 takes 50 ms or more, and the one
+        // in the worker comes first. A queue shorter than one round of full batches is
+        // always admitted; about three queued are already over 100 ms of work.
+        let blocker = h.controller.submit(op("block", 0)).unwrap();
+        wait_until_queue_empty(&h.controller);
+        let mut accepted = Vec::new();
+        let refused = loop {
+            let i = accepted.len() as u32 + 1;
+            match h.controller.submit(op(&format!("k{i}"), i)) {
+                Ok(rx) => accepted.push((i, rx)),
+                Err(error) => break error,
+            }
+            if accepted.len() == 100 {
+                break BatchError::Abandoned;
+            }
+        };
+        let queued = h.controller.queue_depth();
+        // Released before any assertion, so that a failed one cannot hang the worker.
+        h.gate.send(()).unwrap();
+        assert!(matches!(refused, BatchError::QueueFull), "{refused:?}");
+        assert!(
+            (2..=4).contains(&queued),
+            "refused with {queued} queued of 1,000"
+        );
+        blocker.blocking_recv().unwrap().unwrap();
+        for (i, rx) in accepted {
+            assert_eq!(rx.blocking_recv().unwrap().unwrap(), i);
+        }
     }
 
     #[test]
