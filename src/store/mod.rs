@@ -76,14 +76,19 @@ pub enum StoreError {
 }
 
 /// MySQL server errors worth another try: deadlock, lock wait timeout, a connection killed
-/// or lost, the server going away or too busy to connect.
+/// or lost, the server going away or too busy to connect. On MariaDB Galera a
+/// certification conflict is a deadlock too, answered to the statement or the COMMIT
+/// that meets it, and the transaction was rolled back whole; a node that is joining,
+/// desynced or cut off from the cluster's primary component answers every statement with
+/// 1047 until it is synced again, which takes seconds, like a server restarting.
 const MYSQL_TRANSIENT: &[u16] = &[
-    1213, // ER_LOCK_DEADLOCK
+    1213, // ER_LOCK_DEADLOCK; Galera: a certification conflict
     1205, // ER_LOCK_WAIT_TIMEOUT
     1040, // ER_CON_COUNT_ERROR
     1053, // ER_SERVER_SHUTDOWN
     1158, 1159, 1160, 1161, // network read/write errors and timeouts
     1317, // ER_QUERY_INTERRUPTED
+    1047, // ER_UNKNOWN_COM_ERROR; Galera: "WSREP has not yet prepared node for application use"
     1927, // ER_CONNECTION_KILLED (MariaDB)
     2006, // CR_SERVER_GONE_ERROR
     2013, // CR_SERVER_LOST

@@ -144,3 +144,150 @@ impl ResilientWriter {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+
+    use super::*;
+
+    /// A server error as the driver reports it.
+    fn server_error(code: u16, message: &str) -> StoreError {
+        StoreError::Mysql(mysql_async::Error::Server(mysql_async::ServerError {
+            code,
+            message: message.to_owned(),
+            state: "40001".to_owned(),
+        }))
+    }
+
+    /// A Galera certification conflict, as the COMMIT of the losing transaction meets it.
+    fn certification_conflict() -> StoreError {
+        server_error(
+            1213,
+            "WSREP detected deadlock/conflict and aborted the transaction. Try restarting the transaction",
+        )
+    }
+
+    /// A Galera node that is joining or cut off from the primary component.
+    fn node_not_ready() -> StoreError {
+        server_error(1047, "WSREP has not yet prepared node for application use")
+    }
+
+    /// A writer whose transactions fail whole, with the queued errors in turn (as a
+    /// transaction rolled back at COMMIT writes nothing), before one commits.
+    #[derive(Default)]
+    struct Conflicted {
+        failures: VecDeque<StoreError>,
+        tries: Arc<std::sync::Mutex<u32>>,
+        committed: Arc<std::sync::Mutex<Vec<String>>>,
+    }
+
+    impl StoreWriter for Conflicted {
+        fn register(
+            &mut self,
+            _rows: &[InstanceRecord],
+            _options: RegisterOptions,
+        ) -> Result<Vec<Registered>, StoreError> {
+            unimplemented!("only deregistrations are written here")
+        }
+
+        fn deregister(&mut self, ids: &[String]) -> Result<Vec<DeregisterOutcome>, StoreError> {
+            *self.tries.lock().unwrap() += 1;
+            if let Some(error) = self.failures.pop_front() {
+                return Err(error);
+            }
+            self.committed.lock().unwrap().extend(ids.iter().cloned());
+            Ok(ids
+                .iter()
+                .map(|_| DeregisterOutcome::Deleted { at: "t".to_owned() })
+                .collect())
+        }
+
+        fn set_health(
+            &mut self,
+            _changes: &[HealthChange],
+        ) -> Result<Vec<Option<HealthSet>>, StoreError> {
+            unimplemented!("only deregistrations are written here")
+        }
+    }
+
+    fn quick_policy() -> RetryPolicy {
+        RetryPolicy {
+            attempts: 6,
+            first_backoff: Duration::from_millis(1),
+            max_backoff: Duration::from_millis(2),
+        }
+    }
+
+    /// Runs one batch of `ids` through a resilient writer whose inner transactions
+    /// first fail with `failures`; the results, the tries, and the ids committed.
+    fn write_through(
+        failures: Vec<StoreError>,
+        ids: &[String],
+    ) -> (Vec<RowResult<DeregisterOutcome>>, u32, Vec<String>) {
+        let inner = Conflicted {
+            failures: failures.into(),
+            ..Default::default()
+        };
+        let (tries, committed) = (Arc::clone(&inner.tries), Arc::clone(&inner.committed));
+        let mut writer = ResilientWriter::new(
+            Box::new(inner),
+            quick_policy(),
+            StoreMetrics::new("mysql", "resilient_test", &["deadlock", "connection"]),
+        );
+        let results = writer.deregister(ids);
+        let tries = *tries.lock().unwrap();
+        let committed = committed.lock().unwrap().clone();
+        (results, tries, committed)
+    }
+
+    fn ids(count: usize) -> Vec<String> {
+        (0..count).map(|i| format!("id-{i}")).collect()
+    }
+
+    #[test]
+    fn galera_conflicts_and_unready_nodes_are_transient_other_server_errors_are_not() {
+        assert!(certification_conflict().is_retriable());
+        assert_eq!(certification_conflict().reason(), "deadlock");
+        assert!(node_not_ready().is_retriable());
+        assert_eq!(node_not_ready().reason(), "connection");
+        for code in [1062, 1064, 1146, 1406] {
+            assert!(!server_error(code, "").is_retriable(), "{code}");
+        }
+    }
+
+    #[test]
+    fn a_batch_that_loses_certification_at_commit_is_tried_again_whole() {
+        let batch = ids(4);
+        let (results, tries, committed) = write_through(
+            vec![certification_conflict(), certification_conflict()],
+            &batch,
+        );
+        assert!(results.iter().all(Result::is_ok));
+        // Retried as one transaction, never split: each row committed once.
+        assert_eq!(tries, 3);
+        assert_eq!(committed, batch);
+    }
+
+    #[test]
+    fn a_batch_on_a_node_not_ready_is_tried_again_until_the_node_serves() {
+        let batch = ids(3);
+        let failures = vec![node_not_ready(), node_not_ready(), certification_conflict()];
+        let (results, tries, committed) = write_through(failures, &batch);
+        assert!(results.iter().all(Result::is_ok));
+        assert_eq!(tries, 4);
+        assert_eq!(committed, batch);
+    }
+
+    #[test]
+    fn a_batch_that_keeps_losing_fails_whole_with_the_conflict_after_its_tries() {
+        let batch = ids(2);
+        let failures = (0..10).map(|_| certification_conflict()).collect();
+        let (results, tries, committed) = write_through(failures, &batch);
+        assert_eq!(tries, quick_policy().attempts);
+        assert!(committed.is_empty());
+        for result in &results {
+            assert_eq!(result.as_ref().unwrap_err().reason(), "deadlock");
+        }
+    }
+}
