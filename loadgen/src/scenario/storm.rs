@@ -4,11 +4,14 @@
 
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use clap::Args;
 
+use crate::acked::AckLog;
 use crate::fleet::Fleet;
 use crate::options::{
-    ConnectionOptions, FleetOptions, LoadOptions, OutputOptions, ProtocolOptions,
+    AckOptions, ConnectionOptions, FleetOptions, LoadOptions, OutputOptions, ProtocolOptions,
 };
 use crate::report::{EXECUTE_SUCCESS, EXISTED_RESOURCE, Expectation, Operation};
 use crate::runner::{Pacing, RunPlan, progress_wanted, run_load};
@@ -49,6 +52,9 @@ pub struct StormArgs {
     pub ramp: Duration,
 
     #[command(flatten)]
+    pub acks: AckOptions,
+
+    #[command(flatten)]
     pub output: OutputOptions,
 }
 
@@ -75,6 +81,7 @@ pub(crate) async fn register_fleet(
     let (connections, headers) =
         connect_over(args.protocol.protocol, connection, args.async_regis).await?;
     let fleet = fleet_of(&args);
+    let acks = Arc::new(AckLog::create(&args.acks)?);
     let plan = RunPlan {
         total: fleet.count(),
         in_flight: args.load.in_flight,
@@ -94,12 +101,20 @@ pub(crate) async fn register_fleet(
     );
 
     let sending = connections.clone();
+    let recording = Arc::clone(&acks);
     let measured = run_load(plan, move |index, _| {
-        sending.register(index, fleet.instance(index), &headers)
+        let call = sending.register(index, fleet.instance(index), &headers);
+        let acks = Arc::clone(&recording);
+        async move {
+            let answer = call.await;
+            acks.record(&answer);
+            answer.outcome
+        }
     })
     .await;
     let mut finished = finish(setup, measured);
     finished.report.connections_opened = connections.connections_opened();
+    finished.report.acknowledged = acks.finish()?;
     Ok(finished)
 }
 
@@ -243,6 +258,102 @@ mod tests {
             BTreeMap::from([("400201".to_owned(), 20)])
         );
         assert!(again.report.is_success());
+    }
+
+    fn temp_file(name: &str) -> std::path::PathBuf {
+        std::env::temp_dir().join(format!("loadgen-storm-{}-{name}", std::process::id()))
+    }
+
+    fn lines_of(path: &std::path::Path) -> Vec<String> {
+        let text = std::fs::read_to_string(path).unwrap();
+        let mut lines: Vec<_> = text.lines().map(str::to_owned).collect();
+        lines.sort();
+        lines
+    }
+
+    #[tokio::test]
+    async fn every_acknowledged_id_is_written_to_acked_out() {
+        use crate::scenario::fake_registry::FakeRegistry;
+        let server = FakeRegistry::expiring_after(1000.0).start().await;
+        let path = temp_file("grpc-acked");
+        let args = parse_args::<StormArgs>([
+            "--target",
+            &server.address,
+            "--count",
+            "50",
+            "--in-flight",
+            "8",
+            "--seed",
+            "9",
+            "--no-progress",
+            "--acked-out",
+            path.to_str().unwrap(),
+        ])
+        .unwrap();
+        let fleet = fleet_of(&args);
+        let run = run(args).await.unwrap();
+        assert_eq!(run.report.acknowledged, Some(50));
+        assert_eq!(
+            run.report.answered,
+            BTreeMap::from([("200000".to_owned(), 50)])
+        );
+        assert!(run.report.failed.is_empty());
+        let mut expected: Vec<_> = (0..50).map(|index| fleet.instance_id(index)).collect();
+        expected.sort();
+        assert_eq!(lines_of(&path), expected);
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_http_restart_acknowledges_the_instances_already_stored() {
+        use crate::scenario::fake_http::FakeHttp;
+        let server = FakeHttp::default().start().await;
+        let path = temp_file("http-acked");
+        let mut args = http_storm(&server.address);
+        args.acks.acked_out = Some(path.clone());
+        let fleet = fleet_of(&args);
+        run(args.clone()).await.unwrap();
+        let again = crate::scenario::restart::run(args).await.unwrap();
+        assert_eq!(again.report.acknowledged, Some(20));
+        let mut expected: Vec<_> = (0..20).map(|index| fleet.instance_id(index)).collect();
+        expected.sort();
+        assert_eq!(lines_of(&path), expected);
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_run_without_answers_leaves_an_empty_acked_out() {
+        let (address, silent_server) = silent_server().await;
+        let path = temp_file("silent-acked");
+        std::fs::write(&path, "stale\n").unwrap();
+        let args = parse_args::<StormArgs>([
+            "--protocol",
+            "http",
+            "--target",
+            &address,
+            "--count",
+            "3",
+            "--connections",
+            "1",
+            "--in-flight",
+            "1",
+            "--timeout",
+            "200ms",
+            "--no-progress",
+            "--acked-out",
+            path.to_str().unwrap(),
+        ])
+        .unwrap();
+        let run = run(args).await.unwrap();
+        silent_server.abort();
+        assert_eq!(run.report.acknowledged, Some(0));
+        assert_eq!(
+            run.report.failed,
+            BTreeMap::from([("timeout".to_owned(), 3)])
+        );
+        assert!(run.report.answered.is_empty());
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "");
+        std::fs::remove_file(&path).unwrap();
     }
 
     #[tokio::test]
