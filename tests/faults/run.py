@@ -439,6 +439,18 @@ class Case:
                 f"transport[{failed}] serve-again={again}{extra}")
 
 
+def kill_for_a_while(case_name, service):
+    """SIGKILLs a MariaDB or Redis, and starts it again on its data and port
+    FAULT_LENGTH later; returns once it answers."""
+    process = service.process
+    log(f"{case_name}: SIGKILL {process.name} (pid {process.pid})")
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    PROCESSES.forget(process)
+    time.sleep(FAULT_LENGTH)
+    service.start()
+
+
 def only_success(answered):
     return {code: count for code, count in answered.items() if code != str(EXECUTE_SUCCESS)}
 
@@ -507,12 +519,7 @@ class Suite:
         loadgen.start("open-loop", server.grpc, *self.storm_words("mariadb", seed=11 if fault == "kill" else 12))
         loadgen.sleep_until(FAULT_AT)
         if fault == "kill":
-            log(f"{name}: SIGKILL mariadbd (pid {mariadb.process.pid})")
-            os.kill(mariadb.process.pid, signal.SIGKILL)
-            mariadb.process.wait()
-            PROCESSES.forget(mariadb.process)
-            time.sleep(FAULT_LENGTH)
-            mariadb.start()
+            kill_for_a_while(name, mariadb)
         else:
             log(f"{name}: SIGSTOP mariadbd (pid {mariadb.process.pid})")
             os.kill(mariadb.process.pid, signal.SIGSTOP)
@@ -639,12 +646,7 @@ class Suite:
         loadgen.start("heartbeat", server.grpc, "--register", "--count", HEARTBEAT_FLEET, "--ttl", HEARTBEAT_TTL,
                       "--duration", f"{duration:.0f}s", "--in-flight", 256, "--seed", 31)
         loadgen.sleep_until(kill_at)
-        log(f"{name}: SIGKILL redis-server (pid {redis.process.pid})")
-        os.kill(redis.process.pid, signal.SIGKILL)
-        redis.process.wait()
-        PROCESSES.forget(redis.process)
-        time.sleep(FAULT_LENGTH)
-        redis.start()
+        kill_for_a_while(name, redis)
         fault_ended = time.monotonic()
         probe = Probe(server)
         probe.start(fault_ended)

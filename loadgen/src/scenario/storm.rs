@@ -264,11 +264,16 @@ mod tests {
         std::env::temp_dir().join(format!("loadgen-storm-{}-{name}", std::process::id()))
     }
 
-    fn lines_of(path: &std::path::Path) -> Vec<String> {
+    /// Asserts that `path` holds the ids of the fleet's first `count` instances, in
+    /// any order, and removes it.
+    fn assert_acknowledged(path: &std::path::Path, fleet: &Fleet, count: u64) {
         let text = std::fs::read_to_string(path).unwrap();
         let mut lines: Vec<_> = text.lines().map(str::to_owned).collect();
         lines.sort();
-        lines
+        let mut expected: Vec<_> = (0..count).map(|index| fleet.instance_id(index)).collect();
+        expected.sort();
+        assert_eq!(lines, expected);
+        std::fs::remove_file(path).unwrap();
     }
 
     #[tokio::test]
@@ -298,10 +303,7 @@ mod tests {
             BTreeMap::from([("200000".to_owned(), 50)])
         );
         assert!(run.report.failed.is_empty());
-        let mut expected: Vec<_> = (0..50).map(|index| fleet.instance_id(index)).collect();
-        expected.sort();
-        assert_eq!(lines_of(&path), expected);
-        std::fs::remove_file(&path).unwrap();
+        assert_acknowledged(&path, &fleet, 50);
     }
 
     #[tokio::test]
@@ -315,50 +317,14 @@ mod tests {
         run(args.clone()).await.unwrap();
         let again = crate::scenario::restart::run(args).await.unwrap();
         assert_eq!(again.report.acknowledged, Some(20));
-        let mut expected: Vec<_> = (0..20).map(|index| fleet.instance_id(index)).collect();
-        expected.sort();
-        assert_eq!(lines_of(&path), expected);
-        std::fs::remove_file(&path).unwrap();
-    }
-
-    #[tokio::test]
-    async fn a_run_without_answers_leaves_an_empty_acked_out() {
-        let (address, silent_server) = silent_server().await;
-        let path = temp_file("silent-acked");
-        std::fs::write(&path, "stale\n").unwrap();
-        let args = parse_args::<StormArgs>([
-            "--protocol",
-            "http",
-            "--target",
-            &address,
-            "--count",
-            "3",
-            "--connections",
-            "1",
-            "--in-flight",
-            "1",
-            "--timeout",
-            "200ms",
-            "--no-progress",
-            "--acked-out",
-            path.to_str().unwrap(),
-        ])
-        .unwrap();
-        let run = run(args).await.unwrap();
-        silent_server.abort();
-        assert_eq!(run.report.acknowledged, Some(0));
-        assert_eq!(
-            run.report.failed,
-            BTreeMap::from([("timeout".to_owned(), 3)])
-        );
-        assert!(run.report.answered.is_empty());
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), "");
-        std::fs::remove_file(&path).unwrap();
+        assert_acknowledged(&path, &fleet, 20);
     }
 
     #[tokio::test]
     async fn a_silent_http_server_ends_in_timeouts_not_a_hang() {
         let (address, silent_server) = silent_server().await;
+        let acked = temp_file("silent-acked");
+        std::fs::write(&acked, "stale\n").unwrap();
         let args = parse_args::<StormArgs>([
             "--protocol",
             "http",
@@ -373,6 +339,8 @@ mod tests {
             "--timeout",
             "300ms",
             "--no-progress",
+            "--acked-out",
+            acked.to_str().unwrap(),
         ])
         .unwrap();
         let run = tokio::time::timeout(std::time::Duration::from_secs(10), run(args))
@@ -386,5 +354,11 @@ mod tests {
         );
         // Each abandoned request closed its connection; the next one reopened it.
         assert_eq!(run.report.connections_opened, Some(5));
+        // Nothing answered: no answer, nothing acknowledged, the file emptied.
+        assert!(run.report.answered.is_empty());
+        assert_eq!(run.report.failed, run.report.codes);
+        assert_eq!(run.report.acknowledged, Some(0));
+        assert_eq!(std::fs::read_to_string(&acked).unwrap(), "");
+        std::fs::remove_file(&acked).unwrap();
     }
 }
