@@ -6,7 +6,7 @@ use std::num::NonZeroUsize;
 use std::time::{Duration, Instant};
 
 use batchreg::batch::{BatchController, BatchSettings, BatchWrite, Batcher};
-use batchreg::store::resilient::RowResult;
+use batchreg::store::resilient::{OutageWatch, RowResult};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 /// A store worker that writes nothing and answers every op at once.
@@ -20,6 +20,10 @@ impl BatchWrite for NullWrite {
         &op.0
     }
 
+    fn outage(&self) -> OutageWatch {
+        OutageWatch::default()
+    }
+
     fn write(&mut self, ops: &[(String, u32)]) -> Vec<RowResult<u32>> {
         ops.iter().map(|(_, v)| Ok(*v)).collect()
     }
@@ -31,6 +35,7 @@ fn settings() -> BatchSettings {
         max_batch: NonZeroUsize::new(128).unwrap(),
         max_wait: Duration::from_millis(32),
         task_life: Duration::from_secs(30),
+        max_queue_wait: Duration::ZERO,
     }
 }
 

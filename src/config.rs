@@ -102,6 +102,8 @@ pub struct StoreConfig {
     pub retry_first_backoff: Duration,
     #[serde(with = "humantime_serde")]
     pub retry_max_backoff: Duration,
+    #[serde(with = "humantime_serde")]
+    pub outage_wait: Duration,
 }
 
 impl Default for StoreConfig {
@@ -114,6 +116,7 @@ impl Default for StoreConfig {
             retry_attempts: retry.attempts,
             retry_first_backoff: retry.first_backoff,
             retry_max_backoff: retry.max_backoff,
+            outage_wait: retry.outage_wait,
         }
     }
 }
@@ -151,6 +154,8 @@ pub struct BatchConfig {
     pub max_wait: Duration,
     #[serde(with = "humantime_serde")]
     pub task_life: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max_queue_wait: Duration,
 }
 
 impl Default for BatchConfig {
@@ -160,6 +165,7 @@ impl Default for BatchConfig {
             max_batch: 128,
             max_wait: Duration::from_millis(32),
             task_life: Duration::from_secs(30),
+            max_queue_wait: Duration::from_secs(1),
         }
     }
 }
@@ -364,6 +370,16 @@ impl Config {
         if self.store.retry_attempts == 0 {
             return Err(invalid("store.retry_attempts", "must be at least 1"));
         }
+        if self.store.outage_wait.is_zero() {
+            return Err(invalid("store.outage_wait", "must be greater than 0"));
+        }
+        // Stopping waits for the requests in flight, which wait for their store.
+        if self.store.outage_wait > self.server.shutdown_timeout {
+            return Err(invalid(
+                "store.outage_wait",
+                "must not exceed server.shutdown_timeout",
+            ));
+        }
         if self.store.retry_first_backoff > self.store.retry_max_backoff {
             return Err(invalid(
                 "store.retry_first_backoff",
@@ -417,6 +433,7 @@ impl Config {
             attempts: self.store.retry_attempts,
             first_backoff: self.store.retry_first_backoff,
             max_backoff: self.store.retry_max_backoff,
+            outage_wait: self.store.outage_wait,
         };
         let auth = if self.auth.enabled {
             if self.auth.tokens.is_empty() {
@@ -503,6 +520,7 @@ fn batch_settings(key: &'static str, config: &BatchConfig) -> Result<BatchSettin
         max_batch,
         max_wait: config.max_wait,
         task_life: config.task_life,
+        max_queue_wait: config.max_queue_wait,
     })
 }
 

@@ -16,7 +16,8 @@
 //! - [`health`]: heartbeats into the beat table (memory, or Redis in cluster mode); the
 //!   expiry checker; health transitions written through the batch layer.
 //! - [`batch`]: a bounded queue per kind of write, drained by store workers that write
-//!   what is ready as one batch; one answer per request.
+//!   what is ready as one batch; one answer per request; admission by the queue's length
+//!   and by the time it takes to write.
 //! - [`store`]: one transaction per batch, multi-row statements; SQLite embedded, MySQL
 //!   in cluster mode.
 //!

@@ -259,11 +259,25 @@ impl Server {
 
     /// Stops taking requests, lets in-flight ones be answered (up to the shutdown
     /// timeout), writes everything still queued, then returns. The server's own system
-    /// instances are deregistered first.
+    /// instances are deregistered first. New requests are refused as not processed
+    /// (gRPC UNAVAILABLE, HTTP 503) while the connections stay open, until the accepted
+    /// ones are answered and the clients have gone quiet (see [`api::drain`]).
     pub async fn shutdown(mut self) -> Result<(), ServerError> {
         self.begin_shutdown().await;
         if let Some(system) = self.system.take() {
             system.deregister(&self.api).await;
+        }
+        let drain = self.api.drain();
+        drain.begin();
+        let quiet_limit = self.shutdown_timeout.min(DRAIN_QUIET_LIMIT);
+        if !drain
+            .wait(DRAIN_QUIET, quiet_limit, self.shutdown_timeout)
+            .await
+        {
+            tracing::info!(
+                in_flight = drain.in_flight(),
+                "clients still sending when the drain ended; closing their connections"
+            );
         }
         let _ = self.stop.send(true);
         let grpc_result = match tokio::time::timeout(self.shutdown_timeout, self.grpc).await {
@@ -286,6 +300,13 @@ impl Server {
         grpc_result
     }
 }
+
+/// How long clients must have sent nothing before a draining server closes their
+/// connections.
+const DRAIN_QUIET: Duration = Duration::from_millis(200);
+/// The longest a drain waits for clients to go quiet (and at most `shutdown_timeout`):
+/// clients with no other server to go to keep sending.
+const DRAIN_QUIET_LIMIT: Duration = Duration::from_secs(5);
 
 /// The store, the loaded cache and the write pipeline over them.
 struct Pipeline {

@@ -25,6 +25,9 @@ pub const ASYNC_DROPPED_TOTAL: &str = "batchreg_async_dropped_total";
 pub const STORE_RETRIES_TOTAL: &str = "batchreg_store_retries_total";
 pub const STORE_TRANSACTION_DURATION_SECONDS: &str = "batchreg_store_transaction_duration_seconds";
 pub const STORE_ERRORS_TOTAL: &str = "batchreg_store_errors_total";
+pub const STORE_UNREACHABLE_WRITERS: &str = "batchreg_store_unreachable_writers";
+pub const BATCH_REFUSED_TOTAL: &str = "batchreg_batch_refused_total";
+pub const QUEUE_WAIT_ESTIMATE_SECONDS: &str = "batchreg_queue_wait_estimate_seconds";
 pub const DISCOVER_REQUESTS_TOTAL: &str = "batchreg_discover_requests_total";
 pub const DISCOVER_DURATION_SECONDS: &str = "batchreg_discover_duration_seconds";
 pub const DISCOVER_ANSWERS_TOTAL: &str = "batchreg_discover_answers_total";
@@ -133,6 +136,20 @@ fn describe() {
     describe_counter!(
         STORE_ERRORS_TOTAL,
         "Store writes that failed for good (after retries, or alone after splitting), by reason."
+    );
+    describe_gauge!(
+        STORE_UNREACHABLE_WRITERS,
+        Unit::Count,
+        "Store writers retrying against an unreachable database now (up to store.outage_wait)."
+    );
+    describe_counter!(
+        BATCH_REFUSED_TOTAL,
+        "Requests refused with 429001 at the queue, by reason: queue_full (queue_size reached) or wait (more queued than the store writes within max_queue_wait)."
+    );
+    describe_gauge!(
+        QUEUE_WAIT_ESTIMATE_SECONDS,
+        Unit::Seconds,
+        "How long the queue takes to be written at the store's current rate, as admission judged it last."
     );
     describe_counter!(
         DISCOVER_REQUESTS_TOTAL,
@@ -319,6 +336,9 @@ pub struct BatchMetrics {
     flushes: Vec<Counter>,
     queue_depth: Gauge,
     dropped: Counter,
+    refused_full: Counter,
+    refused_wait: Counter,
+    wait_estimate: Gauge,
 }
 
 impl BatchMetrics {
@@ -332,7 +352,25 @@ impl BatchMetrics {
                 .collect(),
             queue_depth: gauge!(QUEUE_DEPTH_REQUESTS, "api" => api),
             dropped: counter!(ASYNC_DROPPED_TOTAL, "api" => api),
+            refused_full: counter!(BATCH_REFUSED_TOTAL, "api" => api, "reason" => "queue_full"),
+            refused_wait: counter!(BATCH_REFUSED_TOTAL, "api" => api, "reason" => "wait"),
+            wait_estimate: gauge!(QUEUE_WAIT_ESTIMATE_SECONDS, "api" => api),
         }
+    }
+
+    /// A request refused at the queue: full (`true`), or holding more than
+    /// max_queue_wait of work.
+    pub fn refused(&self, full: bool) {
+        if full {
+            self.refused_full.increment(1);
+        } else {
+            self.refused_wait.increment(1);
+        }
+    }
+
+    /// How long the queue would take to write, as admission estimated it.
+    pub fn wait_estimated(&self, estimate: Duration) {
+        self.wait_estimate.set(estimate.as_secs_f64());
     }
 
     /// A batch of `size` flushed for the reason at `reason` in the list given to `new`,
@@ -364,6 +402,7 @@ pub struct StoreMetrics {
     transaction_error: Histogram,
     retries: Vec<(&'static str, Counter)>,
     errors: Vec<(&'static str, Counter)>,
+    unreachable: Gauge,
 }
 
 impl StoreMetrics {
@@ -383,7 +422,18 @@ impl StoreMetrics {
             transaction_error: transaction("error"),
             retries: by_reason(STORE_RETRIES_TOTAL),
             errors: by_reason(STORE_ERRORS_TOTAL),
+            unreachable: gauge!(STORE_UNREACHABLE_WRITERS, "engine" => engine, "operation" => operation),
         }
+    }
+
+    /// The writer found its database unreachable and waits for it.
+    pub fn outage_began(&self) {
+        self.unreachable.increment(1.0);
+    }
+
+    /// The writer's wait for its database ended (back, or given up).
+    pub fn outage_ended(&self) {
+        self.unreachable.decrement(1.0);
     }
 
     /// One try of a transaction, successful or not.

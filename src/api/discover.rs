@@ -4,9 +4,11 @@
 //! every other method of `v1.PolarisGRPC` goes to the generated server.
 //!
 //! A request that does not decode is answered 400001 ParseException and the stream goes
-//! on: a bad request is an answer, never a closed stream.
+//! on: a bad request is an answer, never a closed stream. When the server drains, a new
+//! stream is refused and an open one ends, with UNAVAILABLE (see [`super::drain`]).
 
 use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -19,6 +21,7 @@ use tonic::server::NamedService;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::ClientApi;
+use super::drain::REFUSED;
 use super::grpc::PolarisGrpcAdapter;
 use crate::code::Code;
 use crate::discovery::answer::{self, Encoded};
@@ -107,8 +110,21 @@ impl tower_service::Service<Request<Streaming<Incoming>>> for DiscoverStreams {
 
     fn call(&mut self, request: Request<Streaming<Incoming>>) -> Self::Future {
         let DiscoverStreams { api, metrics } = self.clone();
+        let drain = Arc::clone(api.drain());
+        drain.arrived();
+        if drain.draining() {
+            return std::future::ready(Err(Status::unavailable(REFUSED)));
+        }
+        let mut closed = drain.closed();
+        let drained = Box::pin(async move {
+            let _ = closed.wait_for(|closed| *closed).await;
+        });
         let answers = request.into_inner().map(move |incoming| {
             let started = Instant::now();
+            drain.arrived();
+            if drain.draining() {
+                return Err(Status::unavailable(REFUSED));
+            }
             let answered = match incoming? {
                 Incoming::Request(request) => api.discover(&request, false),
                 Incoming::Malformed(reason) => {
@@ -136,7 +152,34 @@ impl tower_service::Service<Request<Streaming<Incoming>>> for DiscoverStreams {
             );
             Ok(answered.bytes)
         });
+        let answers = EndsAtDrain {
+            answers: Box::pin(answers),
+            drained: Some(drained),
+        };
         std::future::ready(Ok(Response::new(Box::pin(answers) as AnswerStream)))
+    }
+}
+
+/// A stream of answers that ends with UNAVAILABLE once the drain is over, so that an
+/// idle Discover stream does not hold the server open.
+struct EndsAtDrain {
+    answers: AnswerStream,
+    /// Taken once the drain is over.
+    drained: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+}
+
+impl tokio_stream::Stream for EndsAtDrain {
+    type Item = Result<Encoded, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let Some(drained) = self.drained.as_mut() else {
+            return Poll::Ready(None);
+        };
+        if drained.as_mut().poll(cx).is_ready() {
+            self.drained = None;
+            return Poll::Ready(Some(Err(Status::unavailable(REFUSED))));
+        }
+        self.answers.as_mut().poll_next(cx)
     }
 }
 

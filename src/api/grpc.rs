@@ -1,6 +1,8 @@
 //! `v1.PolarisGRPC` over tonic: decodes the wire types, reads the request metadata, calls
 //! the client API and encodes its result. Methods not served answer UNIMPLEMENTED; every
-//! served one answers gRPC OK with the Polaris code inside `Response`.
+//! served one answers gRPC OK with the Polaris code inside `Response`, except a request
+//! refused because the server is stopping: UNAVAILABLE, so that the client knows it was
+//! not processed (see [`super::drain`]).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -9,6 +11,7 @@ use std::time::Instant;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response as GrpcResponse, Status, Streaming};
 
+use super::drain::REFUSED;
 use super::wire::{code_of, instance_from_wire, write_response};
 use super::{ApiError, ClientApi};
 use crate::code::Code;
@@ -64,7 +67,7 @@ impl PolarisGrpcAdapter {
     fn register(
         &self,
         request: Request<proto::Instance>,
-    ) -> impl Future<Output = GrpcResponse<proto::Response>> + use<'_> {
+    ) -> impl Future<Output = Answer> + use<'_> {
         let started = Instant::now();
         let ctx = request_context(request.metadata());
         let input = instance_from_wire(request.into_inner());
@@ -76,7 +79,7 @@ impl PolarisGrpcAdapter {
         }
     }
 
-    async fn heartbeat(&self, request: Request<proto::Instance>) -> GrpcResponse<proto::Response> {
+    async fn heartbeat(&self, request: Request<proto::Instance>) -> Answer {
         let started = Instant::now();
         let ctx = request_context(request.metadata());
         let input = instance_from_wire(request.into_inner());
@@ -84,7 +87,7 @@ impl PolarisGrpcAdapter {
         self.answer(&self.heartbeat, started, result, input.identity())
     }
 
-    async fn deregister(&self, request: Request<proto::Instance>) -> GrpcResponse<proto::Response> {
+    async fn deregister(&self, request: Request<proto::Instance>) -> Answer {
         let started = Instant::now();
         let ctx = request_context(request.metadata());
         let input = instance_from_wire(request.into_inner());
@@ -99,11 +102,26 @@ impl PolarisGrpcAdapter {
         started: Instant,
         result: Result<Written, ApiError>,
         echo: InstanceInput,
-    ) -> GrpcResponse<proto::Response> {
+    ) -> Answer {
+        if let Err(error) = &result
+            && error.not_processed()
+        {
+            return Err(Status::unavailable(REFUSED));
+        }
         metrics.record(code_of(&result), started.elapsed());
-        GrpcResponse::new(write_response(result, echo))
+        Ok(GrpcResponse::new(write_response(result, echo)))
+    }
+
+    /// Runs `call` when the request is accepted; once the server drains, refuses it.
+    async fn accepted(&self, call: impl Future<Output = Answer>) -> Answer {
+        let Some(_in_flight) = self.api.drain().accept() else {
+            return Err(Status::unavailable(REFUSED));
+        };
+        call.await
     }
 }
+
+type Answer = Result<GrpcResponse<proto::Response>, Status>;
 
 type DiscoverStream =
     Pin<Box<dyn tokio_stream::Stream<Item = Result<proto::DiscoverResponse, Status>> + Send>>;
@@ -114,26 +132,27 @@ impl PolarisGrpc for PolarisGrpcAdapter {
         &self,
         request: Request<proto::Client>,
     ) -> Result<GrpcResponse<proto::Response>, Status> {
-        let started = Instant::now();
-        let peer = request.remote_addr().map(|addr| addr.ip());
-        let response = self.api.report_client(request.into_inner(), peer);
-        self.report_client
-            .record(Code::ExecuteSuccess, started.elapsed());
-        Ok(GrpcResponse::new(response))
+        self.accepted(async {
+            let started = Instant::now();
+            let peer = request.remote_addr().map(|addr| addr.ip());
+            let response = self.api.report_client(request.into_inner(), peer);
+            self.report_client
+                .record(Code::ExecuteSuccess, started.elapsed());
+            Ok(GrpcResponse::new(response))
+        })
+        .await
     }
 
-    async fn register_instance(
-        &self,
-        request: Request<proto::Instance>,
-    ) -> Result<GrpcResponse<proto::Response>, Status> {
-        Ok(self.register(request).await)
+    async fn register_instance(&self, request: Request<proto::Instance>) -> Answer {
+        // Accepted before anything of it is done: the drain waits for what it queues.
+        let Some(_in_flight) = self.api.drain().accept() else {
+            return Err(Status::unavailable(REFUSED));
+        };
+        self.register(request).await
     }
 
-    async fn deregister_instance(
-        &self,
-        request: Request<proto::Instance>,
-    ) -> Result<GrpcResponse<proto::Response>, Status> {
-        Ok(self.deregister(request).await)
+    async fn deregister_instance(&self, request: Request<proto::Instance>) -> Answer {
+        self.accepted(self.deregister(request)).await
     }
 
     type DiscoverStream = DiscoverStream;
@@ -146,10 +165,8 @@ impl PolarisGrpc for PolarisGrpcAdapter {
         Err(Status::internal("Discover is routed to api::discover"))
     }
 
-    async fn heartbeat(
-        &self,
-        request: Request<proto::Instance>,
-    ) -> Result<GrpcResponse<proto::Response>, Status> {
-        Ok(PolarisGrpcAdapter::heartbeat(self, request).await)
+    async fn heartbeat(&self, request: Request<proto::Instance>) -> Answer {
+        self.accepted(PolarisGrpcAdapter::heartbeat(self, request))
+            .await
     }
 }

@@ -2,6 +2,7 @@
 //! convert wire types and codes, nothing more; [`ClientApi`] is what both call.
 
 pub mod discover;
+pub mod drain;
 pub mod grpc;
 pub mod http;
 pub mod system;
@@ -11,12 +12,14 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::auth::{Auth, AuthError};
+use crate::batch::BatchError;
 use crate::code::Code;
 use crate::discovery::answer::info as answer_info;
 use crate::discovery::{Answered, Discovery};
 use crate::health::{Health, HealthError};
 use crate::naming::{InstanceInput, Naming, NamingError, RequestContext, Written};
 use crate::proto;
+use drain::Drain;
 
 /// Why a request of the client API was not carried out.
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +33,15 @@ pub enum ApiError {
 }
 
 impl ApiError {
+    /// Whether nothing of the request was done because the server is stopping: the
+    /// transports refuse it as not processed rather than answer a Polaris code.
+    pub fn not_processed(&self) -> bool {
+        matches!(
+            self,
+            ApiError::Naming(NamingError::Batch(BatchError::ShuttingDown))
+        )
+    }
+
     /// The Polaris code the request is answered with.
     pub fn code(&self) -> Code {
         match self {
@@ -49,6 +61,7 @@ pub struct ClientApi {
     naming: Naming,
     discovery: Discovery,
     health: Health,
+    drain: Arc<Drain>,
 }
 
 /// What the client API is made of.
@@ -75,7 +88,13 @@ impl ClientApi {
             naming,
             discovery,
             health,
+            drain: Arc::default(),
         }
+    }
+
+    /// The transports' requests in flight, and the drain at shutdown.
+    pub fn drain(&self) -> &Arc<Drain> {
+        &self.drain
     }
 
     /// Takes one heartbeat; the answer carries the instance's id.

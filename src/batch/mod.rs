@@ -1,6 +1,7 @@
 //! Batch controller: a bounded lock-free queue and the store workers that drain it.
 //!
-//! `submit` never blocks: a full queue is an immediate `QueueFull`. Each store worker
+//! `submit` never blocks: a full queue, or one holding more than `max_queue_wait` of work
+//! at the store's current rate (see [`admission`]), is an immediate `QueueFull`. Each store worker
 //! blocks for the first request, takes whatever else is ready without blocking until the
 //! batch is full, its oldest request has waited `max_wait`, or the queue is empty, and
 //! writes it (TiKV's write worker). So a request crosses one queue and one thread before
@@ -10,6 +11,7 @@
 //! The layer is generic over the kind of write through [`BatchWrite`]; the kinds this
 //! server writes are the naming layer's.
 
+pub mod admission;
 pub mod batcher;
 pub mod reply;
 
@@ -26,8 +28,9 @@ use tokio::sync::oneshot;
 
 use crate::code::Code;
 use crate::store::StoreError;
-use crate::store::resilient::RowResult;
+use crate::store::resilient::{OutageWatch, RowResult};
 use crate::telemetry::BatchMetrics;
+use admission::Admission;
 pub use batcher::{Batcher, FlushReason};
 pub use reply::{BatchResult, Pending, Reply};
 
@@ -65,6 +68,9 @@ pub trait BatchWrite: Send + 'static {
 
     /// One result per op, in order; ops have distinct keys.
     fn write(&mut self, ops: &[Self::Op]) -> Vec<RowResult<Self::Outcome>>;
+
+    /// Whether the writer is waiting for an unreachable store, seen from other threads.
+    fn outage(&self) -> OutageWatch;
 }
 
 /// Settings of one controller, validated by the config.
@@ -75,6 +81,9 @@ pub struct BatchSettings {
     pub max_wait: Duration,
     /// Queued async-regis requests older than this are dropped, never written late.
     pub task_life: Duration,
+    /// A request is refused when the queue holds more work than this at the store's
+    /// rate; zero: only the queue's length bounds it.
+    pub max_queue_wait: Duration,
 }
 
 type PendingOf<W> = Pending<<W as BatchWrite>::Op, <W as BatchWrite>::Outcome>;
@@ -93,6 +102,8 @@ pub struct BatchController<W: BatchWrite> {
     leftovers: Receiver<Message<W>>,
     closed: AtomicBool,
     workers: Mutex<Vec<JoinHandle<()>>>,
+    admission: Arc<Admission>,
+    metrics: BatchMetrics,
 }
 
 impl<W: BatchWrite> BatchController<W> {
@@ -106,6 +117,11 @@ impl<W: BatchWrite> BatchController<W> {
         let (queue_tx, queue_rx) = crossbeam_channel::bounded(settings.queue_size.get());
         let reasons = FlushReason::ALL.map(FlushReason::as_str);
         let metrics = BatchMetrics::new(api, &reasons);
+        let admission = Arc::new(Admission::new(
+            settings.max_queue_wait,
+            settings.max_batch.get(),
+            writers.iter().map(BatchWrite::outage).collect(),
+        ));
         let workers = writers
             .into_iter()
             .enumerate()
@@ -117,6 +133,7 @@ impl<W: BatchWrite> BatchController<W> {
                     batcher: Batcher::new(settings.max_batch.get(), settings.max_wait),
                     task_life: settings.task_life,
                     metrics: metrics.clone(),
+                    admission: Arc::clone(&admission),
                 };
                 std::thread::Builder::new()
                     .name(format!("{api}-store-{n}"))
@@ -130,6 +147,8 @@ impl<W: BatchWrite> BatchController<W> {
             leftovers: queue_rx,
             closed: AtomicBool::new(false),
             workers: Mutex::new(workers),
+            admission,
+            metrics,
         }
     }
 
@@ -152,6 +171,10 @@ impl<W: BatchWrite> BatchController<W> {
         if self.closed.load(Ordering::Acquire) {
             return Err(BatchError::ShuttingDown);
         }
+        if !self.admission.admits(self.queue.len()) {
+            self.metrics.refused(false);
+            return Err(BatchError::QueueFull);
+        }
         let pending = Pending {
             op,
             reply,
@@ -160,7 +183,10 @@ impl<W: BatchWrite> BatchController<W> {
         match self.queue.try_send(Message::Request(pending)) {
             Ok(()) => Ok(()),
             // Nothing was enqueued; the caller is answered by the returned error.
-            Err(TrySendError::Full(_)) => Err(BatchError::QueueFull),
+            Err(TrySendError::Full(_)) => {
+                self.metrics.refused(true);
+                Err(BatchError::QueueFull)
+            }
             Err(TrySendError::Disconnected(_)) => Err(BatchError::ShuttingDown),
         }
     }
@@ -210,6 +236,7 @@ struct StoreWorker<W: BatchWrite> {
     batcher: Batcher<PendingOf<W>>,
     task_life: Duration,
     metrics: BatchMetrics,
+    admission: Arc<Admission>,
 }
 
 impl<W: BatchWrite> StoreWorker<W> {
@@ -223,8 +250,15 @@ impl<W: BatchWrite> StoreWorker<W> {
             self.batcher.push(first, Instant::now());
             let reason = self.fill();
             let batch = self.batcher.take();
-            self.metrics
-                .flushed(reason as usize, batch.len(), self.queue.len());
+            let size = batch.len();
+            let queued = self.queue.len();
+            self.metrics.flushed(reason as usize, size, queued);
+            if let Some(estimate) = self.admission.estimate(queued) {
+                self.metrics.wait_estimated(estimate);
+            }
+            let outage = self.writer.outage();
+            let outages_before = outage.episodes();
+            let taken = Instant::now();
             // A panic in a write answers the batch through the reply guards; the worker
             // keeps serving.
             if catch_unwind(AssertUnwindSafe(|| self.write_batch(batch))).is_err() {
@@ -233,6 +267,8 @@ impl<W: BatchWrite> StoreWorker<W> {
                     "store worker panicked while writing a batch"
                 );
             }
+            self.admission
+                .record(size, taken.elapsed(), outage.episodes() != outages_before);
             if reason == FlushReason::Shutdown {
                 return;
             }
@@ -333,6 +369,7 @@ mod tests {
         batches: Batches,
         gate: Receiver<()>,
         fail_key: Option<&'static str>,
+        outage: OutageWatch,
     }
 
     impl BatchWrite for FakeWrite {
@@ -341,6 +378,10 @@ mod tests {
 
         fn key(op: &(String, u32)) -> &str {
             &op.0
+        }
+
+        fn outage(&self) -> OutageWatch {
+            self.outage.clone()
         }
 
         fn write(&mut self, ops: &[(String, u32)]) -> Vec<RowResult<u32>> {
@@ -381,12 +422,14 @@ mod tests {
             batches: Arc::clone(&batches),
             gate: gate_rx,
             fail_key: Some("bad"),
+            outage: OutageWatch::default(),
         };
         let settings = BatchSettings {
             queue_size: NonZeroUsize::new(queue_size).unwrap(),
             max_batch: NonZeroUsize::new(max_batch).unwrap(),
             max_wait,
             task_life,
+            max_queue_wait: Duration::ZERO,
         };
         Harness {
             controller: BatchController::start("test", settings, vec![writer]),

@@ -323,6 +323,7 @@ mod tests {
             max_batch: NonZeroUsize::new(100).unwrap(),
             max_wait: Duration::from_millis(1),
             task_life: Duration::from_secs(60),
+            max_queue_wait: Duration::ZERO,
         };
         let table = Arc::new(BeatTable::Memory(MemoryTable::default()));
         let round = Round {

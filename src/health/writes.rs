@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use crate::batch::BatchWrite;
 use crate::discovery::cache::{InstanceFacts, RegistryCache};
-use crate::store::resilient::{ResilientWriter, RowResult};
+use crate::store::resilient::{OutageWatch, ResilientWriter, RowResult};
 use crate::store::{HealthChange, StoredService};
 
 /// One transition, with what the cache needs to show it.
@@ -29,6 +29,10 @@ impl BatchWrite for HealthWrite {
 
     fn key(op: &HealthOp) -> &str {
         &op.change.record.id
+    }
+
+    fn outage(&self) -> OutageWatch {
+        self.writer.outage()
     }
 
     fn write(&mut self, ops: &[HealthOp]) -> Vec<RowResult<bool>> {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use crate::batch::BatchWrite;
 use crate::discovery::cache::{InstanceFacts, RegistryCache};
-use crate::store::resilient::{ResilientWriter, RowResult};
+use crate::store::resilient::{OutageWatch, ResilientWriter, RowResult};
 use crate::store::{
     DeregisterOutcome, InstanceRecord, RegisterOptions, RegisterOutcome, Registered,
 };
@@ -24,6 +24,10 @@ impl BatchWrite for RegisterWrite {
 
     fn key(op: &InstanceRecord) -> &str {
         &op.id
+    }
+
+    fn outage(&self) -> OutageWatch {
+        self.writer.outage()
     }
 
     fn write(&mut self, ops: &[InstanceRecord]) -> Vec<RowResult<RegisterOutcome>> {
@@ -70,6 +74,10 @@ impl BatchWrite for DeregisterWrite {
 
     fn key(op: &String) -> &str {
         op
+    }
+
+    fn outage(&self) -> OutageWatch {
+        self.writer.outage()
     }
 
     fn write(&mut self, ops: &[String]) -> Vec<RowResult<DeregisterOutcome>> {

@@ -73,25 +73,41 @@ pub enum StoreError {
     MigrationLock,
     #[error("column {column} of a stored row cannot be read: {reason}")]
     BadRow { column: usize, reason: String },
+    /// A try that got no answer in time: the database is stopped or cut off.
+    #[error("no answer from the database within {0:?}")]
+    Stalled(std::time::Duration),
+    /// The write gave up: its database stayed unreachable for `store.outage_wait`.
+    #[error("the database was unreachable for {:.1}s: {source}", waited.as_secs_f64())]
+    Unreachable {
+        waited: std::time::Duration,
+        #[source]
+        source: Box<StoreError>,
+    },
 }
 
-/// MySQL server errors worth another try: deadlock, lock wait timeout, a connection killed
-/// or lost, the server going away or too busy to connect.
-const MYSQL_TRANSIENT: &[u16] = &[
+/// MySQL server errors of contention, worth a few more tries: deadlock (also a Galera
+/// certification conflict at commit), lock wait timeout, a query interrupted.
+const MYSQL_CONTENTION: &[u16] = &[
     1213, // ER_LOCK_DEADLOCK
     1205, // ER_LOCK_WAIT_TIMEOUT
+    1317, // ER_QUERY_INTERRUPTED
+];
+
+/// MySQL server errors of a database out of reach, retried until it has been away for
+/// `store.outage_wait`: a connection killed or lost, the server going away or too busy
+/// to connect.
+const MYSQL_UNREACHABLE: &[u16] = &[
     1040, // ER_CON_COUNT_ERROR
     1053, // ER_SERVER_SHUTDOWN
     1158, 1159, 1160, 1161, // network read/write errors and timeouts
-    1317, // ER_QUERY_INTERRUPTED
     1927, // ER_CONNECTION_KILLED (MariaDB)
     2006, // CR_SERVER_GONE_ERROR
     2013, // CR_SERVER_LOST
 ];
 
-fn mysql_transient(err: &mysql_async::Error) -> bool {
+fn mysql_unreachable(err: &mysql_async::Error) -> bool {
     match err {
-        mysql_async::Error::Server(server) => MYSQL_TRANSIENT.contains(&server.code),
+        mysql_async::Error::Server(server) => MYSQL_UNREACHABLE.contains(&server.code),
         mysql_async::Error::Io(_) => true,
         mysql_async::Error::Driver(driver) => matches!(
             driver,
@@ -102,16 +118,33 @@ fn mysql_transient(err: &mysql_async::Error) -> bool {
 }
 
 impl StoreError {
-    /// Whether the same write may succeed if tried again (a busy or locked database),
-    /// decided from the driver's error classes, never from message text.
+    /// Whether the same write may succeed if tried again soon (a busy or locked
+    /// database, a conflicting writer), decided from the driver's error classes, never
+    /// from message text.
     pub fn is_retriable(&self) -> bool {
         match self {
             StoreError::Sqlite(rusqlite::Error::SqliteFailure(err, _)) => matches!(
                 err.code,
                 rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
             ),
-            StoreError::Mysql(err) => mysql_transient(err),
-            StoreError::PoolTimeout | StoreError::ConnectTimeout(_) | StoreError::Raced => true,
+            StoreError::Mysql(mysql_async::Error::Server(server)) => {
+                MYSQL_CONTENTION.contains(&server.code)
+            }
+            StoreError::Raced => true,
+            _ => false,
+        }
+    }
+
+    /// Whether the database is out of reach (down, restarting, cut off, stopped): the
+    /// same write succeeds once it is back. [`StoreError::Unreachable`], the error of a
+    /// write that waited long enough, counts too, so that it is not split and retried.
+    pub fn is_outage(&self) -> bool {
+        match self {
+            StoreError::Mysql(err) => mysql_unreachable(err),
+            StoreError::PoolTimeout
+            | StoreError::ConnectTimeout(_)
+            | StoreError::Stalled(_)
+            | StoreError::Unreachable { .. } => true,
             _ => false,
         }
     }
@@ -133,10 +166,10 @@ impl StoreError {
             StoreError::Mysql(mysql_async::Error::Server(server)) => match server.code {
                 1213 => "deadlock",
                 1205 => "lock_wait_timeout",
-                code if MYSQL_TRANSIENT.contains(&code) => "connection",
+                code if MYSQL_UNREACHABLE.contains(&code) => "connection",
                 _ => "mysql",
             },
-            StoreError::Mysql(err) if mysql_transient(err) => "connection",
+            StoreError::Mysql(err) if mysql_unreachable(err) => "connection",
             StoreError::Mysql(_) => "mysql",
             StoreError::Connect { .. } => "connect",
             StoreError::PoolTimeout => "pool_timeout",
@@ -145,6 +178,8 @@ impl StoreError {
             StoreError::Runtime(_) => "runtime",
             StoreError::MigrationLock => "migration",
             StoreError::BadRow { .. } => "bad_row",
+            StoreError::Stalled(_) => "stalled",
+            StoreError::Unreachable { .. } => "unreachable",
         }
     }
 }
@@ -180,6 +215,11 @@ pub trait StoreWriter: Send {
     fn prepare_for_registrations(&mut self) -> Result<(), StoreError> {
         Ok(())
     }
+
+    /// From now on, a try that gets no answer from the database within `limit` fails
+    /// with [`StoreError::Stalled`] (a stopped or cut-off server never answers). Stores
+    /// that cannot stall (a local file) ignore it.
+    fn set_answer_timeout(&mut self, _limit: std::time::Duration) {}
 }
 
 /// A store: hands out writers and says how many of them it wants.

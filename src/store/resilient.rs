@@ -1,9 +1,12 @@
-//! A writer that never fails a batch for one row's sake: transient errors are retried with
-//! capped, jittered backoff; any other error splits the batch in halves until the rows
-//! that fail on their own are alone.
+//! A writer that never fails a batch for one row's sake, nor for a short outage of its
+//! database: contention (deadlocks, busy files) is retried a few times with capped,
+//! jittered backoff; an unreachable database is retried until it has been away for
+//! `outage_wait`; any other error splits the batch in halves until the rows that fail on
+//! their own are alone.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use rand::RngExt;
 
@@ -14,16 +17,21 @@ use super::{
     StoreError, StoreWriter,
 };
 
+/// The least time a try may go without an answer from the database.
+const MIN_ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// One row's result; the error is shared by the rows of a batch that failed together.
 pub type RowResult<T> = Result<T, Arc<StoreError>>;
 
 /// How often and how patiently transient errors are retried.
 #[derive(Debug, Clone, Copy)]
 pub struct RetryPolicy {
-    /// Tries in all, the first included.
+    /// Tries in all, the first included, of a write that meets contention.
     pub attempts: u32,
     pub first_backoff: Duration,
     pub max_backoff: Duration,
+    /// How long a write keeps trying while its database is unreachable.
+    pub outage_wait: Duration,
 }
 
 impl Default for RetryPolicy {
@@ -32,6 +40,51 @@ impl Default for RetryPolicy {
             attempts: 6,
             first_backoff: Duration::from_millis(10),
             max_backoff: Duration::from_millis(500),
+            outage_wait: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Whether a writer is waiting for its database to come back, seen from other threads
+/// (the batch layer's admission, which does not judge the store's rate meanwhile).
+#[derive(Debug, Clone, Default)]
+pub struct OutageWatch(Arc<OutageState>);
+
+#[derive(Debug, Default)]
+struct OutageState {
+    waiting: AtomicBool,
+    /// Outages met so far: a write that saw this change met one.
+    episodes: AtomicU64,
+}
+
+impl OutageWatch {
+    /// The writer is retrying against an unreachable database now.
+    pub fn waiting(&self) -> bool {
+        self.0.waiting.load(Ordering::Acquire)
+    }
+
+    /// How many outages the writer has met; compare two readings to tell whether a
+    /// write met one.
+    pub fn episodes(&self) -> u64 {
+        self.0.episodes.load(Ordering::Acquire)
+    }
+
+    fn begin(&self) {
+        self.0.episodes.fetch_add(1, Ordering::AcqRel);
+        self.0.waiting.store(true, Ordering::Release);
+    }
+
+    fn end(&self) {
+        self.0.waiting.store(false, Ordering::Release);
+    }
+
+    /// Sets the state as a writer would, for tests of what reads it.
+    #[cfg(test)]
+    pub(crate) fn set_waiting(&self, waiting: bool) {
+        if waiting {
+            self.begin();
+        } else {
+            self.end();
         }
     }
 }
@@ -58,16 +111,30 @@ pub struct ResilientWriter {
     inner: Box<dyn StoreWriter>,
     policy: RetryPolicy,
     metrics: StoreMetrics,
+    outage: OutageWatch,
 }
 
 impl ResilientWriter {
     /// `metrics` are the writer's, labelled with its engine and operation.
-    pub fn new(inner: Box<dyn StoreWriter>, policy: RetryPolicy, metrics: StoreMetrics) -> Self {
+    pub fn new(
+        mut inner: Box<dyn StoreWriter>,
+        policy: RetryPolicy,
+        metrics: StoreMetrics,
+    ) -> Self {
+        // A try that hangs longer than the whole outage wait fails, so that the wait
+        // ends; never so soon that a slow but working database is cut off.
+        inner.set_answer_timeout(policy.outage_wait.max(MIN_ANSWER_TIMEOUT));
         ResilientWriter {
             inner,
             policy,
             metrics,
+            outage: OutageWatch::default(),
         }
+    }
+
+    /// Whether this writer is waiting for its database, for other threads to see.
+    pub fn outage(&self) -> OutageWatch {
+        self.outage.clone()
     }
 
     /// Registers `rows` (ids unique); one result per row, in order.
@@ -107,7 +174,7 @@ impl ResilientWriter {
                 debug_assert_eq!(outcomes.len(), rows.len());
                 outcomes.into_iter().map(Ok).collect()
             }
-            Err(err) if rows.len() > 1 && !err.is_retriable() => {
+            Err(err) if rows.len() > 1 && !err.is_retriable() && !err.is_outage() => {
                 let (left, right) = rows.split_at(rows.len() / 2);
                 let mut results = self.split_on_failure(left, write);
                 results.extend(self.split_on_failure(right, write));
@@ -122,25 +189,208 @@ impl ResilientWriter {
         }
     }
 
+    /// Tries the write until it succeeds, fails for good, meets contention `attempts`
+    /// times, or finds the database unreachable for `outage_wait`.
     fn with_retries<R, T>(
         &mut self,
         rows: &[R],
         write: &mut Write<'_, R, T>,
     ) -> Result<Vec<T>, StoreError> {
-        let mut attempt = 1;
-        loop {
-            let started = std::time::Instant::now();
+        let mut retries = 0;
+        let mut contended = 1;
+        let mut outage_since: Option<Instant> = None;
+        let result = loop {
+            let started = Instant::now();
             let result = write(self.inner.as_mut(), rows);
             self.metrics.transaction(started.elapsed(), result.is_ok());
-            match result {
-                Err(err) if err.is_retriable() && attempt < self.policy.attempts => {
-                    self.metrics.retried(err.reason());
-                    tracing::warn!(attempt, error = %err, rows = rows.len(), "store write failed; retrying");
-                    std::thread::sleep(self.policy.backoff(attempt));
-                    attempt += 1;
+            let err = match result {
+                Err(err) if err.is_outage() => {
+                    let since = *outage_since.get_or_insert_with(|| {
+                        self.outage.begin();
+                        self.metrics.outage_began();
+                        started
+                    });
+                    let waited = since.elapsed();
+                    if waited >= self.policy.outage_wait {
+                        break Err(StoreError::Unreachable {
+                            waited,
+                            source: Box::new(err),
+                        });
+                    }
+                    err
                 }
-                result => return result,
+                Err(err) if err.is_retriable() && contended < self.policy.attempts => {
+                    contended += 1;
+                    err
+                }
+                result => break result,
+            };
+            retries += 1;
+            self.metrics.retried(err.reason());
+            tracing::warn!(retries, error = %err, rows = rows.len(), "store write failed; retrying");
+            let mut pause = self.policy.backoff(retries);
+            if let Some(since) = outage_since {
+                // The last try comes at the end of the wait, not a backoff after it.
+                pause = pause.min(self.policy.outage_wait.saturating_sub(since.elapsed()));
+            }
+            std::thread::sleep(pause);
+        };
+        if outage_since.is_some() {
+            self.outage.end();
+            self.metrics.outage_ended();
+        }
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    use crate::store::DeregisterOutcome;
+
+    /// Deregisters by answering `Absent`, or fails each try with the next error given.
+    struct Scripted {
+        failures: Arc<Mutex<Vec<StoreError>>>,
+        tries: Arc<Mutex<Vec<usize>>>,
+    }
+
+    impl StoreWriter for Scripted {
+        fn register(
+            &mut self,
+            _: &[InstanceRecord],
+            _: RegisterOptions,
+        ) -> Result<Vec<Registered>, StoreError> {
+            unimplemented!("only deregister is scripted")
+        }
+
+        fn deregister(&mut self, ids: &[String]) -> Result<Vec<DeregisterOutcome>, StoreError> {
+            self.tries.lock().unwrap().push(ids.len());
+            match self.failures.lock().unwrap().pop() {
+                Some(error) => Err(error),
+                None => Ok(ids.iter().map(|_| DeregisterOutcome::Absent).collect()),
             }
         }
+
+        fn set_health(&mut self, _: &[HealthChange]) -> Result<Vec<Option<HealthSet>>, StoreError> {
+            unimplemented!("only deregister is scripted")
+        }
+    }
+
+    fn scripted(
+        failures: Vec<StoreError>,
+        outage_wait: Duration,
+    ) -> (ResilientWriter, Arc<Mutex<Vec<usize>>>) {
+        let tries = Arc::new(Mutex::new(Vec::new()));
+        let inner = Scripted {
+            failures: Arc::new(Mutex::new(failures.into_iter().rev().collect())),
+            tries: Arc::clone(&tries),
+        };
+        let policy = RetryPolicy {
+            attempts: 3,
+            first_backoff: Duration::from_millis(1),
+            max_backoff: Duration::from_millis(20),
+            outage_wait,
+        };
+        let metrics = StoreMetrics::new("test", "deregister", &[]);
+        (
+            ResilientWriter::new(Box::new(inner), policy, metrics),
+            tries,
+        )
+    }
+
+    fn ids(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("id-{i}")).collect()
+    }
+
+    fn stalled() -> StoreError {
+        StoreError::Stalled(Duration::from_secs(1))
+    }
+
+    #[test]
+    fn an_outage_shorter_than_the_wait_is_ridden_through() {
+        // Ten failed tries are far more than `attempts`, but well within the wait.
+        let (mut writer, tries) = scripted(
+            (0..10).map(|_| stalled()).collect(),
+            Duration::from_secs(30),
+        );
+        let watch = writer.outage();
+        let results = writer.deregister(&ids(4));
+        assert!(
+            results
+                .iter()
+                .all(|r| matches!(r, Ok(DeregisterOutcome::Absent)))
+        );
+        assert_eq!(
+            *tries.lock().unwrap(),
+            vec![4; 11],
+            "the whole batch, never split"
+        );
+        assert_eq!(watch.episodes(), 1);
+        assert!(!watch.waiting());
+    }
+
+    #[test]
+    fn an_outage_longer_than_the_wait_fails_the_batch_naming_the_cause() {
+        let (mut writer, tries) = scripted(
+            (0..1000).map(|_| stalled()).collect(),
+            Duration::from_millis(60),
+        );
+        let started = Instant::now();
+        let results = writer.deregister(&ids(4));
+        let took = started.elapsed();
+        assert!(took >= Duration::from_millis(60), "{took:?}");
+        assert!(took < Duration::from_secs(5), "{took:?}");
+        for result in &results {
+            let error = result.as_ref().unwrap_err();
+            assert!(matches!(**error, StoreError::Unreachable { .. }), "{error}");
+            let message = error.to_string();
+            assert!(
+                message.starts_with("the database was unreachable for 0.")
+                    && message.ends_with("no answer from the database within 1s"),
+                "{message}"
+            );
+        }
+        assert!(
+            tries.lock().unwrap().iter().all(|&n| n == 4),
+            "an unreachable store does not split the batch"
+        );
+        assert!(!writer.outage().waiting());
+    }
+
+    #[test]
+    fn contention_is_tried_attempts_times() {
+        let raced = || StoreError::Raced;
+        let (mut writer, tries) = scripted(vec![raced(), raced()], Duration::from_secs(30));
+        assert!(writer.deregister(&ids(2)).iter().all(Result::is_ok));
+        assert_eq!(tries.lock().unwrap().len(), 3);
+        let (mut writer, tries) =
+            scripted((0..3).map(|_| raced()).collect(), Duration::from_secs(30));
+        let results = writer.deregister(&ids(2));
+        assert!(
+            results
+                .iter()
+                .all(|r| matches!(r.as_ref().map_err(|e| &**e), Err(StoreError::Raced)))
+        );
+        assert_eq!(
+            tries.lock().unwrap().len(),
+            3,
+            "attempts = 3, and not split"
+        );
+        assert_eq!(writer.outage().episodes(), 0);
+    }
+
+    #[test]
+    fn a_row_that_fails_alone_is_split_out() {
+        let bad = || StoreError::BadRow {
+            column: 0,
+            reason: "test".to_owned(),
+        };
+        // The batch of 2 fails, then its halves: the first fails alone, the second works.
+        let (mut writer, tries) = scripted(vec![bad(), bad()], Duration::from_secs(30));
+        let results = writer.deregister(&ids(2));
+        assert!(results[0].is_err() && results[1].is_ok());
+        assert_eq!(*tries.lock().unwrap(), vec![2, 1, 1]);
     }
 }

@@ -18,6 +18,7 @@ use axum::routing::post;
 use super::HttpState;
 use super::json::{self, JsonError};
 use crate::api::ClientApi;
+use crate::api::drain::{InFlight, REFUSED};
 use crate::api::wire::{code_of, instance_from_wire, write_response};
 use crate::code::Code;
 use crate::naming::RequestContext;
@@ -68,6 +69,8 @@ const POLARIS_MESSAGE: HeaderName = HeaderName::from_static("x-polaris-message")
 /// request's context.
 struct Call {
     api: Arc<ClientApi>,
+    /// Counted in flight until answered: the drain at shutdown waits for it.
+    _in_flight: InFlight,
     ctx: RequestContext,
     body: Bytes,
     request_id: Option<HeaderValue>,
@@ -75,12 +78,17 @@ struct Call {
 }
 
 impl Call {
-    /// Reads the body, or answers: 503 while the server is loading, 413 for a body over
-    /// `server.http_max_body` (nothing read past it).
+    /// Reads the body, or answers: 503 while the server is loading or once it drains
+    /// (the request not processed), 413 for a body over `server.http_max_body` (nothing
+    /// read past it).
     async fn accept(state: &HttpState, headers: &HeaderMap, body: Body) -> Result<Call, Response> {
         let started = Instant::now();
         let request_id = headers.get(REQUEST_ID).cloned();
         let api = state.api().map_err(IntoResponse::into_response)?;
+        let in_flight = api
+            .drain()
+            .accept()
+            .ok_or_else(|| refused(request_id.as_ref()))?;
         let limit = state.max_body;
         let declared = headers
             .get(CONTENT_LENGTH)
@@ -106,6 +114,7 @@ impl Call {
         let ctx = request_context(headers);
         Ok(Call {
             api,
+            _in_flight: in_flight,
             ctx,
             body,
             request_id,
@@ -125,6 +134,19 @@ impl Call {
             self.request_id.as_ref(),
         )
     }
+}
+
+/// A request not processed because the server is stopping: 503, so that the client
+/// sends it to another server.
+fn refused(request_id: Option<&HeaderValue>) -> Response {
+    let code = Code::ExecuteException;
+    polaris(
+        StatusCode::SERVICE_UNAVAILABLE,
+        code,
+        REFUSED,
+        bare(code, REFUSED),
+        request_id,
+    )
 }
 
 /// The request's id and token, from its headers.
@@ -247,6 +269,11 @@ async fn instance_route(
                     input.identity(),
                 ),
             };
+            if let Err(error) = &result
+                && error.not_processed()
+            {
+                return refused(call.request_id.as_ref());
+            }
             (code_of(&result), write_response(result, echo))
         }
     };

@@ -22,6 +22,9 @@ const SESSION_INIT: [&str; 2] = [
     "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
     "SET time_zone = '+00:00'",
 ];
+/// How long a try may go without an answer until the writer is told otherwise (see
+/// `StoreWriter::set_answer_timeout`).
+const DEFAULT_ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a pooled connection may stay idle before it is closed (down to one).
 const IDLE_CONNECTION_TTL: Duration = Duration::from_secs(60);
 
@@ -102,6 +105,8 @@ pub(super) struct WorkerConnection {
     session: Option<Session>,
     /// Whether each new connection prepares the statements of registration batches.
     prepares_registrations: bool,
+    /// How long one try (connecting included) may go without an answer.
+    pub(super) answer_timeout: Duration,
 }
 
 impl WorkerConnection {
@@ -117,6 +122,7 @@ impl WorkerConnection {
             runtime,
             session: None,
             prepares_registrations: false,
+            answer_timeout: DEFAULT_ANSWER_TIMEOUT,
         })
     }
 
@@ -144,8 +150,11 @@ impl WorkerConnection {
             runtime,
             session,
             prepares_registrations,
+            answer_timeout,
         } = self;
-        runtime.block_on(async {
+        let limit = *answer_timeout;
+        // The timer is made inside the runtime, which drives it.
+        let work = async {
             let open = match session {
                 Some(open) => open,
                 None => {
@@ -176,6 +185,14 @@ impl WorkerConnection {
                 *session = None;
             }
             result
+        };
+        let tried = runtime.block_on(async { tokio::time::timeout(limit, work).await });
+        tried.unwrap_or_else(|_| {
+            // Cut off half way through an exchange: the connection cannot be reused.
+            // Dropped inside the runtime, which closes the socket.
+            let stalled = session.take();
+            runtime.block_on(async move { drop(stalled) });
+            Err(StoreError::Stalled(limit))
         })
     }
 

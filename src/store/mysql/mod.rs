@@ -168,6 +168,8 @@ impl Store for MysqlStore {
             "raced",
             "runtime",
             "bad_row",
+            "stalled",
+            "unreachable",
         ]
     }
 

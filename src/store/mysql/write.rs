@@ -157,6 +157,10 @@ impl StoreWriter for MysqlWriter {
     fn prepare_for_registrations(&mut self) -> Result<(), StoreError> {
         self.connection.prepare_for_registrations()
     }
+
+    fn set_answer_timeout(&mut self, limit: std::time::Duration) {
+        self.connection.answer_timeout = limit;
+    }
 }
 
 /// Runs `statements` in order.

@@ -1,0 +1,201 @@
+//! Admission by waiting time: a request is refused at once when the queue already holds
+//! more work than the store workers write within `max_queue_wait` at the rate they are
+//! sustaining, so that an accepted request's wait stays bounded when the store slows
+//! down, not only the queue's length.
+//!
+//! The rate is the time a store worker spends on a full batch (taking, writing and
+//! answering it), averaged over recent batches of at least half `max_batch`: under a
+//! backlog every batch is full, so a request that joins the queue is answered after the
+//! batches in the workers now and the queue ahead of it: `1 + queued / max_batch /
+//! workers` such times. Smaller batches are not measured (a lone
+//! request says little about how fast a backlog drains), nor are batches whose writer met
+//! an outage. While a writer waits for an unreachable database, no request is refused
+//! for time: an outage is ridden through (see `store.outage_wait`), and the queue's
+//! length still bounds it.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::store::resilient::OutageWatch;
+
+/// Weight of the newest full batch in the average, as 1/N: a slower batch counts more
+/// than a faster one, so that the estimate follows a store that slows down at once
+/// and one that speeds up with some caution.
+const SLOWER_WEIGHT: u64 = 2;
+const FASTER_WEIGHT: u64 = 8;
+/// A batch counts as at most this many times the average: one batch held up by a
+/// database that paused and came back says little about its rate.
+const MAX_SAMPLE_RATIO: u64 = 2;
+
+/// The admission check of one batch controller, shared by its submitters and workers.
+pub struct Admission {
+    /// Zero: no refusal by time.
+    max_queue_wait: Duration,
+    max_batch: usize,
+    workers: usize,
+    /// Average time of a full batch in a store worker, in nanoseconds; 0 until measured.
+    full_batch_nanos: AtomicU64,
+    /// One per store worker's writer.
+    outages: Vec<OutageWatch>,
+}
+
+impl Admission {
+    pub fn new(max_queue_wait: Duration, max_batch: usize, outages: Vec<OutageWatch>) -> Self {
+        debug_assert!(max_batch > 0 && !outages.is_empty());
+        Admission {
+            max_queue_wait,
+            max_batch,
+            workers: outages.len(),
+            full_batch_nanos: AtomicU64::new(0),
+            outages,
+        }
+    }
+
+    /// Whether a request may join a queue holding `queued` requests.
+    pub fn admits(&self, queued: usize) -> bool {
+        if self.max_queue_wait.is_zero() || queued < self.max_batch * self.workers {
+            return true;
+        }
+        match self.estimate(queued) {
+            Some(wait) if wait > self.max_queue_wait => self.store_unreachable(),
+            _ => true,
+        }
+    }
+
+    /// How long a request joining `queued` others waits for its answer at the measured
+    /// rate: the batches in the workers, then the queue; `None` before a full batch was
+    /// measured.
+    pub fn estimate(&self, queued: usize) -> Option<Duration> {
+        let full_batch = self.full_batch_nanos.load(Ordering::Relaxed);
+        if full_batch == 0 {
+            return None;
+        }
+        let rounds = 1.0 + queued as f64 / (self.max_batch * self.workers) as f64;
+        Some(Duration::from_nanos((rounds * full_batch as f64) as u64))
+    }
+
+    /// A store worker spent `took` on a batch of `size` requests; `met_outage` when its
+    /// writer waited for the database meanwhile.
+    pub fn record(&self, size: usize, took: Duration, met_outage: bool) {
+        if met_outage || size == 0 || size * 2 < self.max_batch {
+            return;
+        }
+        let sample = took.as_nanos() as f64 * self.max_batch as f64 / size as f64;
+        let sample = (sample as u64).max(1);
+        // Workers may race here; a lost sample does not matter to an average.
+        let old = self.full_batch_nanos.load(Ordering::Relaxed);
+        let new = if old == 0 {
+            sample
+        } else if sample > old {
+            let sample = sample.min(old.saturating_mul(MAX_SAMPLE_RATIO));
+            old + (sample - old) / SLOWER_WEIGHT
+        } else {
+            old - (old - sample) / FASTER_WEIGHT
+        };
+        self.full_batch_nanos.store(new.max(1), Ordering::Relaxed);
+    }
+
+    fn store_unreachable(&self) -> bool {
+        self.outages.iter().any(OutageWatch::waiting)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    fn admission(max_queue_wait: Duration, workers: usize) -> Admission {
+        Admission::new(
+            max_queue_wait,
+            100,
+            (0..workers).map(|_| OutageWatch::default()).collect(),
+        )
+    }
+
+    #[test]
+    fn nothing_is_refused_before_a_full_batch_was_measured() {
+        let a = admission(Duration::from_secs(1), 1);
+        assert_eq!(a.estimate(1_000_000), None);
+        assert!(a.admits(1_000_000));
+        // A small batch is not a measure of how fast a backlog drains.
+        a.record(10, Duration::from_secs(5), false);
+        assert!(a.admits(1_000_000));
+    }
+
+    #[test]
+    fn the_queue_is_judged_by_full_batches_over_the_workers() {
+        let a = admission(Duration::from_secs(1), 2);
+        a.record(100, 100 * MS, false);
+        // 1,800 queued = 18 batches = 9 rounds of 100 ms on two workers, after the
+        // round in the workers now.
+        assert_eq!(a.estimate(1_800), Some(Duration::from_secs(1)));
+        assert!(a.admits(1_800));
+        assert!(!a.admits(1_900));
+        // Half a batch in 50 ms counts as a full one in 100 ms.
+        let b = admission(Duration::from_secs(1), 1);
+        b.record(50, 50 * MS, false);
+        assert_eq!(b.estimate(900), Some(Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn a_short_queue_is_always_admitted() {
+        let a = admission(MS, 2);
+        a.record(100, Duration::from_secs(10), false);
+        assert!(a.admits(199), "less than one round of full batches");
+        assert!(!a.admits(200));
+    }
+
+    #[test]
+    fn the_average_follows_the_store_as_it_slows_down() {
+        let a = admission(Duration::from_secs(1), 1);
+        a.record(100, 10 * MS, false);
+        assert!(a.admits(5_000), "51 batches of 10 ms");
+        for _ in 0..40 {
+            a.record(100, 100 * MS, false);
+        }
+        assert!(!a.admits(5_000), "51 batches of ~100 ms");
+        let estimate = a.estimate(0).unwrap();
+        assert!(estimate > 95 * MS && estimate <= 100 * MS, "{estimate:?}");
+    }
+
+    #[test]
+    fn a_slowdown_counts_at_once_a_speed_up_with_caution() {
+        let a = admission(Duration::from_secs(1), 1);
+        a.record(100, 100 * MS, false);
+        a.record(100, 200 * MS, false);
+        assert_eq!(a.estimate(0), Some(150 * MS), "half way up at once");
+        a.record(100, 70 * MS, false);
+        assert_eq!(a.estimate(0), Some(140 * MS), "an eighth of the way down");
+        // A batch held up for seconds counts as twice the average.
+        a.record(100, Duration::from_secs(4), false);
+        assert_eq!(a.estimate(0), Some(210 * MS));
+    }
+
+    #[test]
+    fn batches_that_met_an_outage_are_not_measured() {
+        let a = admission(Duration::from_secs(1), 1);
+        a.record(100, 10 * MS, false);
+        a.record(100, Duration::from_secs(8), true);
+        assert_eq!(a.estimate(0), Some(10 * MS));
+    }
+
+    #[test]
+    fn nothing_is_refused_for_time_while_the_store_is_unreachable() {
+        let a = admission(Duration::from_secs(1), 2);
+        a.record(100, Duration::from_secs(1), false);
+        assert!(!a.admits(10_000));
+        a.outages[1].set_waiting(true);
+        assert!(a.admits(10_000), "the outage is ridden through");
+        a.outages[1].set_waiting(false);
+        assert!(!a.admits(10_000));
+    }
+
+    #[test]
+    fn zero_max_queue_wait_turns_the_check_off() {
+        let a = admission(Duration::ZERO, 1);
+        a.record(100, Duration::from_secs(10), false);
+        assert!(a.admits(1_000_000));
+    }
+}
