@@ -11,12 +11,14 @@
 //! - `schedule`: when requests are due (open-loop rate and ramp, closed-loop ramp)
 //! - `runner`: bounded closed- or open-loop driver, one histogram per operation, progress bar
 //! - `report`: outcome counting, percentiles, table / JSON / .hgrm output
+//! - `acked`: the ids of acknowledged registrations, written to `--acked-out`
 //! - `verification`: a fleet compared with the server's listings, table / JSON output
 //! - `beats`: when each instance of a beating fleet is due, and which stop
 //! - `expiry`: the heartbeat run's expiry check, from what its Discover watch lists
 //! - `scenario`: one module per scenario (`storm`, `restart`, `churn`, `open-loop`,
 //!   `discover`, `heartbeat`, `verify`) and the Discover stream the last three share
 
+mod acked;
 mod beats;
 mod expiry;
 mod fleet;

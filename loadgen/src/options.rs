@@ -118,6 +118,19 @@ pub struct ServiceGridOptions {
     pub services: u32,
 }
 
+/// Where the ids of acknowledged registrations are saved.
+#[derive(Debug, Clone, Default, Args)]
+pub struct AckOptions {
+    /// Write the instance id of every registration answered 200000 ExecuteSuccess or
+    /// 400201 ExistedResource (the server says the instance is stored) to FILE, one per
+    /// line, as the answers arrive: the id of the answer's instance. The file is
+    /// created before the first request and flushed when the run ends, whatever its
+    /// answers; the report gives the count as `acknowledged`. With --async-regis a
+    /// 200000 only says that the request was queued.
+    #[arg(long = "acked-out", value_name = "FILE")]
+    pub acked_out: Option<PathBuf>,
+}
+
 /// How the result is shown and saved.
 #[derive(Debug, Clone, Args)]
 pub struct OutputOptions {

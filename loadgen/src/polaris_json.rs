@@ -20,10 +20,22 @@ pub fn discover_body(request: &DiscoverRequest) -> Vec<u8> {
     serde_json::to_vec(&DiscoverJson(request)).expect("a Discover request serialises")
 }
 
-/// The code of a `Response`; an error when the body is no JSON object (an answer from
+/// What a scenario reads of a `Response`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResponseSummary {
+    pub code: Option<u32>,
+    /// The id of the answer's instance (a registration's answer carries it).
+    pub instance_id: Option<String>,
+}
+
+/// Reads a `Response`; an error when the body is no JSON object (an answer from
 /// something other than the Polaris API: a proxy, an unknown route).
-pub fn response_code(body: &[u8]) -> Result<Option<u32>, serde_json::Error> {
-    serde_json::from_slice::<CodeOnly>(body).map(|answer| answer.code)
+pub fn response_summary(body: &[u8]) -> Result<ResponseSummary, serde_json::Error> {
+    let answer: ResponseJson = serde_json::from_slice(body)?;
+    Ok(ResponseSummary {
+        code: answer.code,
+        instance_id: answer.instance.and_then(|instance| instance.id),
+    })
 }
 
 /// What a Discover poll counts of a `DiscoverResponse`: its code, the service's
@@ -45,10 +57,17 @@ pub fn listing_summary(body: &[u8]) -> Result<ListingSummary, serde_json::Error>
     })
 }
 
-/// Any JSON object with a `code`; every other key is skipped.
+/// Any JSON object with a `code` and an `instance` with an `id`; every other key is
+/// skipped.
 #[derive(Deserialize)]
-struct CodeOnly {
+struct ResponseJson {
     code: Option<u32>,
+    instance: Option<IdJson>,
+}
+
+#[derive(Deserialize)]
+struct IdJson {
+    id: Option<String>,
 }
 
 /// Unset messages and wrappers come as `null`, read as `None`.
@@ -335,15 +354,29 @@ mod tests {
  "client": null,
  "instance": {"id": "abc", "service": "svc", "metadata": {}, "healthCheck": null}
 }"#;
-        assert_eq!(response_code(answer).unwrap(), Some(200000));
+        let summary = |body: &[u8]| response_summary(body).unwrap();
         assert_eq!(
-            response_code(br#"{"code":400201,"info":"existed"}"#).unwrap(),
-            Some(400201)
+            summary(answer),
+            ResponseSummary {
+                code: Some(200000),
+                instance_id: Some("abc".to_owned())
+            }
         );
-        assert_eq!(response_code(br#"{"code":null}"#).unwrap(), None);
-        assert_eq!(response_code(b"{}").unwrap(), None);
-        assert!(response_code(b"404 page not found").is_err());
-        assert!(response_code(b"").is_err());
+        assert_eq!(
+            summary(br#"{"code":400201,"info":"existed"}"#),
+            ResponseSummary {
+                code: Some(400201),
+                instance_id: None
+            }
+        );
+        assert_eq!(
+            summary(br#"{"code":200000,"instance":{"id":null}}"#).instance_id,
+            None
+        );
+        assert_eq!(summary(br#"{"code":null,"instance":null}"#).code, None);
+        assert_eq!(summary(b"{}").code, None);
+        assert!(response_summary(b"404 page not found").is_err());
+        assert!(response_summary(b"").is_err());
     }
 
     #[test]

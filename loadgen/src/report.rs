@@ -59,8 +59,11 @@ pub const NOT_FOUND_RESOURCE: u32 = 400202;
 pub enum Outcome {
     /// gRPC OK; the Polaris code of the `Response`, `None` when it carried none.
     Answered(Option<u32>),
-    /// The call failed at the gRPC level.
+    /// The server answered the call with a gRPC status other than OK.
     Grpc(tonic::Code),
+    /// The call failed in its connection (refused, reset, closed mid-call) without a
+    /// status from the server; the code is the one the gRPC client gives it.
+    Transport(tonic::Code),
     /// No answer within the per-request deadline.
     Timeout,
     /// The server ended a Discover stream without a status before answering.
@@ -73,12 +76,14 @@ pub enum Outcome {
 
 impl Outcome {
     /// Key used in the table and in JSON: the Polaris code, `grpc:<Code>`,
-    /// `http:<status>`, `no-code`, `timeout`, `stream-ended` or `connection-failed`.
+    /// `transport:<Code>`, `http:<status>`, `no-code`, `timeout`, `stream-ended` or
+    /// `connection-failed`.
     pub fn label(&self) -> String {
         match self {
             Outcome::Answered(Some(code)) => code.to_string(),
             Outcome::Answered(None) => "no-code".to_owned(),
             Outcome::Grpc(code) => format!("grpc:{code:?}"),
+            Outcome::Transport(code) => format!("transport:{code:?}"),
             Outcome::Timeout => "timeout".to_owned(),
             Outcome::StreamEnded => "stream-ended".to_owned(),
             Outcome::Http(status) => format!("http:{status}"),
@@ -95,11 +100,18 @@ impl Outcome {
                 .map_or("", |(_, name)| name),
             Outcome::Answered(None) => "Response without code",
             Outcome::Grpc(code) => code.description(),
+            Outcome::Transport(_) => "connection failed, no status from the server",
             Outcome::Timeout => "no answer before --timeout",
             Outcome::StreamEnded => "stream ended before the answer",
             Outcome::Http(_) => "HTTP answer without a Polaris JSON body",
             Outcome::ConnectionFailed => "HTTP connection failed before the answer",
         }
+    }
+
+    /// Whether the server answered with a Polaris `Response` (whatever its code), as
+    /// opposed to a failure of the call or a deadline.
+    pub fn is_answer(&self) -> bool {
+        matches!(self, Outcome::Answered(_))
     }
 }
 
@@ -259,6 +271,17 @@ pub struct Report {
     pub heartbeat: Option<HeartbeatFigures>,
     /// Count per outcome label, over all operations.
     pub codes: BTreeMap<String, u64>,
+    /// Of `codes`, the requests the server answered with a Polaris `Response`: count
+    /// per Polaris code (`no-code` for a `Response` without one).
+    pub answered: BTreeMap<String, u64>,
+    /// Of `codes`, the requests without a Polaris answer: a gRPC status from the
+    /// server (`grpc:Unavailable`), a failed connection (`transport:Cancelled`,
+    /// `connection-failed`), `timeout`, ...; count per label.
+    pub failed: BTreeMap<String, u64>,
+    /// With `--acked-out`: the ids written, one per registration answered 200000 or
+    /// 400201.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub acknowledged: Option<u64>,
     /// Over all operations; from the intended start in an open loop.
     pub latency_ms: LatencySummary,
     /// Count per outcome label the scenario does not accept, over all operations;
@@ -355,7 +378,16 @@ pub struct RunSetup {
 
 /// Outcome labels with their counts.
 fn labelled(rows: &[(Outcome, u64)]) -> BTreeMap<String, u64> {
+    labelled_where(rows, |_| true)
+}
+
+/// The labels and counts of the outcomes `keep` selects.
+fn labelled_where(
+    rows: &[(Outcome, u64)],
+    keep: impl Fn(&Outcome) -> bool,
+) -> BTreeMap<String, u64> {
     rows.iter()
+        .filter(|(outcome, _)| keep(outcome))
         .map(|(outcome, count)| (outcome.label(), *count))
         .collect()
 }
@@ -395,6 +427,7 @@ impl Report {
                 .expect("histograms share bounds");
         }
         let count = tally.total();
+        let rows = tally.sorted();
         let elapsed_s = elapsed.as_secs_f64();
         let rate_per_s = if elapsed_s > 0.0 {
             count as f64 / elapsed_s
@@ -421,7 +454,10 @@ impl Report {
             open_loop,
             discover: None,
             heartbeat: None,
-            codes: labelled(&tally.sorted()),
+            codes: labelled(&rows),
+            answered: labelled_where(&rows, Outcome::is_answer),
+            failed: labelled_where(&rows, |outcome| !outcome.is_answer()),
+            acknowledged: None,
             latency_ms: LatencySummary::from_micros(&latency),
             unexpected,
             operations: operations.iter().map(OperationReport::new).collect(),
@@ -518,6 +554,15 @@ impl Report {
         }
         if let Some(heartbeat) = &self.heartbeat {
             heartbeat.write_fleet(&mut out);
+        }
+        let answered: u64 = self.answered.values().sum();
+        let failed: u64 = self.failed.values().sum();
+        let _ = writeln!(
+            out,
+            "answered     {answered} with a Polaris code, {failed} without"
+        );
+        if let Some(acknowledged) = self.acknowledged {
+            let _ = writeln!(out, "acknowledged {acknowledged} ids written");
         }
         let _ = writeln!(out);
 
@@ -750,6 +795,10 @@ mod tests {
             Outcome::Grpc(tonic::Code::Unavailable).label(),
             "grpc:Unavailable"
         );
+        assert_eq!(
+            Outcome::Transport(tonic::Code::Cancelled).label(),
+            "transport:Cancelled"
+        );
         assert_eq!(Outcome::Timeout.label(), "timeout");
         assert_eq!(Outcome::StreamEnded.label(), "stream-ended");
         assert_eq!(Outcome::Http(404).label(), "http:404");
@@ -888,6 +937,55 @@ mod tests {
         assert_eq!(json["operations"][0]["op"], "register");
         assert_eq!(json["operations"][0]["count"], 100);
         assert_eq!(report.unexpected_summary(), "grpc:Unavailable x1");
+    }
+
+    #[test]
+    fn answers_and_failures_are_counted_apart() {
+        let tally = tally_of([
+            (Outcome::Answered(Some(EXECUTE_SUCCESS)), 7),
+            (Outcome::Answered(Some(500001)), 2),
+            (Outcome::Answered(None), 1),
+            (Outcome::Grpc(tonic::Code::Unavailable), 3),
+            (Outcome::Transport(tonic::Code::Cancelled), 4),
+            (Outcome::Transport(tonic::Code::Unavailable), 5),
+            (Outcome::Timeout, 6),
+        ]);
+        let mut report = Report::new(
+            setup(),
+            Duration::from_secs(1),
+            &[measured(REGISTER, tally, [1000])],
+        );
+        let answered = BTreeMap::from([
+            ("200000".to_owned(), 7),
+            ("500001".to_owned(), 2),
+            ("no-code".to_owned(), 1),
+        ]);
+        let failed = BTreeMap::from([
+            ("grpc:Unavailable".to_owned(), 3),
+            ("transport:Cancelled".to_owned(), 4),
+            ("transport:Unavailable".to_owned(), 5),
+            ("timeout".to_owned(), 6),
+        ]);
+        assert_eq!(report.answered, answered);
+        assert_eq!(report.failed, failed);
+        assert_eq!(report.codes.len(), 7);
+        let table = report.to_table();
+        assert!(
+            table.contains("answered     10 with a Polaris code, 18 without\n"),
+            "{table}"
+        );
+        assert!(table.contains("connection failed, no status"), "{table}");
+        assert!(!table.contains("acknowledged"), "{table}");
+        let json: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
+        assert_eq!(json["answered"]["500001"], 2);
+        assert_eq!(json["failed"]["transport:Cancelled"], 4);
+        assert_eq!(json["failed"]["grpc:Unavailable"], 3);
+        assert!(json.get("acknowledged").is_none());
+
+        report.acknowledged = Some(7);
+        let json: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
+        assert_eq!(json["acknowledged"], 7);
+        assert!(report.to_table().contains("acknowledged 7 ids written\n"));
     }
 
     #[test]

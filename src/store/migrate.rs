@@ -1,5 +1,11 @@
 //! Numbered migrations from migrations/<engine>/, embedded at build time, each applied
 //! once and recorded in `batchreg_migrations`.
+//!
+//! A MySQL migration may be run by several replicas at once (see `mysql::migrate`), and
+//! again after a later one: each of its statements must leave the same schema when run
+//! again, or fail with one of the "already exists" errors the MySQL migrator counts as
+//! done. `CREATE TABLE IF NOT EXISTS`, a plain `CREATE INDEX` and `ADD COLUMN` are
+//! such statements; an `UPDATE` that backfills must only touch rows not yet filled.
 
 use rusqlite::{Connection, TransactionBehavior};
 

@@ -85,21 +85,26 @@ pub enum StoreError {
     },
 }
 
-/// MySQL server errors of contention, worth a few more tries: deadlock (also a Galera
-/// certification conflict at commit), lock wait timeout, a query interrupted.
+/// MySQL server errors of contention, worth a few more tries: deadlock, lock wait
+/// timeout, a query interrupted. On MariaDB Galera a certification conflict is a deadlock
+/// too, answered to the statement or the COMMIT that meets it, after the transaction was
+/// rolled back whole.
 const MYSQL_CONTENTION: &[u16] = &[
-    1213, // ER_LOCK_DEADLOCK
+    1213, // ER_LOCK_DEADLOCK; Galera: a certification conflict
     1205, // ER_LOCK_WAIT_TIMEOUT
     1317, // ER_QUERY_INTERRUPTED
 ];
 
 /// MySQL server errors of a database out of reach, retried until it has been away for
 /// `store.outage_wait`: a connection killed or lost, the server going away or too busy
-/// to connect.
+/// to connect, a Galera node joining, desynced or cut off from the cluster's primary
+/// component (it answers 1047 to every statement until it is synced again, seconds
+/// after it is back, as a restarting server does).
 const MYSQL_UNREACHABLE: &[u16] = &[
     1040, // ER_CON_COUNT_ERROR
     1053, // ER_SERVER_SHUTDOWN
     1158, 1159, 1160, 1161, // network read/write errors and timeouts
+    1047, // ER_UNKNOWN_COM_ERROR; Galera: "WSREP has not yet prepared node for application use"
     1927, // ER_CONNECTION_KILLED (MariaDB)
     2006, // CR_SERVER_GONE_ERROR
     2013, // CR_SERVER_LOST

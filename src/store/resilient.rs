@@ -424,4 +424,66 @@ mod tests {
         assert!(results[0].is_err() && results[1].is_ok());
         assert_eq!(*tries.lock().unwrap(), vec![2, 1, 1]);
     }
+
+    /// A server error as the driver reports it.
+    fn server_error(code: u16, message: &str) -> StoreError {
+        StoreError::Mysql(mysql_async::Error::Server(mysql_async::ServerError {
+            code,
+            message: message.to_owned(),
+            state: "40001".to_owned(),
+        }))
+    }
+
+    /// A Galera certification conflict, as the COMMIT of the losing transaction meets it.
+    fn certification_conflict() -> StoreError {
+        server_error(
+            1213,
+            "WSREP detected deadlock/conflict and aborted the transaction. Try restarting the transaction",
+        )
+    }
+
+    /// A Galera node that is joining, desynced or cut off from the primary component.
+    fn node_not_ready() -> StoreError {
+        server_error(1047, "WSREP has not yet prepared node for application use")
+    }
+
+    #[test]
+    fn a_galera_conflict_is_contention_and_a_node_not_ready_an_outage() {
+        assert!(certification_conflict().is_retriable());
+        assert!(!certification_conflict().is_outage());
+        assert_eq!(certification_conflict().reason(), "deadlock");
+        assert!(node_not_ready().is_outage());
+        assert_eq!(node_not_ready().reason(), "connection");
+        for code in [1062, 1064, 1146, 1406] {
+            let error = server_error(code, "");
+            assert!(!error.is_retriable() && !error.is_outage(), "{code}");
+        }
+    }
+
+    #[test]
+    fn a_batch_that_loses_certification_at_commit_is_tried_again_whole() {
+        let (mut writer, tries) = scripted(
+            vec![certification_conflict(), certification_conflict()],
+            Duration::from_secs(30),
+        );
+        assert!(writer.deregister(&ids(4)).iter().all(Result::is_ok));
+        assert_eq!(
+            *tries.lock().unwrap(),
+            vec![4; 3],
+            "one transaction, never split"
+        );
+        assert_eq!(writer.outage().episodes(), 0);
+    }
+
+    #[test]
+    fn a_node_not_ready_is_waited_for_like_a_database_away() {
+        // Ten tries are more than `attempts`, within the outage wait; then the node
+        // serves, and the first commit there loses a certification conflict.
+        let mut failures: Vec<StoreError> = (0..10).map(|_| node_not_ready()).collect();
+        failures.push(certification_conflict());
+        let (mut writer, tries) = scripted(failures, Duration::from_secs(30));
+        assert!(writer.deregister(&ids(3)).iter().all(Result::is_ok));
+        assert_eq!(*tries.lock().unwrap(), vec![3; 12]);
+        assert_eq!(writer.outage().episodes(), 1);
+    }
 }

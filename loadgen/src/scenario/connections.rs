@@ -6,12 +6,13 @@ use std::sync::Arc;
 
 use tonic::transport::Channel;
 
+use crate::acked::RegisterAnswer;
 use crate::http_pool::{HttpAnswer, HttpError, HttpPool, HttpTarget, JsonRequest};
 use crate::options::Protocol;
 use crate::pool::ClientPool;
 use crate::proto::polaris_grpc_client::PolarisGrpcClient;
 use crate::report::Outcome;
-use crate::scenario::{RequestHeaders, outcome_of};
+use crate::scenario::{RequestHeaders, register_answer_of};
 use crate::{polaris_json, proto};
 
 /// The connections of a run that speaks either protocol.
@@ -62,7 +63,7 @@ impl Connections {
         index: u64,
         instance: proto::Instance,
         headers: &RequestHeaders,
-    ) -> impl Future<Output = Outcome> + Send + use<> {
+    ) -> impl Future<Output = RegisterAnswer> + Send + use<> {
         let request_id = index.to_string();
         let call = match self {
             Connections::Grpc(pool) => {
@@ -81,23 +82,30 @@ impl Connections {
         async move {
             match call {
                 UnaryCall::Grpc(mut client, request) => {
-                    outcome_of(client.register_instance(request).await)
+                    register_answer_of(client.register_instance(request).await)
                 }
-                UnaryCall::Http(target, request) => http_outcome(target.send(request).await),
+                UnaryCall::Http(target, request) => http_answer(target.send(request).await),
             }
         }
     }
 }
 
 /// The outcome of one HTTP request: the code of its JSON answer, whatever the status
-/// (it is code / 1000).
-fn http_outcome(answer: Result<HttpAnswer, HttpError>) -> Outcome {
+/// (it is code / 1000), and the id of the answer's instance.
+fn http_answer(answer: Result<HttpAnswer, HttpError>) -> RegisterAnswer {
+    let failed = |outcome| RegisterAnswer {
+        outcome,
+        instance_id: None,
+    };
     match answer {
-        Ok(answer) => match polaris_json::response_code(&answer.body) {
-            Ok(code) => Outcome::Answered(code),
-            Err(_) => Outcome::Http(answer.status.as_u16()),
+        Ok(answer) => match polaris_json::response_summary(&answer.body) {
+            Ok(summary) => RegisterAnswer {
+                outcome: Outcome::Answered(summary.code),
+                instance_id: summary.instance_id,
+            },
+            Err(_) => failed(Outcome::Http(answer.status.as_u16())),
         },
-        Err(_) => Outcome::ConnectionFailed,
+        Err(_) => failed(Outcome::ConnectionFailed),
     }
 }
 
@@ -107,33 +115,49 @@ mod tests {
 
     #[test]
     fn http_answers_become_outcomes_by_their_code_not_their_status() {
-        let answer = |status: u16, body: &'static str| {
-            Ok(HttpAnswer {
+        let outcome = |status: u16, body: &'static str| {
+            http_answer(Ok(HttpAnswer {
                 status: hyper::StatusCode::from_u16(status).unwrap(),
                 body: bytes::Bytes::from_static(body.as_bytes()),
-            })
+            }))
+            .outcome
         };
         assert_eq!(
-            http_outcome(answer(200, r#"{"code": 200000, "info": "ok"}"#)),
+            outcome(200, r#"{"code": 200000, "info": "ok"}"#),
             Outcome::Answered(Some(200000))
         );
         assert_eq!(
-            http_outcome(answer(400, r#"{"code": 400201, "instance": null}"#)),
+            outcome(400, r#"{"code": 400201, "instance": null}"#),
             Outcome::Answered(Some(400201))
         );
         assert_eq!(
-            http_outcome(answer(200, r#"{"info": "no code"}"#)),
+            outcome(200, r#"{"info": "no code"}"#),
             Outcome::Answered(None)
         );
-        assert_eq!(
-            http_outcome(answer(404, "404 page not found")),
-            Outcome::Http(404)
-        );
-        assert_eq!(http_outcome(answer(502, "")), Outcome::Http(502));
+        assert_eq!(outcome(404, "404 page not found"), Outcome::Http(404));
+        assert_eq!(outcome(502, ""), Outcome::Http(502));
         let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
         assert_eq!(
-            http_outcome(Err(HttpError::Io(refused))),
-            Outcome::ConnectionFailed
+            http_answer(Err(HttpError::Io(refused))),
+            RegisterAnswer {
+                outcome: Outcome::ConnectionFailed,
+                instance_id: None
+            }
+        );
+    }
+
+    #[test]
+    fn an_http_registration_answer_keeps_its_instance_id() {
+        let answer = http_answer(Ok(HttpAnswer {
+            status: hyper::StatusCode::OK,
+            body: bytes::Bytes::from_static(br#"{"code": 200000, "instance": {"id": "f00d"}}"#),
+        }));
+        assert_eq!(
+            answer,
+            RegisterAnswer {
+                outcome: Outcome::Answered(Some(200000)),
+                instance_id: Some("f00d".to_owned())
+            }
         );
     }
 }

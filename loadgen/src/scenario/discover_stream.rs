@@ -13,7 +13,7 @@ use tonic::transport::Channel;
 use crate::proto::discover_request::DiscoverRequestType;
 use crate::proto::{self, DiscoverRequest, DiscoverResponse};
 use crate::report::Outcome;
-use crate::scenario::RequestHeaders;
+use crate::scenario::{RequestHeaders, failure_of};
 
 const DISCOVER_PATH: &str = "/v1.PolarisGRPC/Discover";
 
@@ -60,7 +60,7 @@ pub enum DiscoverError {
 impl DiscoverError {
     pub fn outcome(&self) -> Outcome {
         match self {
-            DiscoverError::Status(status) => Outcome::Grpc(status.code()),
+            DiscoverError::Status(status) => failure_of(status),
             DiscoverError::TimedOut(_) => Outcome::Timeout,
             DiscoverError::Ended => Outcome::StreamEnded,
         }

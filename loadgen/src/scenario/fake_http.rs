@@ -213,12 +213,15 @@ fn register(state: &State, instance: &Value) -> Value {
         text("host"),
         instance["port"].as_u64().unwrap_or_default(),
     );
+    let port = u16::try_from(key.3).unwrap_or_default();
+    let id = hex::encode(crate::fleet::id_digest(&key.0, &key.1, &key.2, port));
     let code = if state.registered.lock().unwrap().insert(key) {
         EXECUTE_SUCCESS
     } else {
         EXISTED_RESOURCE
     };
-    json!({"code": code, "info": "", "client": null, "instance": {"host": instance["host"]}})
+    json!({"code": code, "info": "", "client": null,
+           "instance": {"id": id, "host": instance["host"]}})
 }
 
 impl FakeHttpServer {

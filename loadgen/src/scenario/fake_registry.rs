@@ -221,8 +221,15 @@ impl PolarisGrpc for FakeRegistry {
         };
         let mut state = self.state.lock().unwrap();
         *state.revisions.entry(registered.key()).or_default() += 1;
-        state.instances.insert(id, registered);
-        answered(EXECUTE_SUCCESS)
+        state.instances.insert(id.clone(), registered);
+        Ok(Response::new(proto::Response {
+            code: Some(EXECUTE_SUCCESS),
+            instance: Some(proto::Instance {
+                id: Some(id),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }))
     }
 
     async fn deregister_instance(

@@ -17,13 +17,14 @@ use crate::beats::{BeatSchedule, stopped_instances};
 use crate::expiry::{BeatLog, ExpiryCheck, MISSED_BEATS};
 use crate::fleet::{Fleet, IdDigest, parse_id};
 use crate::options::{
-    ConnectionOptions, FleetOptions, LoadOptions, OutputOptions, Protocol, ProtocolOptions,
+    AckOptions, ConnectionOptions, FleetOptions, LoadOptions, OutputOptions, Protocol,
+    ProtocolOptions,
 };
 use crate::pool::ClientPool;
 use crate::proto;
 use crate::report::{
     DATA_NO_CHANGE, EXECUTE_SUCCESS, Expectation, HeartbeatFigures, OfferedLoad, Operation,
-    Outcome, Tally, WatchFigures,
+    Outcome, Report, Tally, WatchFigures,
 };
 use crate::runner::{Pacer, Pacing, RunPlan, progress_wanted, run_load};
 use crate::scenario::discover_stream::{DiscoverStream, HealthListing, instances_request};
@@ -74,6 +75,10 @@ pub struct HeartbeatArgs {
     /// Register the fleet first, as `storm` does with the same options.
     #[arg(long)]
     pub register: bool,
+
+    /// With --register: the ids of the registrations acknowledged.
+    #[command(flatten)]
+    pub acks: AckOptions,
 
     /// Share of the fleet (0 to 1), drawn by --seed, that stops beating after
     /// --stop-after; each must then be listed unhealthy within --expiry-timeout.
@@ -153,6 +158,7 @@ pub async fn run(args: HeartbeatArgs) -> Result<ScenarioRun, SetupError> {
     } else {
         None
     };
+    let acknowledged = registered.as_ref().and_then(|storm| storm.acknowledged);
     let connection = &args.connection;
     let (pool, headers) = connect(connection, false).await?;
     // Full answers can be large: on a connection of their own, they never hold up beats.
@@ -230,16 +236,17 @@ pub async fn run(args: HeartbeatArgs) -> Result<ScenarioRun, SetupError> {
     finished.report.heartbeat = Some(HeartbeatFigures {
         instances: fleet.count(),
         ttl_s: args.fleet.ttl,
-        registered_s: registered.map(|elapsed| elapsed.as_secs_f64()),
+        registered_s: registered.map(|storm| storm.elapsed_s),
         wrongly_expired: watched.check.wrongly_expired(),
         expiry: stopping.then(|| watched.check.figures(args.stop_share)),
         watch: watched.figures,
     });
+    finished.report.acknowledged = acknowledged;
     Ok(finished)
 }
 
-/// Registers the fleet as a storm with the same options would; how long it took.
-async fn register(args: &HeartbeatArgs) -> Result<Duration, SetupError> {
+/// Registers the fleet as a storm with the same options would; its report.
+async fn register(args: &HeartbeatArgs) -> Result<Report, SetupError> {
     let storm_args = StormArgs {
         connection: args.connection.clone(),
         protocol: ProtocolOptions {
@@ -249,6 +256,7 @@ async fn register(args: &HeartbeatArgs) -> Result<Duration, SetupError> {
         fleet: args.fleet.clone(),
         async_regis: false,
         ramp: Duration::ZERO,
+        acks: args.acks.clone(),
         output: OutputOptions {
             json: false,
             hdr_out: None,
@@ -261,7 +269,7 @@ async fn register(args: &HeartbeatArgs) -> Result<Duration, SetupError> {
             summary: report.unexpected_summary(),
         });
     }
-    Ok(Duration::from_secs_f64(report.elapsed_s))
+    Ok(report)
 }
 
 /// Each instance's id, built once: beats carry it, and the watch maps the ids it is

@@ -35,6 +35,7 @@ use std::time::Duration;
 use hyper::header::{HeaderMap, HeaderValue};
 use tonic::metadata::{AsciiMetadataValue, MetadataValue};
 
+use crate::acked::{AckFileError, RegisterAnswer};
 use crate::fleet::MAX_FLEET_SIZE;
 use crate::http_pool::{HttpConnectError, HttpPool};
 use crate::options::{ConnectionOptions, LoadOptions, Protocol};
@@ -79,6 +80,8 @@ pub enum SetupError {
     StopBeforeFirstBeats { stop_after: Duration, ttl: Duration },
     #[error("registering the fleet failed: {summary}")]
     RegistrationFailed { summary: String },
+    #[error(transparent)]
+    AckFile(#[from] AckFileError),
 }
 
 /// gRPC metadata, or HTTP headers, sent with every request.
@@ -211,7 +214,36 @@ fn finish(setup: RunSetup, measured: RunOutcome) -> ScenarioRun {
 fn outcome_of(answer: Result<tonic::Response<proto::Response>, tonic::Status>) -> Outcome {
     match answer {
         Ok(response) => Outcome::Answered(response.into_inner().code),
-        Err(status) => Outcome::Grpc(status.code()),
+        Err(status) => failure_of(&status),
+    }
+}
+
+/// The outcome of a registration, with the id of the instance its answer carried.
+fn register_answer_of(
+    answer: Result<tonic::Response<proto::Response>, tonic::Status>,
+) -> RegisterAnswer {
+    match answer {
+        Ok(response) => {
+            let response = response.into_inner();
+            RegisterAnswer {
+                outcome: Outcome::Answered(response.code),
+                instance_id: response.instance.and_then(|instance| instance.id),
+            }
+        }
+        Err(status) => RegisterAnswer {
+            outcome: failure_of(&status),
+            instance_id: None,
+        },
+    }
+}
+
+/// A failed call: a status the server sent, or one the client made of a failed
+/// connection (those carry the transport error as their source).
+pub(crate) fn failure_of(status: &tonic::Status) -> Outcome {
+    if std::error::Error::source(status).is_some() {
+        Outcome::Transport(status.code())
+    } else {
+        Outcome::Grpc(status.code())
     }
 }
 
@@ -294,6 +326,39 @@ mod tests {
         assert_eq!(
             outcome_of(Err(tonic::Status::unavailable("down"))),
             Outcome::Grpc(tonic::Code::Unavailable)
+        );
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert_eq!(
+            outcome_of(Err(tonic::Status::from_error(Box::new(refused)))),
+            Outcome::Transport(tonic::Code::Unknown)
+        );
+    }
+
+    #[test]
+    fn a_registration_answer_keeps_its_instance_id() {
+        let answered = tonic::Response::new(proto::Response {
+            code: Some(200000),
+            instance: Some(proto::Instance {
+                id: Some("abc".to_owned()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        assert_eq!(
+            register_answer_of(Ok(answered)),
+            RegisterAnswer {
+                outcome: Outcome::Answered(Some(200000)),
+                instance_id: Some("abc".to_owned()),
+            }
+        );
+        let bare = tonic::Response::new(proto::Response {
+            code: Some(500001),
+            ..Default::default()
+        });
+        assert_eq!(register_answer_of(Ok(bare)).instance_id, None);
+        assert_eq!(
+            register_answer_of(Err(tonic::Status::cancelled("gone"))).outcome,
+            Outcome::Grpc(tonic::Code::Cancelled)
         );
     }
 

@@ -8,12 +8,16 @@ use std::time::Duration;
 
 use clap::Args;
 
+use crate::acked::AckLog;
 use crate::fleet::{Fleet, MAX_FLEET_SIZE};
-use crate::options::{ConnectionOptions, FleetOptions, LoadOptions, OutputOptions, Protocol};
+use crate::options::{
+    AckOptions, ConnectionOptions, FleetOptions, LoadOptions, OutputOptions, Protocol,
+};
 use crate::report::{OfferedLoad, Operation};
 use crate::runner::{Pacer, Pacing, RunPlan, progress_wanted, run_load};
 use crate::scenario::{
-    REGISTER, ScenarioRun, SetupError, connect, finish, outcome_of, restart, run_setup, storm,
+    REGISTER, ScenarioRun, SetupError, connect, finish, register_answer_of, restart, run_setup,
+    storm,
 };
 use crate::schedule::Schedule;
 
@@ -68,6 +72,9 @@ pub struct OpenLoopArgs {
     /// Send `async-regis: true`: the server answers once the request is queued.
     #[arg(long = "async-regis")]
     pub async_regis: bool,
+
+    #[command(flatten)]
+    pub acks: AckOptions,
 
     #[command(flatten)]
     pub output: OutputOptions,
@@ -144,6 +151,7 @@ pub async fn run(args: OpenLoopArgs) -> Result<ScenarioRun, SetupError> {
     } = OpenLoopPlan::new(&args)?;
     let connection = &args.connection;
     let (pool, headers) = connect(connection, args.async_regis).await?;
+    let acks = Arc::new(AckLog::create(&args.acks)?);
     let operations = match instances {
         Instances::Fresh => FRESH_OPERATIONS,
         Instances::Unchanged { .. } => UNCHANGED_OPERATIONS,
@@ -173,15 +181,23 @@ pub async fn run(args: OpenLoopArgs) -> Result<ScenarioRun, SetupError> {
         Some(offered),
     );
 
+    let recording = Arc::clone(&acks);
     let measured = run_load(plan, move |index, _| {
         let mut client = pool.client(index);
         let instance = fleet.instance(instances.fleet_index(index));
         let mut request = tonic::Request::new(instance);
         headers.apply(&mut request, &index.to_string());
-        async move { outcome_of(client.register_instance(request).await) }
+        let acks = Arc::clone(&recording);
+        async move {
+            let answer = register_answer_of(client.register_instance(request).await);
+            acks.record(&answer);
+            answer.outcome
+        }
     })
     .await;
-    Ok(finish(setup, measured))
+    let mut finished = finish(setup, measured);
+    finished.report.acknowledged = acks.finish()?;
+    Ok(finished)
 }
 
 /// Reads `--rate`: a positive, finite number of requests per second.

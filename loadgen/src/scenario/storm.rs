@@ -4,11 +4,14 @@
 
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use clap::Args;
 
+use crate::acked::AckLog;
 use crate::fleet::Fleet;
 use crate::options::{
-    ConnectionOptions, FleetOptions, LoadOptions, OutputOptions, ProtocolOptions,
+    AckOptions, ConnectionOptions, FleetOptions, LoadOptions, OutputOptions, ProtocolOptions,
 };
 use crate::report::{EXECUTE_SUCCESS, EXISTED_RESOURCE, Expectation, Operation};
 use crate::runner::{Pacing, RunPlan, progress_wanted, run_load};
@@ -49,6 +52,9 @@ pub struct StormArgs {
     pub ramp: Duration,
 
     #[command(flatten)]
+    pub acks: AckOptions,
+
+    #[command(flatten)]
     pub output: OutputOptions,
 }
 
@@ -75,6 +81,7 @@ pub(crate) async fn register_fleet(
     let (connections, headers) =
         connect_over(args.protocol.protocol, connection, args.async_regis).await?;
     let fleet = fleet_of(&args);
+    let acks = Arc::new(AckLog::create(&args.acks)?);
     let plan = RunPlan {
         total: fleet.count(),
         in_flight: args.load.in_flight,
@@ -94,12 +101,20 @@ pub(crate) async fn register_fleet(
     );
 
     let sending = connections.clone();
+    let recording = Arc::clone(&acks);
     let measured = run_load(plan, move |index, _| {
-        sending.register(index, fleet.instance(index), &headers)
+        let call = sending.register(index, fleet.instance(index), &headers);
+        let acks = Arc::clone(&recording);
+        async move {
+            let answer = call.await;
+            acks.record(&answer);
+            answer.outcome
+        }
     })
     .await;
     let mut finished = finish(setup, measured);
     finished.report.connections_opened = connections.connections_opened();
+    finished.report.acknowledged = acks.finish()?;
     Ok(finished)
 }
 
@@ -245,9 +260,71 @@ mod tests {
         assert!(again.report.is_success());
     }
 
+    fn temp_file(name: &str) -> std::path::PathBuf {
+        std::env::temp_dir().join(format!("loadgen-storm-{}-{name}", std::process::id()))
+    }
+
+    /// Asserts that `path` holds the ids of the fleet's first `count` instances, in
+    /// any order, and removes it.
+    fn assert_acknowledged(path: &std::path::Path, fleet: &Fleet, count: u64) {
+        let text = std::fs::read_to_string(path).unwrap();
+        let mut lines: Vec<_> = text.lines().map(str::to_owned).collect();
+        lines.sort();
+        let mut expected: Vec<_> = (0..count).map(|index| fleet.instance_id(index)).collect();
+        expected.sort();
+        assert_eq!(lines, expected);
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[tokio::test]
+    async fn every_acknowledged_id_is_written_to_acked_out() {
+        use crate::scenario::fake_registry::FakeRegistry;
+        let server = FakeRegistry::expiring_after(1000.0).start().await;
+        let path = temp_file("grpc-acked");
+        let args = parse_args::<StormArgs>([
+            "--target",
+            &server.address,
+            "--count",
+            "50",
+            "--in-flight",
+            "8",
+            "--seed",
+            "9",
+            "--no-progress",
+            "--acked-out",
+            path.to_str().unwrap(),
+        ])
+        .unwrap();
+        let fleet = fleet_of(&args);
+        let run = run(args).await.unwrap();
+        assert_eq!(run.report.acknowledged, Some(50));
+        assert_eq!(
+            run.report.answered,
+            BTreeMap::from([("200000".to_owned(), 50)])
+        );
+        assert!(run.report.failed.is_empty());
+        assert_acknowledged(&path, &fleet, 50);
+    }
+
+    #[tokio::test]
+    async fn an_http_restart_acknowledges_the_instances_already_stored() {
+        use crate::scenario::fake_http::FakeHttp;
+        let server = FakeHttp::default().start().await;
+        let path = temp_file("http-acked");
+        let mut args = http_storm(&server.address);
+        args.acks.acked_out = Some(path.clone());
+        let fleet = fleet_of(&args);
+        run(args.clone()).await.unwrap();
+        let again = crate::scenario::restart::run(args).await.unwrap();
+        assert_eq!(again.report.acknowledged, Some(20));
+        assert_acknowledged(&path, &fleet, 20);
+    }
+
     #[tokio::test]
     async fn a_silent_http_server_ends_in_timeouts_not_a_hang() {
         let (address, silent_server) = silent_server().await;
+        let acked = temp_file("silent-acked");
+        std::fs::write(&acked, "stale\n").unwrap();
         let args = parse_args::<StormArgs>([
             "--protocol",
             "http",
@@ -262,6 +339,8 @@ mod tests {
             "--timeout",
             "300ms",
             "--no-progress",
+            "--acked-out",
+            acked.to_str().unwrap(),
         ])
         .unwrap();
         let run = tokio::time::timeout(std::time::Duration::from_secs(10), run(args))
@@ -275,5 +354,11 @@ mod tests {
         );
         // Each abandoned request closed its connection; the next one reopened it.
         assert_eq!(run.report.connections_opened, Some(5));
+        // Nothing answered: no answer, nothing acknowledged, the file emptied.
+        assert!(run.report.answered.is_empty());
+        assert_eq!(run.report.failed, run.report.codes);
+        assert_eq!(run.report.acknowledged, Some(0));
+        assert_eq!(std::fs::read_to_string(&acked).unwrap(), "");
+        std::fs::remove_file(&acked).unwrap();
     }
 }

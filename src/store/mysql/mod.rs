@@ -5,7 +5,7 @@
 //!
 //! - `conn`: connection options, and the connection each store worker owns on a
 //!   current-thread runtime of its own (a batch's round trips wake no other thread);
-//! - `migrate`: migrations under a named lock;
+//! - `migrate`: migrations that replicas starting together may apply side by side;
 //! - `shapes`: the statements a storm uses, prepared when a connection opens;
 //! - `write`: the register and deregister transactions;
 //! - `read`: what the registry cache loads and follows (pages, changes, services).

@@ -5,7 +5,9 @@ use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts};
 
 use super::MysqlStore;
+use super::migrate::{Applied, apply_unlocked};
 use super::write::MysqlWriter;
+use crate::store::migrate::MYSQL;
 use crate::store::{
     InstanceRecord, RegisterOptions, RegisterOutcome, Registered, StoreError, StoreWriter,
 };
@@ -18,6 +20,13 @@ fn outcomes(results: Vec<Registered>) -> Vec<RegisterOutcome> {
 /// A store on a fresh database `<base>_<suffix>` of `BATCHREG_TEST_MYSQL_URL`; `None`
 /// (after saying so) when it is unset, unless `BATCHREG_TEST_REQUIRE_MYSQL` is set.
 fn fresh_store(suffix: &str) -> Option<MysqlStore> {
+    let url = fresh_database(suffix)?;
+    Some(MysqlStore::open(&url, None).unwrap())
+}
+
+/// The URL of a fresh, empty database `<base>_<suffix>` of `BATCHREG_TEST_MYSQL_URL`;
+/// `None` as for [`fresh_store`].
+fn fresh_database(suffix: &str) -> Option<String> {
     let Ok(base_url) = std::env::var("BATCHREG_TEST_MYSQL_URL") else {
         assert!(
             std::env::var_os("BATCHREG_TEST_REQUIRE_MYSQL").is_none(),
@@ -44,7 +53,7 @@ fn fresh_store(suffix: &str) -> Option<MysqlStore> {
             .unwrap();
         admin.disconnect().await.unwrap();
     });
-    Some(MysqlStore::open(&format!("{server}/{name}"), None).unwrap())
+    Some(format!("{server}/{name}"))
 }
 
 fn row(host: &str) -> InstanceRecord {
@@ -227,4 +236,175 @@ fn an_insert_of_a_batch_expected_new_is_rolled_back_whole_when_one_row_exists() 
         })
         .unwrap();
     assert_eq!(count, 3 + 1 + 199);
+}
+
+/// Runs `work` on a connection of its own to `url`.
+fn on_connection<T>(url: &str, work: impl AsyncFnOnce(&mut Conn) -> T) -> T {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut conn = Conn::new(Opts::from_url(url).unwrap()).await.unwrap();
+        let result = work(&mut conn).await;
+        conn.disconnect().await.unwrap();
+        result
+    })
+}
+
+/// The versions recorded in `batchreg_migrations`, with how many times each is.
+async fn recorded(conn: &mut Conn) -> Vec<(u32, u64)> {
+    conn.query(
+        "SELECT version, COUNT(*) FROM batchreg_migrations GROUP BY version ORDER BY version",
+    )
+    .await
+    .unwrap()
+}
+
+/// Every MySQL migration's version, each recorded once.
+fn each_recorded_once() -> Vec<(u32, u64)> {
+    MYSQL.iter().map(|m| (m.version, 1)).collect()
+}
+
+/// The schema the migrations leave: the change feed's index, and the binary collation.
+async fn assert_fully_migrated(conn: &mut Conn) {
+    let index_columns: Option<u64> = conn
+        .query_first(
+            "SELECT COUNT(*) FROM information_schema.statistics
+             WHERE table_schema = DATABASE() AND table_name = 'instance'
+               AND index_name = 'instance_mtime'",
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        index_columns,
+        Some(3),
+        "instance_mtime on (mtime, flag, revision)"
+    );
+    let collation: Option<String> = conn
+        .query_first(
+            "SELECT table_collation FROM information_schema.tables
+             WHERE table_schema = DATABASE() AND table_name = 'instance'",
+        )
+        .await
+        .unwrap();
+    assert_eq!(collation.as_deref(), Some("utf8mb4_bin"));
+}
+
+#[test]
+fn migrators_started_together_without_a_lock_all_succeed_and_record_each_migration_once() {
+    const MIGRATORS: usize = 6;
+    let Some(url) = fresh_database("unit_migrate_race") else {
+        return;
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    // As replicas on three Galera nodes do: no lock keeps them apart.
+    let outcomes = runtime.block_on(async {
+        let start = std::sync::Arc::new(tokio::sync::Barrier::new(MIGRATORS));
+        let mut migrators = tokio::task::JoinSet::new();
+        for _ in 0..MIGRATORS {
+            let mut conn = Conn::new(Opts::from_url(&url).unwrap()).await.unwrap();
+            let start = std::sync::Arc::clone(&start);
+            migrators.spawn(async move {
+                start.wait().await;
+                let outcome = apply_unlocked(&mut conn, MYSQL).await;
+                conn.disconnect().await.unwrap();
+                outcome
+            });
+        }
+        migrators.join_all().await
+    });
+    let mut applied_here = vec![0; MYSQL.len()];
+    for outcome in outcomes {
+        for (version, applied) in outcome.expect("every migrator succeeds") {
+            if applied == Applied::Here {
+                applied_here[version as usize - 1] += 1;
+            }
+        }
+    }
+    assert_eq!(applied_here, vec![1; MYSQL.len()]);
+    on_connection(&url, async |conn| {
+        assert_eq!(recorded(conn).await, each_recorded_once());
+        assert_fully_migrated(conn).await;
+    });
+}
+
+#[test]
+fn a_migration_that_ran_but_was_not_recorded_runs_again_and_is_recorded_once() {
+    let Some(url) = fresh_database("unit_migrate_again") else {
+        return;
+    };
+    on_connection(&url, async |conn| {
+        apply_unlocked(conn, MYSQL).await.unwrap();
+        // As when another replica applied them and has not recorded them yet: every
+        // statement runs again, the index's included.
+        conn.query_drop("DELETE FROM batchreg_migrations")
+            .await
+            .unwrap();
+        let again = apply_unlocked(conn, MYSQL).await.unwrap();
+        assert!(again.iter().all(|&(_, applied)| applied == Applied::Here));
+        assert_eq!(recorded(conn).await, each_recorded_once());
+        assert_fully_migrated(conn).await;
+        // A replica that ran a migration after another recorded it goes on.
+        assert!(apply_unlocked(conn, MYSQL).await.unwrap().is_empty());
+    });
+}
+
+#[test]
+fn a_migration_recorded_by_another_migrator_meanwhile_is_left_as_recorded() {
+    let Some(url) = fresh_database("unit_migrate_record") else {
+        return;
+    };
+    on_connection(&url, async |conn| {
+        apply_unlocked(conn, MYSQL).await.unwrap();
+        conn.query_drop("DELETE FROM batchreg_migrations WHERE version = 3")
+            .await
+            .unwrap();
+        // Another migrator records version 3 between this one's check and its insert.
+        let mut other = Conn::new(Opts::from_url(&url).unwrap()).await.unwrap();
+        other
+            .query_drop("INSERT INTO batchreg_migrations (version, name) VALUES (3, 'other')")
+            .await
+            .unwrap();
+        other.disconnect().await.unwrap();
+        let applied = apply_unlocked(conn, &MYSQL[2..]).await;
+        assert!(applied.unwrap().is_empty(), "found recorded at its check");
+        let name: Option<String> = conn
+            .query_first("SELECT name FROM batchreg_migrations WHERE version = 3")
+            .await
+            .unwrap();
+        assert_eq!(name.as_deref(), Some("other"));
+    });
+}
+
+#[test]
+fn a_database_at_an_older_version_is_migrated_in_place() {
+    let Some(url) = fresh_database("unit_migrate_old") else {
+        return;
+    };
+    on_connection(&url, async |conn| {
+        let first = apply_unlocked(conn, &MYSQL[..1]).await;
+        assert_eq!(first.unwrap(), vec![(1, Applied::Here)]);
+        conn.query_drop(
+            "INSERT INTO instance (id, service_id, host, port, revision) \
+             VALUES ('old-1', 'svc', '10.0.0.1', 80, 'r1')",
+        )
+        .await
+        .unwrap();
+    });
+    let store = MysqlStore::open(&url, None).expect("migrated at start");
+    drop(store);
+    on_connection(&url, async |conn| {
+        assert_eq!(recorded(conn).await, each_recorded_once());
+        assert_fully_migrated(conn).await;
+        let kept: Option<String> = conn
+            .query_first("SELECT revision FROM instance WHERE id = 'old-1'")
+            .await
+            .unwrap();
+        assert_eq!(kept.as_deref(), Some("r1"));
+    });
 }
