@@ -763,6 +763,7 @@ def main():
                 failed = True
                 log_path = server.log_path if server else root / name / "batchreg.log"
                 print(f"     batchreg log ({log_path}):\n{tail(log_path, 15)}", flush=True)
+                print(f"     batchreg-loadgen:\n{tail(root / name / 'loadgen.log', 8)}", flush=True)
             case.figures["failures"] = case.failures
             case.figures["notes"] = case.notes
             results.append(case.figures)
