@@ -140,7 +140,7 @@ fn describe() {
     describe_gauge!(
         STORE_UNREACHABLE_WRITERS,
         Unit::Count,
-        "Store writers retrying against an unreachable database now (up to store.outage_wait)."
+        "Store writers whose database is unreachable now (they retry up to store.outage_wait)."
     );
     describe_counter!(
         BATCH_REFUSED_TOTAL,

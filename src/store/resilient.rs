@@ -45,8 +45,9 @@ impl Default for RetryPolicy {
     }
 }
 
-/// Whether a writer is waiting for its database to come back, seen from other threads
-/// (the batch layer's admission, which does not judge the store's rate meanwhile).
+/// Whether a writer's database is unreachable (from the first failed try until it answers
+/// again), seen from other threads: the batch layer's admission does not judge the
+/// store's rate meanwhile.
 #[derive(Debug, Clone, Default)]
 pub struct OutageWatch(Arc<OutageState>);
 
@@ -58,7 +59,7 @@ struct OutageState {
 }
 
 impl OutageWatch {
-    /// The writer is retrying against an unreachable database now.
+    /// The writer's database is unreachable now.
     pub fn waiting(&self) -> bool {
         self.0.waiting.load(Ordering::Acquire)
     }
@@ -112,6 +113,8 @@ pub struct ResilientWriter {
     policy: RetryPolicy,
     metrics: StoreMetrics,
     outage: OutageWatch,
+    /// When the database was first found unreachable, while it still is.
+    outage_since: Option<Instant>,
 }
 
 impl ResilientWriter {
@@ -129,6 +132,7 @@ impl ResilientWriter {
             policy,
             metrics,
             outage: OutageWatch::default(),
+            outage_since: None,
         }
     }
 
@@ -190,7 +194,9 @@ impl ResilientWriter {
     }
 
     /// Tries the write until it succeeds, fails for good, meets contention `attempts`
-    /// times, or finds the database unreachable for `outage_wait`.
+    /// times, or finds the database unreachable for `outage_wait`. The outage is the
+    /// writer's, not the batch's: once the database has been away that long, the next
+    /// batches fail at their first failed try, until the database answers again.
     fn with_retries<R, T>(
         &mut self,
         rows: &[R],
@@ -198,48 +204,51 @@ impl ResilientWriter {
     ) -> Result<Vec<T>, StoreError> {
         let mut retries = 0;
         let mut contended = 1;
-        let mut outage_since: Option<Instant> = None;
-        let result = loop {
+        loop {
             let started = Instant::now();
             let result = write(self.inner.as_mut(), rows);
             self.metrics.transaction(started.elapsed(), result.is_ok());
             let err = match result {
                 Err(err) if err.is_outage() => {
-                    let since = *outage_since.get_or_insert_with(|| {
+                    let since = *self.outage_since.get_or_insert_with(|| {
                         self.outage.begin();
                         self.metrics.outage_began();
                         started
                     });
                     let waited = since.elapsed();
                     if waited >= self.policy.outage_wait {
-                        break Err(StoreError::Unreachable {
+                        return Err(StoreError::Unreachable {
                             waited,
                             source: Box::new(err),
                         });
                     }
                     err
                 }
-                Err(err) if err.is_retriable() && contended < self.policy.attempts => {
-                    contended += 1;
-                    err
+                result => {
+                    // The database answered: any outage is over.
+                    if self.outage_since.take().is_some() {
+                        self.outage.end();
+                        self.metrics.outage_ended();
+                    }
+                    match result {
+                        Err(err) if err.is_retriable() && contended < self.policy.attempts => {
+                            contended += 1;
+                            err
+                        }
+                        result => return result,
+                    }
                 }
-                result => break result,
             };
             retries += 1;
             self.metrics.retried(err.reason());
             tracing::warn!(retries, error = %err, rows = rows.len(), "store write failed; retrying");
             let mut pause = self.policy.backoff(retries);
-            if let Some(since) = outage_since {
+            if let Some(since) = self.outage_since {
                 // The last try comes at the end of the wait, not a backoff after it.
                 pause = pause.min(self.policy.outage_wait.saturating_sub(since.elapsed()));
             }
             std::thread::sleep(pause);
-        };
-        if outage_since.is_some() {
-            self.outage.end();
-            self.metrics.outage_ended();
         }
-        result
     }
 }
 
@@ -268,7 +277,11 @@ mod tests {
         fn deregister(&mut self, ids: &[String]) -> Result<Vec<DeregisterOutcome>, StoreError> {
             self.tries.lock().unwrap().push(ids.len());
             match self.failures.lock().unwrap().pop() {
-                Some(error) => Err(error),
+                Some(error) => {
+                    // A failed try takes a moment, as a refused connect does.
+                    std::thread::sleep(Duration::from_millis(2));
+                    Err(error)
+                }
                 None => Ok(ids.iter().map(|_| DeregisterOutcome::Absent).collect()),
             }
         }
@@ -356,7 +369,25 @@ mod tests {
             tries.lock().unwrap().iter().all(|&n| n == 4),
             "an unreachable store does not split the batch"
         );
-        assert!(!writer.outage().waiting());
+        let watch = writer.outage();
+        assert!(watch.waiting(), "still unreachable");
+        // Still away: the next batch fails at its first try.
+        let tried = tries.lock().unwrap().len();
+        assert!(writer.deregister(&ids(2)).iter().all(Result::is_err));
+        assert_eq!(tries.lock().unwrap().len(), tried + 1);
+    }
+
+    #[test]
+    fn the_outage_ends_when_the_database_answers() {
+        let (mut writer, tries) = scripted(vec![stalled()], Duration::from_millis(1));
+        let watch = writer.outage();
+        assert!(writer.deregister(&ids(1)).iter().all(Result::is_err));
+        assert!(watch.waiting());
+        // The database answers the next try: written, and the outage is over.
+        assert!(writer.deregister(&ids(1)).iter().all(Result::is_ok));
+        assert!(!watch.waiting());
+        assert_eq!(watch.episodes(), 1);
+        assert_eq!(tries.lock().unwrap().len(), 2);
     }
 
     #[test]
