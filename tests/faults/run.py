@@ -45,6 +45,9 @@ STORM_IN_FLIGHT = 512
 # When the fault starts, from the loadgen's start, and how long it lasts.
 FAULT_AT = 2.5
 FAULT_LENGTH = 4.0
+# On SIGTERM, how long the storm goes on sending after the signal: within the 5 s for
+# which the server keeps its connections open while clients still send.
+DRAIN_SENDING = 3.0
 # How long a probe registration may wait for its answer; probes go on until one is
 # answered 200000 or this many seconds have passed since the fault's end.
 PROBE_TIMEOUT = 5.0
@@ -496,9 +499,9 @@ class Suite:
         server = Batchreg(self.batchreg_bin, case_dir, mariadb.url(database), redis_url)
         return server, lambda: stored_ids_mariadb(self.mariadb(), database)
 
-    def storm_words(self, store, seed):
+    def storm_words(self, store, seed, seconds=STORM_SECONDS):
         rate = STORM_RATE[store]
-        return ["--rate", rate, "--duration", f"{STORM_SECONDS}s", "--in-flight", STORM_IN_FLIGHT,
+        return ["--rate", rate, "--duration", f"{seconds}s", "--in-flight", STORM_IN_FLIGHT,
                 "--metadata", 3, "--ttl", 0, "--seed", seed]
 
     def missing(self, case, acknowledged, stored_ids):
@@ -562,7 +565,10 @@ class Suite:
         loadgen = Loadgen(self.loadgen_bin, case_dir)
         seed = {("sqlite", signal.SIGKILL): 21, ("mariadb", signal.SIGKILL): 22,
                 ("sqlite", signal.SIGTERM): 23, ("mariadb", signal.SIGTERM): 24}[(store, signum)]
-        loadgen.start("open-loop", server.grpc, *self.storm_words(store, seed))
+        # On SIGTERM the clients stop sending within the drain's grace (they would go
+        # to another server): a client that sends on past it has its connection closed.
+        seconds = STORM_SECONDS if signum == signal.SIGKILL else FAULT_AT + DRAIN_SENDING
+        loadgen.start("open-loop", server.grpc, *self.storm_words(store, seed, seconds))
         loadgen.sleep_until(FAULT_AT)
         signal_name = signal.Signals(signum).name
         log(f"{name}: {signal_name} batchreg (pid {server.process.pid})")
@@ -763,6 +769,7 @@ def main():
                 failed = True
                 log_path = server.log_path if server else root / name / "batchreg.log"
                 print(f"     batchreg log ({log_path}):\n{tail(log_path, 15)}", flush=True)
+                print(f"     batchreg-loadgen:\n{tail(root / name / 'loadgen.log', 8)}", flush=True)
             case.figures["failures"] = case.failures
             case.figures["notes"] = case.notes
             results.append(case.figures)

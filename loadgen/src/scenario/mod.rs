@@ -30,6 +30,8 @@ pub mod restart;
 pub mod storm;
 pub mod verify;
 
+use std::collections::HashSet;
+use std::sync::{LazyLock, Mutex};
 use std::time::Duration;
 
 use hyper::header::{HeaderMap, HeaderValue};
@@ -238,14 +240,32 @@ fn register_answer_of(
 }
 
 /// A failed call: a status the server sent, or one the client made of a failed
-/// connection (those carry the transport error as their source).
+/// connection (those carry the transport error as their source). The first failure of
+/// each kind is described on stderr, so that a run says what its calls died of.
 pub(crate) fn failure_of(status: &tonic::Status) -> Outcome {
-    if std::error::Error::source(status).is_some() {
-        Outcome::Transport(status.code())
-    } else {
-        Outcome::Grpc(status.code())
+    let outcome = match std::error::Error::source(status) {
+        Some(_) => Outcome::Transport(status.code()),
+        None => Outcome::Grpc(status.code()),
+    };
+    let first = DESCRIBED
+        .lock()
+        .expect("no thread panicked holding it")
+        .insert(outcome);
+    if first {
+        let cause = std::error::Error::source(status)
+            .map(|source| format!(" ({source})"))
+            .unwrap_or_default();
+        eprintln!(
+            "batchreg-loadgen: first {}: {}{cause}",
+            outcome.label(),
+            status.message()
+        );
     }
+    outcome
 }
+
+/// The kinds of failure already described on stderr.
+static DESCRIBED: LazyLock<Mutex<HashSet<Outcome>>> = LazyLock::new(Mutex::default);
 
 /// Reads a `--duration`: a length of time above zero.
 fn parse_run_duration(text: &str) -> Result<Duration, String> {
