@@ -171,6 +171,34 @@ pub fn service_id(namespace: &str, service: &str) -> String {
     hex::encode(&digest[..16])
 }
 
+/// A plain instance of service `ns/svc`, for tests.
+#[cfg(test)]
+impl InstanceRecord {
+    pub(crate) fn sample(id: &str) -> Self {
+        InstanceRecord {
+            id: id.to_owned(),
+            namespace: "ns".to_owned(),
+            service: "svc".to_owned(),
+            vpc_id: String::new(),
+            host: "h".to_owned(),
+            port: 1,
+            protocol: String::new(),
+            version: String::new(),
+            priority: 0,
+            weight: 100,
+            healthy: true,
+            isolate: None,
+            enable_health_check: false,
+            health_check_ttl: None,
+            logic_set: String::new(),
+            region: String::new(),
+            zone: String::new(),
+            campus: String::new(),
+            metadata: Vec::new(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -210,25 +210,8 @@ mod tests {
 
     fn record(id: &str, isolate: Option<bool>) -> InstanceRecord {
         InstanceRecord {
-            id: id.to_owned(),
-            namespace: "ns".to_owned(),
-            service: "svc".to_owned(),
-            vpc_id: String::new(),
-            host: "h".to_owned(),
-            port: 1,
-            protocol: String::new(),
-            version: String::new(),
-            priority: 0,
-            weight: 100,
-            healthy: true,
             isolate,
-            enable_health_check: false,
-            health_check_ttl: None,
-            logic_set: String::new(),
-            region: String::new(),
-            zone: String::new(),
-            campus: String::new(),
-            metadata: Vec::new(),
+            ..InstanceRecord::sample(id)
         }
     }
 

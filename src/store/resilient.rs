@@ -13,8 +13,8 @@ use rand::RngExt;
 use crate::telemetry::StoreMetrics;
 
 use super::{
-    DeregisterOutcome, HealthChange, HealthSet, InstanceRecord, RegisterOptions, Registered,
-    StoreError, StoreWriter,
+    DeregisterOutcome, HealthChange, HealthSet, InstanceRecord, RegisterOptions, RegisterOutcome,
+    Registered, StoreError, StoreWriter,
 };
 
 /// The least time a try may go without an answer from the database.
@@ -115,6 +115,9 @@ pub struct ResilientWriter {
     outage: OutageWatch,
     /// When the database was first found unreachable, while it still is.
     outage_since: Option<Instant>,
+    /// A write since this was last cleared succeeded after a try that lost the
+    /// database: that try's commit may have landed without its answer.
+    commit_uncertain: bool,
 }
 
 impl ResilientWriter {
@@ -133,6 +136,7 @@ impl ResilientWriter {
             metrics,
             outage: OutageWatch::default(),
             outage_since: None,
+            commit_uncertain: false,
         }
     }
 
@@ -141,13 +145,25 @@ impl ResilientWriter {
         self.outage.clone()
     }
 
-    /// Registers `rows` (ids unique); one result per row, in order.
+    /// Registers `rows` (ids unique); one result per row, in order. When a try lost the
+    /// database and a later one succeeded, the lost one may have committed: a row the
+    /// later try found unchanged is reported replaced, as the client's request did
+    /// change it (or found it so), rather than as already there.
     pub fn register(
         &mut self,
         rows: &[InstanceRecord],
         options: RegisterOptions,
     ) -> Vec<RowResult<Registered>> {
-        self.split_on_failure(rows, &mut |w, part| w.register(part, options))
+        self.commit_uncertain = false;
+        let mut results = self.split_on_failure(rows, &mut |w, part| w.register(part, options));
+        if std::mem::take(&mut self.commit_uncertain) {
+            for registered in results.iter_mut().flatten() {
+                if registered.outcome == RegisterOutcome::Unchanged {
+                    registered.outcome = RegisterOutcome::Replaced;
+                }
+            }
+        }
+        results
     }
 
     /// Writes health transitions (distinct instances); one result per change, in order.
@@ -204,12 +220,14 @@ impl ResilientWriter {
     ) -> Result<Vec<T>, StoreError> {
         let mut retries = 0;
         let mut contended = 1;
+        let mut lost_database = false;
         loop {
             let started = Instant::now();
             let result = write(self.inner.as_mut(), rows);
             self.metrics.transaction(started.elapsed(), result.is_ok());
             let err = match result {
                 Err(err) if err.is_outage() => {
+                    lost_database = true;
                     let since = *self.outage_since.get_or_insert_with(|| {
                         self.outage.begin();
                         self.metrics.outage_began();
@@ -235,7 +253,10 @@ impl ResilientWriter {
                             contended += 1;
                             err
                         }
-                        result => return result,
+                        result => {
+                            self.commit_uncertain |= lost_database && result.is_ok();
+                            return result;
+                        }
                     }
                 }
             };
@@ -266,12 +287,23 @@ mod tests {
     }
 
     impl StoreWriter for Scripted {
+        /// Finds every row unchanged once it succeeds.
         fn register(
             &mut self,
-            _: &[InstanceRecord],
+            rows: &[InstanceRecord],
             _: RegisterOptions,
         ) -> Result<Vec<Registered>, StoreError> {
-            unimplemented!("only deregister is scripted")
+            self.tries.lock().unwrap().push(rows.len());
+            match self.failures.lock().unwrap().pop() {
+                Some(error) => Err(error),
+                None => Ok(rows
+                    .iter()
+                    .map(|_| Registered {
+                        outcome: RegisterOutcome::Unchanged,
+                        stored: None,
+                    })
+                    .collect()),
+            }
         }
 
         fn deregister(&mut self, ids: &[String]) -> Result<Vec<DeregisterOutcome>, StoreError> {
@@ -375,6 +407,29 @@ mod tests {
         let tried = tries.lock().unwrap().len();
         assert!(writer.deregister(&ids(2)).iter().all(Result::is_err));
         assert_eq!(tries.lock().unwrap().len(), tried + 1);
+    }
+
+    #[test]
+    fn a_row_found_unchanged_after_a_lost_commit_is_reported_replaced() {
+        let rows = [InstanceRecord::sample("a"), InstanceRecord::sample("b")];
+        let options = RegisterOptions {
+            create_services: true,
+        };
+        let outcomes = |writer: &mut ResilientWriter| -> Vec<RegisterOutcome> {
+            writer
+                .register(&rows, options)
+                .into_iter()
+                .map(|r| r.unwrap().outcome)
+                .collect()
+        };
+        // The first try lost the database: its commit may have landed.
+        let (mut writer, _) = scripted(vec![stalled()], Duration::from_secs(30));
+        assert_eq!(outcomes(&mut writer), [RegisterOutcome::Replaced; 2]);
+        // The next batch met no outage: unchanged is unchanged.
+        assert_eq!(outcomes(&mut writer), [RegisterOutcome::Unchanged; 2]);
+        // Contention is not a lost commit: the transaction was rolled back.
+        let (mut writer, _) = scripted(vec![StoreError::Raced], Duration::from_secs(30));
+        assert_eq!(outcomes(&mut writer), [RegisterOutcome::Unchanged; 2]);
     }
 
     #[test]
