@@ -39,6 +39,8 @@ const MAX_PARAMS: usize = 65_535;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a read waits for a pooled connection before the try counts as failed.
 const POOL_WAIT: Duration = Duration::from_secs(10);
+/// Tries of the migrations at start, when they meet another replica's.
+const MIGRATION_TRIES: u32 = 5;
 /// Store workers per batch controller when the config does not say.
 pub const DEFAULT_CONCURRENCY: usize = 2;
 
@@ -118,7 +120,17 @@ impl MysqlStore {
                     target: conn::redact(url),
                     reason: e.to_string(),
                 })?;
-            migrate::apply(&mut conn).await?;
+            // Every migration may run again (see `migrate`): a conflict with another
+            // replica migrating at the same moment (1213 on Galera) is tried again.
+            let mut tries = 1;
+            while let Err(error) = migrate::apply(&mut conn).await {
+                if !error.is_retriable() || tries == MIGRATION_TRIES {
+                    return Err(error);
+                }
+                tracing::warn!(%error, tries, "migrations met another replica's; trying again");
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
             let max_packet: Option<u64> = conn.query_first("SELECT @@max_allowed_packet").await?;
             Ok::<_, StoreError>(max_packet.unwrap_or(4 << 20))
         })?;
