@@ -200,6 +200,32 @@ async fn heartbeats_answer_with_polaris_codes_in_its_order() {
 }
 
 #[tokio::test]
+async fn the_checker_reports_its_beat_table() {
+    let t = TestServer::start(|_| {}).await;
+    let mut client = t.client().await;
+    register(&mut client, beating("table", 1, Some(5))).await;
+    // Every server of this test binary keeps its table in memory, always reachable; the
+    // entries gauge is shared by them, so only its presence is checked.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let rendered = common::metrics::rendered();
+        let reachable = common::metrics::sample(&rendered, "batchreg_health_beat_table_reachable");
+        if reachable == Some(1.0) {
+            assert!(
+                common::metrics::sample(&rendered, "batchreg_health_beat_table_entries").is_some()
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "beat table never reported: {reachable:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    t.server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
 async fn health_checking_switched_off_answers_400140_alone() {
     let t = TestServer::start(|c| c.health.enabled = false).await;
     let mut client = t.client().await;

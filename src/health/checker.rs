@@ -68,6 +68,8 @@ impl Checker {
                         let began = std::time::Instant::now();
                         round.run(clock.now_ms()).await;
                         round.metrics.round_took(began.elapsed());
+                        let entries = round.table.entries().await;
+                        round.metrics.table(entries, !round.table.is_away(), round.table.dropped());
                     }
                 }
             }
