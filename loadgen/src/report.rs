@@ -188,6 +188,9 @@ pub struct Measurements {
     pub latency: Histogram<u64>,
     /// From the actual send to the answer, in µs.
     pub service: Histogram<u64>,
+    /// `latency` of each outcome apart: how long the accepted requests took beside the
+    /// refused ones.
+    pub latency_by_outcome: HashMap<Outcome, Histogram<u64>>,
 }
 
 impl Measurements {
@@ -197,13 +200,19 @@ impl Measurements {
             tally: Tally::default(),
             latency: new_latency_histogram(),
             service: new_latency_histogram(),
+            latency_by_outcome: HashMap::new(),
         }
     }
 
     pub fn record(&mut self, outcome: Outcome, latency: Duration, service: Duration) {
+        let micros = latency.as_micros() as u64;
         self.tally.record(outcome);
-        self.latency.saturating_record(latency.as_micros() as u64);
+        self.latency.saturating_record(micros);
         self.service.saturating_record(service.as_micros() as u64);
+        self.latency_by_outcome
+            .entry(outcome)
+            .or_insert_with(new_latency_histogram)
+            .saturating_record(micros);
     }
 }
 
@@ -284,6 +293,8 @@ pub struct Report {
     pub acknowledged: Option<u64>,
     /// Over all operations; from the intended start in an open loop.
     pub latency_ms: LatencySummary,
+    /// `latency_ms` of each outcome apart, by its label (`200000`, `429001`, ...).
+    pub latency_ms_by_code: BTreeMap<String, LatencySummary>,
     /// Count per outcome label the scenario does not accept, over all operations;
     /// empty on success.
     pub unexpected: BTreeMap<String, u64>,
@@ -414,7 +425,15 @@ impl Report {
         let mut unexpected = BTreeMap::new();
         let mut latency = new_latency_histogram();
         let mut service = new_latency_histogram();
+        let mut by_code: BTreeMap<String, Histogram<u64>> = BTreeMap::new();
         for measured in operations {
+            for (outcome, histogram) in &measured.latency_by_outcome {
+                by_code
+                    .entry(outcome.label())
+                    .or_insert_with(new_latency_histogram)
+                    .add(histogram)
+                    .expect("histograms share bounds");
+            }
             tally.merge(&measured.tally);
             for (outcome, count) in measured.tally.unexpected(measured.operation.expectation) {
                 *unexpected.entry(outcome.label()).or_default() += count;
@@ -459,6 +478,10 @@ impl Report {
             failed: labelled_where(&rows, |outcome| !outcome.is_answer()),
             acknowledged: None,
             latency_ms: LatencySummary::from_micros(&latency),
+            latency_ms_by_code: by_code
+                .iter()
+                .map(|(label, histogram)| (label.clone(), LatencySummary::from_micros(histogram)))
+                .collect(),
             unexpected,
             operations: operations.iter().map(OperationReport::new).collect(),
         }
@@ -728,6 +751,36 @@ mod tests {
         measurements.latency = histogram_of(latencies);
         measurements.service = measurements.latency.clone();
         measurements
+    }
+
+    #[test]
+    fn latency_is_also_reported_per_code() {
+        let mut register = Measurements::new(REGISTER);
+        for _ in 0..10 {
+            register.record(
+                Outcome::Answered(Some(EXECUTE_SUCCESS)),
+                Duration::from_millis(800),
+                Duration::from_millis(800),
+            );
+            register.record(
+                Outcome::Answered(Some(429_001)),
+                Duration::from_millis(2),
+                Duration::from_millis(2),
+            );
+        }
+        let mut deregister = Measurements::new(DEREGISTER);
+        deregister.record(
+            Outcome::Answered(Some(EXECUTE_SUCCESS)),
+            Duration::from_millis(1_600),
+            Duration::from_millis(1_600),
+        );
+        let report = Report::new(setup(), Duration::from_secs(1), &[register, deregister]);
+        let by_code = &report.latency_ms_by_code;
+        assert_eq!(by_code.keys().collect::<Vec<_>>(), ["200000", "429001"]);
+        let accepted = by_code["200000"];
+        assert!((799.0..=801.0).contains(&accepted.p50), "{accepted:?}");
+        assert!((1_599.0..=1_601.0).contains(&accepted.max), "{accepted:?}");
+        assert!((1.9..=2.1).contains(&by_code["429001"].max));
     }
 
     fn tally_of(outcomes: impl IntoIterator<Item = (Outcome, u64)>) -> Tally {
