@@ -8,6 +8,8 @@
 # the loadgen reports it by code), and the server's peak RSS.
 #
 # usage: benches/overload.sh [sqlite | mysql://root@127.0.0.1:3306] [COUNT] [IN_FLIGHT]
+# MAX_BATCH=N and CONCURRENCY=N (environment) make the store slower, so that the same
+# load is a deeper overload: batch.register.max_batch and store.concurrency.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 store=${1:-sqlite}
@@ -40,8 +42,10 @@ http_listen = "$http"
 register_self = false
 [store]
 url = "$(store_url "bench_overload_$label")"
+concurrency = ${CONCURRENCY:-0}
 [batch.register]
 max_queue_wait = "$wait"
+max_batch = ${MAX_BATCH:-128}
 EOF
   target/release/batchreg serve --config "$work/$label.toml" > "$work/$label.log" 2>&1 &
   local server=$!
@@ -82,6 +86,6 @@ print(f"  server peak RSS: {rss / 1024:.0f} MiB")
 PY
 }
 
-echo "overload: $store, $count instances, $in_flight in flight"
+echo "overload: $store, $count instances, $in_flight in flight, max_batch ${MAX_BATCH:-128}, concurrency ${CONCURRENCY:-default}"
 run on 1s
 run off 0s
