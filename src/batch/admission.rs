@@ -3,13 +3,15 @@
 //! sustaining, so that an accepted request's wait stays bounded when the store slows
 //! down, not only the queue's length.
 //!
-//! The rate is the time a store worker spends on a full batch (taking, writing and
-//! answering it), averaged over recent batches of at least half `max_batch`: under a
+//! The rate is the time a store worker spends on a full batch (from taking it to taking
+//! the next, under a backlog: writing, answering, and waiting for a core on a busy
+//! machine), averaged over recent batches of at least half `max_batch`: under a
 //! backlog every batch is full, so a request that joins the queue is answered after the
 //! batches in the workers now and the queue ahead of it: `1 + queued / max_batch /
-//! workers` such times. Smaller batches are not measured (a lone
-//! request says little about how fast a backlog drains), nor are batches whose writer met
-//! an outage. While a writer waits for an unreachable database, no request is refused
+//! workers` such times. Smaller batches are not measured (a lone request says little
+//! about how fast a backlog drains), nor are batches whose writer met an outage. Until a
+//! full batch has been measured (a storm that meets a freshly started server), the queue
+//! is held to `COLD_ROUNDS` rounds of full batches. While a writer waits for an unreachable database, no request is refused
 //! for time: an outage is ridden through (see `store.outage_wait`), and the queue's
 //! length still bounds it.
 
@@ -17,6 +19,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::store::resilient::OutageWatch;
+
+/// Rounds of full batches (`max_batch` per worker) admitted before the store's rate has
+/// been measured.
+const COLD_ROUNDS: usize = 8;
 
 /// Weight of the newest full batch in the average, as 1/N.
 const SMOOTHING: u64 = 8;
@@ -53,10 +59,11 @@ impl Admission {
         if self.max_queue_wait.is_zero() || queued < self.max_batch * self.workers {
             return true;
         }
-        match self.estimate(queued) {
-            Some(wait) if wait > self.max_queue_wait => self.store_unreachable(),
-            _ => true,
-        }
+        let refused = match self.estimate(queued) {
+            Some(wait) => wait > self.max_queue_wait,
+            None => queued >= COLD_ROUNDS * self.max_batch * self.workers,
+        };
+        !refused || self.store_unreachable()
     }
 
     /// How long a request joining `queued` others waits for its answer at the measured
@@ -110,13 +117,17 @@ mod tests {
     }
 
     #[test]
-    fn nothing_is_refused_before_a_full_batch_was_measured() {
-        let a = admission(Duration::from_secs(1), 1);
-        assert_eq!(a.estimate(1_000_000), None);
-        assert!(a.admits(1_000_000));
+    fn before_a_full_batch_was_measured_the_queue_is_held_to_a_few_rounds() {
+        let a = admission(Duration::from_secs(1), 2);
+        assert_eq!(a.estimate(1_000), None);
+        assert!(a.admits(1_599), "eight rounds of two batches of 100");
+        assert!(!a.admits(1_600));
         // A small batch is not a measure of how fast a backlog drains.
         a.record(10, Duration::from_secs(5), false);
-        assert!(a.admits(1_000_000));
+        assert!(!a.admits(1_600));
+        // Measured: 100 ms a full batch, 1 s for the queue.
+        a.record(100, 100 * MS, false);
+        assert!(a.admits(1_800));
     }
 
     #[test]

@@ -228,6 +228,13 @@ impl<W: BatchWrite> Drop for BatchController<W> {
     }
 }
 
+/// A batch a store worker took, for the admission's measure of the store's rate.
+struct Cycle {
+    size: usize,
+    taken: Instant,
+    met_outage: bool,
+}
+
 /// One store worker: takes batches from the queue, writes them, answers every request.
 struct StoreWorker<W: BatchWrite> {
     api: &'static str,
@@ -241,12 +248,20 @@ struct StoreWorker<W: BatchWrite> {
 
 impl<W: BatchWrite> StoreWorker<W> {
     fn run(mut self) {
+        // The last batch, when the worker went straight on to the next one: its cycle,
+        // measured at the next take, is what a batch costs under a backlog, the time the
+        // worker thread waited for a core included.
+        let mut backlogged: Option<Cycle> = None;
         loop {
             // Block for the first request of the next batch.
             let first = match self.queue.recv() {
                 Ok(Message::Request(pending)) => pending,
                 Ok(Message::Shutdown) | Err(_) => return,
             };
+            if let Some(last) = backlogged.take() {
+                self.admission
+                    .record(last.size, last.taken.elapsed(), last.met_outage);
+            }
             self.batcher.push(first, Instant::now());
             let reason = self.fill();
             let batch = self.batcher.take();
@@ -267,8 +282,18 @@ impl<W: BatchWrite> StoreWorker<W> {
                     "store worker panicked while writing a batch"
                 );
             }
-            self.admission
-                .record(size, taken.elapsed(), outage.episodes() != outages_before);
+            let cycle = Cycle {
+                size,
+                taken,
+                met_outage: outage.episodes() != outages_before,
+            };
+            if self.queue.is_empty() {
+                // Idle next: the batch's own time is its cost.
+                self.admission
+                    .record(size, taken.elapsed(), cycle.met_outage);
+            } else {
+                backlogged = Some(cycle);
+            }
             if reason == FlushReason::Shutdown {
                 return;
             }
