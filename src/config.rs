@@ -69,6 +69,8 @@ pub struct ServerConfig {
     pub shutdown_timeout: Duration,
     /// The largest HTTP request body read, in bytes.
     pub http_max_body: usize,
+    /// The largest gRPC request message decoded, in bytes.
+    pub grpc_max_message: usize,
     /// The host the server registers itself with in the system services; empty = the
     /// gRPC listen address's IP (127.0.0.1 when it listens on every address).
     pub advertise_host: String,
@@ -84,6 +86,7 @@ impl Default for ServerConfig {
             http_listen: "127.0.0.1:8090".to_owned(),
             shutdown_timeout: Duration::from_secs(30),
             http_max_body: 1024 * 1024,
+            grpc_max_message: 4 * 1024 * 1024,
             advertise_host: String::new(),
             register_self: true,
         }
@@ -281,6 +284,7 @@ pub struct Settings {
     pub http_listen: SocketAddr,
     pub shutdown_timeout: Duration,
     pub http_max_body: usize,
+    pub grpc_max_message: usize,
     /// The host of the server's own instances (resolved: never empty).
     pub advertise_host: String,
     pub register_self: bool,
@@ -349,6 +353,9 @@ impl Config {
         }
         if self.server.http_max_body == 0 {
             return Err(invalid("server.http_max_body", "must be greater than 0"));
+        }
+        if self.server.grpc_max_message == 0 {
+            return Err(invalid("server.grpc_max_message", "must be greater than 0"));
         }
         let advertise_host = match self.server.advertise_host.trim() {
             "" if grpc_listen.ip().is_unspecified() => "127.0.0.1".to_owned(),
@@ -464,6 +471,7 @@ impl Config {
             http_listen,
             shutdown_timeout: self.server.shutdown_timeout,
             http_max_body: self.server.http_max_body,
+            grpc_max_message: self.server.grpc_max_message,
             advertise_host,
             register_self: self.server.register_self,
             store: StoreOptions {
@@ -562,6 +570,10 @@ mod tests {
             ),
             ("[auth]\nenabled = true\n", "auth.tokens"),
             ("[server]\ngrpc_listen = \"nowhere\"\n", "grpc_listen"),
+            (
+                "[server]\ngrpc_max_message = 0\n",
+                "server.grpc_max_message",
+            ),
             ("[store]\nurl = \"postgres://x\"\n", "store.url"),
             (
                 "[discovery]\nretention = \"2s\"\nrefresh_interval = \"1s\"\n",

@@ -23,7 +23,9 @@
 //!
 //! Beside the pipeline: [`server`] (start and stop), [`config`] (TOML → validated
 //! settings), [`code`] (the Polaris codes; each layer's error says its own),
-//! [`telemetry`] (every metric), [`proto`] (generated).
+//! [`telemetry`] (every metric), [`proto`] (generated). `fuzzing`, built only for tests
+//! and with the `fuzzing` feature, holds the entry points of the fuzz targets in
+//! benches/fuzz.
 
 #![forbid(unsafe_code)]
 
@@ -33,6 +35,9 @@ pub mod batch;
 pub mod code;
 pub mod config;
 pub mod discovery;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod health;
 pub mod naming;
 pub mod server;

@@ -187,7 +187,7 @@ impl Server {
         set_grpc_health(&grpc_health, ServingStatus::NotServing).await;
         let grpc = tokio::spawn(serve_grpc(
             grpc_listener,
-            PolarisService::new(Arc::clone(&api)),
+            PolarisService::new(Arc::clone(&api), settings.grpc_max_message),
             health_service,
             until_stopped(stopped),
         ));

@@ -109,6 +109,7 @@ pub fn run_contract(open: &dyn Fn() -> Arc<dyn Store>) {
     changes_are_read_since_a_time(open().as_ref());
     batches_larger_than_one_statement_are_chunked(open().as_ref());
     names_that_differ_only_in_case_are_distinct(open().as_ref());
+    ids_and_keys_that_differ_only_in_trailing_spaces_are_distinct(open().as_ref());
     instances_are_read_in_pages_in_id_order(open().as_ref());
 }
 
@@ -530,6 +531,45 @@ fn names_that_differ_only_in_case_are_distinct(store: &dyn Store) {
         instance(store, &lower.id).unwrap().is_some(),
         "the other case is kept"
     );
+}
+
+/// Trailing spaces count too: `pad` and `pad ` are two instances, `k` and `k ` two keys
+/// (a collation that pads would make each pair one), and paging by id reads each once.
+fn ids_and_keys_that_differ_only_in_trailing_spaces_are_distinct(store: &dyn Store) {
+    let mut writer = store.writer().unwrap();
+    let rows: Vec<InstanceRecord> = ["pad", "pad ", "pad\t", "pad  "]
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            let mut row = record("svc", "10.0.0.1", i as u32);
+            row.id = (*id).to_owned();
+            row.metadata = ["k", "k ", "k\t", "k  "]
+                .iter()
+                .map(|key| ((*key).to_owned(), format!("{id}|{key}")))
+                .collect();
+            row.metadata.sort();
+            row
+        })
+        .collect();
+    let outcomes = register(writer.as_mut(), &rows, CREATE).unwrap();
+    assert_eq!(outcomes, vec![RegisterOutcome::Created; rows.len()]);
+    for row in &rows {
+        let stored = instance(store, &row.id).unwrap().expect("each id stored");
+        assert_eq!(stored.record.id, row.id);
+        assert_eq!(stored.record.port, row.port, "{:?} is its own row", row.id);
+        assert_eq!(stored.record.metadata, row.metadata);
+    }
+    let mut ids = Vec::new();
+    let mut after = String::new();
+    loop {
+        let page = store.instances_page(&after, 2).unwrap();
+        let Some(last) = page.last() else { break };
+        after = last.record.id.clone();
+        ids.extend(page.into_iter().map(|i| i.record.id));
+    }
+    let mut expected: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
+    expected.sort();
+    assert_eq!(ids, expected, "each read once, in byte order");
 }
 
 /// Opens the store at `url` with `concurrency` workers (the store's default when `None`).

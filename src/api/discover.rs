@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use bytes::{Buf, BufMut};
+use bytes::{Buf, BufMut, Bytes};
 use prost::Message;
 use tokio_stream::StreamExt;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
@@ -25,6 +25,7 @@ use super::drain::REFUSED;
 use super::grpc::PolarisGrpcAdapter;
 use crate::code::Code;
 use crate::discovery::answer::{self, Encoded};
+use crate::discovery::{Answered, Discovery};
 use crate::proto;
 use crate::proto::discover_response::DiscoverResponseType;
 use crate::proto::polaris_grpc_server::PolarisGrpcServer;
@@ -41,12 +42,17 @@ pub struct PolarisService {
 }
 
 impl PolarisService {
-    pub fn new(api: Arc<ClientApi>) -> Self {
+    /// `max_message`: the largest request message decoded, in bytes
+    /// (`server.grpc_max_message`); tonic refuses a larger one with OUT_OF_RANGE.
+    pub fn new(api: Arc<ClientApi>, max_message: usize) -> Self {
         PolarisService {
-            generated: PolarisGrpcAdapter::new(Arc::clone(&api)).into_server(),
+            generated: PolarisGrpcAdapter::new(Arc::clone(&api))
+                .into_server()
+                .max_decoding_message_size(max_message),
             discover: DiscoverStreams {
                 api,
                 metrics: Arc::new(DiscoverMetrics::new("grpc")),
+                max_message,
             },
         }
     }
@@ -83,7 +89,8 @@ where
         }
         let streams = self.discover.clone();
         Box::pin(async move {
-            let mut grpc = tonic::server::Grpc::new(EncodedAnswers);
+            let mut grpc = tonic::server::Grpc::new(EncodedAnswers)
+                .max_decoding_message_size(streams.max_message);
             Ok(grpc.streaming(streams, request).await)
         })
     }
@@ -94,6 +101,8 @@ where
 struct DiscoverStreams {
     api: Arc<ClientApi>,
     metrics: Arc<DiscoverMetrics>,
+    /// The largest request message decoded, in bytes.
+    max_message: usize,
 }
 
 type AnswerStream =
@@ -109,7 +118,7 @@ impl tower_service::Service<Request<Streaming<Incoming>>> for DiscoverStreams {
     }
 
     fn call(&mut self, request: Request<Streaming<Incoming>>) -> Self::Future {
-        let DiscoverStreams { api, metrics } = self.clone();
+        let DiscoverStreams { api, metrics, .. } = self.clone();
         let drain = Arc::clone(api.drain());
         drain.arrived();
         if drain.draining() {
@@ -125,22 +134,7 @@ impl tower_service::Service<Request<Streaming<Incoming>>> for DiscoverStreams {
             if drain.draining() {
                 return Err(Status::unavailable(REFUSED));
             }
-            let answered = match incoming? {
-                Incoming::Request(request) => api.discover(&request, false),
-                Incoming::Malformed(reason) => {
-                    tracing::debug!(%reason, "undecodable Discover request");
-                    crate::discovery::Answered {
-                        code: Code::ParseException,
-                        kind: "UNKNOWN",
-                        bytes: answer::plain(
-                            Code::ParseException,
-                            DiscoverResponseType::Unknown,
-                            None,
-                        ),
-                        reused: false,
-                    }
-                }
-            };
+            let answered = answer(api.discovery(), incoming?);
             // A full INSTANCE answer: the one encoded once per revision.
             let full = answered.code == Code::ExecuteSuccess && answered.kind == "INSTANCE";
             metrics.record(
@@ -184,10 +178,37 @@ impl tokio_stream::Stream for EndsAtDrain {
 }
 
 /// One message of a Discover stream.
-enum Incoming {
+pub(crate) enum Incoming {
     Request(Box<proto::DiscoverRequest>),
     /// It did not decode; why.
     Malformed(String),
+}
+
+impl Incoming {
+    /// Decodes one message (as prost decodes a `DiscoverRequest`), or says why it did not.
+    pub(crate) fn decode(message: Bytes) -> Incoming {
+        match proto::DiscoverRequest::decode(message) {
+            Ok(request) => Incoming::Request(Box::new(request)),
+            Err(error) => Incoming::Malformed(error.to_string()),
+        }
+    }
+}
+
+/// The answer to one message of a Discover stream: from the registry cache, or 400001
+/// ParseException for a message that did not decode. gRPC answers every instance.
+pub(crate) fn answer(discovery: &Discovery, incoming: Incoming) -> Answered {
+    match incoming {
+        Incoming::Request(request) => discovery.answer(&request, false),
+        Incoming::Malformed(reason) => {
+            tracing::debug!(%reason, "undecodable Discover request");
+            Answered {
+                code: Code::ParseException,
+                kind: "UNKNOWN",
+                bytes: answer::plain(Code::ParseException, DiscoverResponseType::Unknown, None),
+                reused: false,
+            }
+        }
+    }
 }
 
 /// Decodes `DiscoverRequest`s (leniently) and sends answers' bytes as they are.
@@ -227,10 +248,6 @@ impl Decoder for EncodedAnswers {
 
     fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Incoming>, Status> {
         // Taken whole, so that a message that does not decode leaves nothing behind.
-        let message = src.copy_to_bytes(src.remaining());
-        Ok(Some(match proto::DiscoverRequest::decode(message) {
-            Ok(request) => Incoming::Request(Box::new(request)),
-            Err(error) => Incoming::Malformed(error.to_string()),
-        }))
+        Ok(Some(Incoming::decode(src.copy_to_bytes(src.remaining()))))
     }
 }

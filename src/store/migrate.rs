@@ -50,6 +50,11 @@ pub const MYSQL: &[Migration] = &[
         name: "0003_change_feed.sql",
         sql: include_str!("../../migrations/mysql/0003_change_feed.sql"),
     },
+    Migration {
+        version: 4,
+        name: "0004_unpadded_keys.sql",
+        sql: include_str!("../../migrations/mysql/0004_unpadded_keys.sql"),
+    },
 ];
 
 /// The statements of a migration file: separated by lines ending in `;`, comment lines

@@ -53,20 +53,37 @@ impl JsonError {
 
 /// Reads a JSON body as the message `full_name` (one of the constants above).
 pub fn decode<M: Message + Default>(full_name: &str, body: &[u8]) -> Result<M, JsonError> {
-    let desc = descriptor(full_name);
     // The usual body (no nulls, no unknown keys, every value valid) is read straight from
-    // its bytes by the strict reader; any other takes the lenient way below, which also
-    // words the error.
+    // its bytes by the strict reader; any other takes the lenient way, which also words
+    // the error.
+    match read_strict(full_name, body) {
+        Some(message) => Ok(message),
+        None => read_lenient(full_name, body),
+    }
+}
+
+/// The strict proto3 JSON reader, straight from the bytes: `None` for any body it does
+/// not take whole. Where it takes a body, [`read_lenient`] reads the same message.
+pub(crate) fn read_strict<M: Message + Default>(full_name: &str, body: &[u8]) -> Option<M> {
     let mut reader = serde_json::Deserializer::from_slice(body);
-    if let Ok(dynamic) = DynamicMessage::deserialize_with_options(
-        desc.clone(),
+    let dynamic = DynamicMessage::deserialize_with_options(
+        descriptor(full_name),
         &mut reader,
         &DeserializeOptions::new(),
-    ) && reader.end().is_ok()
-        && let Ok(message) = dynamic.transcode_to::<M>()
-    {
-        return Ok(message);
-    }
+    )
+    .ok()?;
+    reader.end().ok()?;
+    dynamic.transcode_to::<M>().ok()
+}
+
+/// Polaris's lenient reading: the body parsed as a JSON value, `null`s and unknown keys
+/// dropped (see [`lenient`]), then read by descriptor. Words the error of a body it
+/// refuses.
+pub(crate) fn read_lenient<M: Message + Default>(
+    full_name: &str,
+    body: &[u8],
+) -> Result<M, JsonError> {
+    let desc = descriptor(full_name);
     let mut value: Value =
         serde_json::from_slice(body).map_err(|error| JsonError(error.to_string()))?;
     if value.is_null() {

@@ -1,0 +1,4 @@
+d
+	
+pay.api
+prod
