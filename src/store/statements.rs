@@ -220,27 +220,12 @@ mod tests {
 
     fn record(id: &str, ttl: Option<u32>, metadata: usize) -> InstanceRecord {
         InstanceRecord {
-            id: id.to_owned(),
-            namespace: "ns".to_owned(),
-            service: "svc".to_owned(),
-            vpc_id: String::new(),
-            host: "h".to_owned(),
-            port: 1,
-            protocol: String::new(),
-            version: String::new(),
-            priority: 0,
-            weight: 100,
-            healthy: true,
-            isolate: None,
             enable_health_check: ttl.is_some(),
             health_check_ttl: ttl,
-            logic_set: String::new(),
-            region: String::new(),
-            zone: String::new(),
-            campus: String::new(),
             metadata: (0..metadata)
                 .map(|k| (format!("k{k}"), "v".to_owned()))
                 .collect(),
+            ..InstanceRecord::sample(id)
         }
     }
 

@@ -58,25 +58,10 @@ fn fresh_database(suffix: &str) -> Option<String> {
 
 fn row(host: &str) -> InstanceRecord {
     InstanceRecord {
-        id: format!("unit-{host}"),
         namespace: "unit".to_owned(),
-        service: "svc".to_owned(),
-        vpc_id: String::new(),
         host: host.to_owned(),
         port: 80,
-        protocol: String::new(),
-        version: String::new(),
-        priority: 0,
-        weight: 100,
-        healthy: true,
-        isolate: None,
-        enable_health_check: false,
-        health_check_ttl: None,
-        logic_set: String::new(),
-        region: String::new(),
-        zone: String::new(),
-        campus: String::new(),
-        metadata: vec![],
+        ..InstanceRecord::sample(&format!("unit-{host}"))
     }
 }
 
