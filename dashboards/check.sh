@@ -360,6 +360,8 @@ shutdown_timeout = "5s"
 
 [store]
 url = "sqlite://$work/check.db"
+# Within shutdown_timeout, as the config requires.
+outage_wait = "5s"
 
 # The shortest retention allowed (refresh_interval + feed_overlap): the churn's
 # deregistered rows are purged within the check, at the purge's 10 s floor.
