@@ -144,7 +144,7 @@ fn describe() {
     );
     describe_counter!(
         BATCH_REFUSED_TOTAL,
-        "Requests refused with 429001 at the queue, by reason: queue_full (queue_size reached) or wait (more queued than the store writes within max_queue_wait)."
+        "Requests refused with 429001 at the queue, by reason: queue_full (queue_size reached), wait (more queued than the store writes within max_queue_wait), too_late (taken after waiting over twice max_queue_wait, not written)."
     );
     describe_gauge!(
         QUEUE_WAIT_ESTIMATE_SECONDS,
@@ -338,6 +338,7 @@ pub struct BatchMetrics {
     dropped: Counter,
     refused_full: Counter,
     refused_wait: Counter,
+    refused_late: Counter,
     wait_estimate: Gauge,
 }
 
@@ -354,6 +355,7 @@ impl BatchMetrics {
             dropped: counter!(ASYNC_DROPPED_TOTAL, "api" => api),
             refused_full: counter!(BATCH_REFUSED_TOTAL, "api" => api, "reason" => "queue_full"),
             refused_wait: counter!(BATCH_REFUSED_TOTAL, "api" => api, "reason" => "wait"),
+            refused_late: counter!(BATCH_REFUSED_TOTAL, "api" => api, "reason" => "too_late"),
             wait_estimate: gauge!(QUEUE_WAIT_ESTIMATE_SECONDS, "api" => api),
         }
     }
@@ -366,6 +368,11 @@ impl BatchMetrics {
         } else {
             self.refused_wait.increment(1);
         }
+    }
+
+    /// A request taken from the queue too late to be written, answered 429001.
+    pub fn refused_late(&self) {
+        self.refused_late.increment(1);
     }
 
     /// How long the queue would take to write, as admission estimated it.

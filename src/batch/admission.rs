@@ -11,12 +11,19 @@
 //! workers` such times. Smaller batches are not measured (a lone request says little
 //! about how fast a backlog drains), nor are batches whose writer met an outage. Until a
 //! full batch has been measured (a storm that meets a freshly started server), the queue
-//! is held to `COLD_ROUNDS` rounds of full batches. While a writer waits for an unreachable database, no request is refused
+//! is held to `COLD_ROUNDS` rounds of full batches.
+//!
+//! The estimate can be overtaken: a store that slows down tenfold within a second leaves
+//! what was admitted at the earlier rate waiting longer. So a request that has waited in
+//! the queue more than `max_queue_wait` when a store worker takes it is not written but
+//! answered 429001 too (it was not processed; its client may retry). Time waiting
+//! for an unreachable or stalled store does not count: an outage is ridden through. While a writer waits for an unreachable database, no request is refused
 //! for time: an outage is ridden through (see `store.outage_wait`), and the queue's
 //! length still bounds it.
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::store::resilient::OutageWatch;
 
@@ -38,6 +45,9 @@ pub struct Admission {
     workers: usize,
     /// Average time of a full batch in a store worker, in nanoseconds; 0 until measured.
     full_batch_nanos: AtomicU64,
+    /// When the last write that took longer than `max_queue_wait` (a stalled store)
+    /// ended.
+    stalled: Mutex<Option<Instant>>,
     /// One per store worker's writer.
     outages: Vec<OutageWatch>,
 }
@@ -50,6 +60,7 @@ impl Admission {
             max_batch,
             workers: outages.len(),
             full_batch_nanos: AtomicU64::new(0),
+            stalled: Mutex::new(None),
             outages,
         }
     }
@@ -95,6 +106,35 @@ impl Admission {
             old - old / SMOOTHING + sample / SMOOTHING
         };
         self.full_batch_nanos.store(new.max(1), Ordering::Relaxed);
+    }
+
+    /// Whether a request taken after waiting `waited` in the queue is too late to be
+    /// written: over `max_queue_wait`, not counting a wait for an unreachable or stalled
+    /// store.
+    pub fn too_late(&self, waited: Duration) -> bool {
+        if self.max_queue_wait.is_zero() || waited <= self.max_queue_wait {
+            return false;
+        }
+        if self.store_unreachable() {
+            return false;
+        }
+        let stalled = *self.stalled.lock().expect("stall lock");
+        let calm_since = self
+            .outages
+            .iter()
+            .filter_map(OutageWatch::ended)
+            .chain(stalled)
+            .max();
+        let counted = calm_since.map_or(waited, |since| waited.min(since.elapsed()));
+        counted > self.max_queue_wait
+    }
+
+    /// A write took `took`: longer than `max_queue_wait` means the store stalled (a
+    /// paused database answers no error), and the wait until now does not count.
+    pub fn written(&self, took: Duration) {
+        if !self.max_queue_wait.is_zero() && took > self.max_queue_wait {
+            *self.stalled.lock().expect("stall lock") = Some(Instant::now());
+        }
     }
 
     fn store_unreachable(&self) -> bool {
@@ -194,6 +234,30 @@ mod tests {
         assert!(a.admits(10_000), "the outage is ridden through");
         a.outages[1].set_waiting(false);
         assert!(!a.admits(10_000));
+    }
+
+    #[test]
+    fn a_request_waiting_over_max_queue_wait_is_too_late() {
+        let a = admission(Duration::from_secs(1), 1);
+        assert!(!a.too_late(Duration::from_millis(999)));
+        assert!(a.too_late(Duration::from_millis(1_001)));
+        // A wait for an unreachable store does not count, nor one for a stalled store.
+        a.outages[0].set_waiting(true);
+        assert!(!a.too_late(Duration::from_secs(5)), "during the outage");
+        a.outages[0].set_waiting(false);
+        assert!(!a.too_late(Duration::from_secs(5)), "just after it");
+        let b = admission(Duration::from_secs(1), 1);
+        b.written(Duration::from_secs(4));
+        assert!(
+            !b.too_late(Duration::from_secs(5)),
+            "just after a stalled write"
+        );
+        b.written(Duration::from_millis(10));
+        assert!(
+            !b.too_late(Duration::from_secs(5)),
+            "a fast write is no new stall"
+        );
+        assert!(!admission(Duration::ZERO, 1).too_late(Duration::from_secs(60)));
     }
 
     #[test]

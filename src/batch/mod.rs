@@ -39,6 +39,9 @@ pub use reply::{BatchResult, Pending, Reply};
 pub enum BatchError {
     #[error("too many requests queued: try again shortly")]
     QueueFull,
+    /// Taken from the queue too late to be written (see [`admission`]).
+    #[error("waited too long in the queue: not written; try again shortly")]
+    TooLate,
     #[error("the server is shutting down")]
     ShuttingDown,
     #[error("the request was dropped before it was written")]
@@ -51,7 +54,7 @@ impl BatchError {
     /// The Polaris code the request is answered with.
     pub fn code(&self) -> Code {
         match self {
-            BatchError::QueueFull => Code::InstanceTooManyRequests,
+            BatchError::QueueFull | BatchError::TooLate => Code::InstanceTooManyRequests,
             BatchError::Store(_) => Code::StoreLayerException,
             BatchError::ShuttingDown | BatchError::Abandoned => Code::ExecuteException,
         }
@@ -282,6 +285,7 @@ impl<W: BatchWrite> StoreWorker<W> {
                     "store worker panicked while writing a batch"
                 );
             }
+            self.admission.written(taken.elapsed());
             let cycle = Cycle {
                 size,
                 taken,
@@ -332,6 +336,11 @@ impl<W: BatchWrite> StoreWorker<W> {
         let mut slot_of: HashMap<String, usize> = HashMap::with_capacity(batch.len());
         for pending in batch {
             let waited = now.saturating_duration_since(pending.enqueued_at);
+            if !pending.reply.is_detached() && self.admission.too_late(waited) {
+                self.metrics.refused_late();
+                pending.reply.send(Err(BatchError::TooLate));
+                continue;
+            }
             self.metrics.queued(waited);
             if pending.reply.is_detached() && waited > self.task_life {
                 self.metrics.dropped();

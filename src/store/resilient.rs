@@ -56,6 +56,8 @@ struct OutageState {
     waiting: AtomicBool,
     /// Outages met so far: a write that saw this change met one.
     episodes: AtomicU64,
+    /// When the last outage ended.
+    ended: std::sync::Mutex<Option<Instant>>,
 }
 
 impl OutageWatch {
@@ -75,7 +77,13 @@ impl OutageWatch {
         self.0.waiting.store(true, Ordering::Release);
     }
 
+    /// When the last outage ended; `None` if none has.
+    pub fn ended(&self) -> Option<Instant> {
+        *self.0.ended.lock().expect("outage lock")
+    }
+
     fn end(&self) {
+        *self.0.ended.lock().expect("outage lock") = Some(Instant::now());
         self.0.waiting.store(false, Ordering::Release);
     }
 
