@@ -25,7 +25,7 @@ loadgen=${LOADGEN:-target/release/batchreg-loadgen}
 grpc=127.0.0.1:18391
 http=127.0.0.1:18390
 
-cargo build --release -p batchreg -p batchreg-loadgen --benches >/dev/null 2>&1
+cargo build --release -p batchreg -p batchreg-loadgen --bins --benches >/dev/null 2>&1
 ceiling=$(ls -t target/release/deps/grpc_ceiling-* | grep -v '\.d$' | head -1)
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT

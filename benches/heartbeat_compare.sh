@@ -30,7 +30,7 @@ grpc=127.0.0.1:18391
 http=127.0.0.1:18390
 case "$mode" in memory | redis) ;; *) echo "mode: memory or redis" >&2; exit 2 ;; esac
 
-cargo build --release -p batchreg -p batchreg-loadgen --benches >/dev/null 2>&1
+cargo build --release -p batchreg -p batchreg-loadgen --bins --benches >/dev/null 2>&1
 ceiling=$(ls -t target/release/deps/grpc_ceiling-* | grep -v '\.d$' | head -1)
 work=$(mktemp -d)
 prefix="batchreg-hbcmp-$$:"

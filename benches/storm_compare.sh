@@ -23,7 +23,7 @@ out_dir=${OUT_DIR:-target/storm}
 grpc=127.0.0.1:18191
 http=127.0.0.1:18190
 
-cargo build --release -p batchreg -p batchreg-loadgen --benches >/dev/null 2>&1
+cargo build --release -p batchreg -p batchreg-loadgen --bins --benches >/dev/null 2>&1
 direct=$(ls -t target/release/deps/direct_writer-* | grep -v '\.d$' | head -1)
 ceiling=$(ls -t target/release/deps/grpc_ceiling-* | grep -v '\.d$' | head -1)
 work=$(mktemp -d)

@@ -124,6 +124,7 @@ impl ClientApi {
             code: Code::ExecuteSuccess,
             info: "heartbeat taken",
             id,
+            placed: None,
         })
     }
 
@@ -175,7 +176,7 @@ impl ClientApi {
             let written = queued?.await?;
             if written.code == Code::ExecuteSuccess {
                 // A registration counts as a first beat.
-                self.health.registered(&written.id);
+                self.health.registered(&written.id, written.placed.as_ref());
             }
             Ok(written)
         }

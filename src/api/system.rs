@@ -71,7 +71,7 @@ impl SystemInstances {
             let input = system_instance(service, at, checked);
             let written = api.naming.register(&ctx, input.clone()).await?;
             if written.code == Code::ExecuteSuccess {
-                api.health.registered(&written.id);
+                api.health.registered(&written.id, written.placed.as_ref());
             }
             instances.push(InstanceInput {
                 id: Some(written.id),

@@ -21,6 +21,9 @@ use crate::proto;
 use crate::store::clock;
 use crate::store::{InstanceRecord, StoredInstance, StoredService};
 
+/// Services a call of [`RegistryCache::put_instances`] remembers, to look each up once.
+const MET_SERVICES: usize = 16;
+
 /// The revision of a service without instances: sha1("").
 pub const EMPTY_REVISION: &str = "da39a3ee5e6b4b0d3255bfef95601890afd80709";
 
@@ -40,6 +43,14 @@ pub struct CachedInstance {
     field: Bytes,
     /// Its share of the service revision.
     digest: u64,
+}
+
+/// An instance just put in the cache: its id as the cache shares it (the beat table
+/// keeps the same allocation) and its heartbeat ttl, when it has a heartbeat check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placed {
+    pub id: Arc<str>,
+    pub ttl: Option<u32>,
 }
 
 /// A content revision: 16 bytes when it is batchreg's 32 hex digits, else as written.
@@ -109,46 +120,9 @@ impl<'a> From<&'a StoredInstance> for InstanceFacts<'a> {
     }
 }
 
-/// A stored time as answers show it: to the second (`2026-12-01 13:15:00`).
-fn shown_time(time: &str) -> String {
-    time.get(..19).unwrap_or(time).to_owned()
-}
-
 impl CachedInstance {
     pub fn new(facts: InstanceFacts<'_>) -> Self {
         let r = facts.record;
-        let text = |value: &str| Some(value.to_owned());
-        let wire = proto::Instance {
-            id: text(&r.id),
-            service: text(&r.service),
-            namespace: text(&r.namespace),
-            vpc_id: text(&r.vpc_id),
-            host: text(&r.host),
-            port: Some(r.port),
-            protocol: text(&r.protocol),
-            version: text(&r.version),
-            priority: Some(r.priority),
-            weight: Some(r.weight),
-            enable_health_check: Some(r.enable_health_check),
-            health_check: r.health_check_ttl.map(|ttl| proto::HealthCheck {
-                r#type: proto::health_check::HealthCheckType::Heartbeat as i32,
-                heartbeat: Some(proto::HeartbeatHealthCheck { ttl: Some(ttl) }),
-            }),
-            healthy: Some(r.healthy),
-            isolate: Some(facts.isolate),
-            location: Some(proto::Location {
-                region: text(&r.region),
-                zone: text(&r.zone),
-                campus: text(&r.campus),
-            }),
-            metadata: r.metadata.iter().cloned().collect(),
-            logic_set: text(&r.logic_set),
-            ctime: Some(shown_time(facts.ctime)),
-            mtime: Some(shown_time(facts.mtime)),
-            revision: text(facts.revision),
-            // The service token is a secret: never in an answer.
-            service_token: None,
-        };
         let mut digest = Sha1::new();
         for part in [&r.id, facts.revision, facts.ctime, facts.mtime] {
             digest.update((part.len() as u64).to_le_bytes());
@@ -163,7 +137,7 @@ impl CachedInstance {
             isolate: facts.isolate,
             healthy: r.healthy,
             ttl: r.health_check_ttl,
-            field: answer::instance_field(&wire),
+            field: answer::instance_field(facts),
             digest: u64::from_le_bytes(digest[..8].try_into().expect("8 bytes")),
         }
     }
@@ -276,6 +250,14 @@ struct ServiceState {
 }
 
 impl ServiceState {
+    /// Adds or replaces an instance; the revision is refreshed by the caller.
+    fn put(&mut self, cached: CachedInstance) {
+        self.sum = self.sum.wrapping_add(cached.digest);
+        if let Some(old) = self.instances.insert(Arc::clone(&cached.id), cached) {
+            self.sum = self.sum.wrapping_sub(old.digest);
+        }
+    }
+
     fn refresh_revision(&mut self, namespace: &str, name: &str) {
         self.answer = None;
         self.revision = if self.instances.is_empty() {
@@ -390,26 +372,84 @@ impl RegistryCache {
 
     /// Puts an instance of `service` in the cache, replacing what it held for its id
     /// (also under another service).
-    pub fn put_instance(&self, service: &StoredService, facts: InstanceFacts<'_>) {
-        let cached = CachedInstance::new(facts);
-        let entry = self.service_entry(&service.namespace, &service.name, || service.into());
-        let id = Arc::clone(&cached.id);
-        let previous = self
-            .instances
-            .write()
-            .expect("cache lock")
-            .insert(Arc::clone(&id), Arc::clone(&entry));
-        if let Some(previous) = previous.filter(|p| !Arc::ptr_eq(p, &entry)) {
-            previous.remove(&id);
+    pub fn put_instance(&self, service: &StoredService, facts: InstanceFacts<'_>) -> Placed {
+        let mut placed = self.put_instances([(service, facts)]);
+        placed.pop().expect("one instance put")
+    }
+
+    /// Puts instances in the cache as [`Self::put_instance`] does, each lock taken once
+    /// for them all and each service's revision computed once per run of its instances:
+    /// a write batch or a page of the load is one call. Returns, in order, each
+    /// instance's id as the cache shares it and its heartbeat ttl.
+    pub fn put_instances<'a>(
+        &self,
+        puts: impl IntoIterator<Item = (&'a StoredService, InstanceFacts<'a>)>,
+    ) -> Vec<Placed> {
+        let mut entries: Vec<(Arc<ServiceEntry>, CachedInstance)> = Vec::new();
+        // The services met so far: a batch names few.
+        let mut met: Vec<Arc<ServiceEntry>> = Vec::new();
+        for (service, facts) in puts {
+            let known = met
+                .iter()
+                .find(|e| *e.namespace == *service.namespace && *e.name == *service.name);
+            let entry = match known {
+                Some(entry) => Arc::clone(entry),
+                None => {
+                    let entry =
+                        self.service_entry(&service.namespace, &service.name, || service.into());
+                    if met.len() < MET_SERVICES {
+                        met.push(Arc::clone(&entry));
+                    }
+                    entry
+                }
+            };
+            entries.push((entry, CachedInstance::new(facts)));
         }
+        let placed: Vec<Placed> = entries
+            .iter()
+            .map(|(_, cached)| Placed {
+                id: Arc::clone(&cached.id),
+                ttl: cached.ttl,
+            })
+            .collect();
+        let mut moved = Vec::new();
+        let mut instances = self.instances.write().expect("cache lock");
+        for (entry, cached) in &entries {
+            let previous = instances.insert(Arc::clone(&cached.id), Arc::clone(entry));
+            if let Some(previous) = previous.filter(|p| !Arc::ptr_eq(p, entry)) {
+                moved.push((previous, Arc::clone(&cached.id)));
+            }
+        }
+        drop(instances);
         let mut unhealthy = self.unhealthy.lock().expect("cache lock");
-        if cached.healthy {
-            unhealthy.remove(&id);
-        } else {
-            unhealthy.insert(Arc::clone(&id));
+        for (_, cached) in &entries {
+            if !cached.healthy {
+                unhealthy.insert(Arc::clone(&cached.id));
+            } else if !unhealthy.is_empty() {
+                unhealthy.remove(&cached.id);
+            }
         }
         drop(unhealthy);
-        entry.insert(cached);
+        // Grouped by service, each service's instances in the order given.
+        entries.sort_by_key(|(entry, _)| Arc::as_ptr(entry) as usize);
+        let mut entries = entries.into_iter().peekable();
+        while let Some((entry, cached)) = entries.next() {
+            let mut state = entry.state.lock().expect("service lock");
+            state.put(cached);
+            while let Some((_, cached)) = entries.next_if(|(next, _)| Arc::ptr_eq(next, &entry)) {
+                state.put(cached);
+            }
+            state.refresh_revision(&entry.namespace, &entry.name);
+        }
+        // Instances that moved to another service leave the one they were in (unless a
+        // later put of the same id brought them back to it).
+        for (previous, id) in moved {
+            let now_in = self.instances.read().expect("cache lock").get(&id).cloned();
+            if !now_in.is_some_and(|entry| Arc::ptr_eq(&entry, &previous)) {
+                previous.remove(&id);
+            }
+        }
+        placed
     }
 
     /// The instances whose health is false.
@@ -495,10 +535,15 @@ impl RegistryCache {
         state.instances.get(id).map(look)
     }
 
-    /// Whether the cache holds the instance as stored with this revision and mtime.
-    pub fn holds(&self, id: &str, revision: &str, mtime: &str) -> bool {
-        self.peek(id, |held| held.is_stored_as(revision, mtime))
-            .unwrap_or(false)
+    /// The instance, when the cache holds it as stored with this revision and mtime.
+    pub fn held_as(&self, id: &str, revision: &str, mtime: &str) -> Option<Placed> {
+        self.peek(id, |held| {
+            held.is_stored_as(revision, mtime).then(|| Placed {
+                id: Arc::clone(&held.id),
+                ttl: held.ttl,
+            })
+        })
+        .flatten()
     }
 
     /// The mtime of an instance's removal, if it was removed recently.
@@ -549,15 +594,6 @@ impl RegistryCache {
 }
 
 impl ServiceEntry {
-    fn insert(&self, cached: CachedInstance) {
-        let mut state = self.state.lock().expect("service lock");
-        state.sum = state.sum.wrapping_add(cached.digest);
-        if let Some(old) = state.instances.insert(Arc::clone(&cached.id), cached) {
-            state.sum = state.sum.wrapping_sub(old.digest);
-        }
-        state.refresh_revision(&self.namespace, &self.name);
-    }
-
     fn remove(&self, id: &str) {
         let mut state = self.state.lock().expect("service lock");
         if let Some(old) = state.instances.remove(id) {
@@ -769,6 +805,72 @@ pub(crate) mod tests {
         assert_eq!(cache.service("ns", "b").unwrap().instance_count(), 1);
         assert_eq!(cache.instance_count(), 1);
         assert_eq!(cache.service_count(), 2);
+    }
+
+    #[test]
+    fn a_batch_put_ends_as_the_same_puts_one_by_one() {
+        let mtime = "2026-12-01 10:00:01.000";
+        let mut records: Vec<InstanceRecord> = (0..6)
+            .map(|n| record(&format!("i{n}"), if n % 2 == 0 { "a" } else { "b" }, 100))
+            .collect();
+        records[5].health_check_ttl = None;
+        records[3].healthy = false;
+        // i0 moves from a to b within the batch, then back to a: it ends in a.
+        let mut moved = record("i0", "b", 7);
+        moved.metadata.clear();
+        records.insert(1, moved);
+        records.push(record("i0", "a", 9));
+        let revisions: Vec<String> = records.iter().map(|r| r.revision(false)).collect();
+        let services: Vec<StoredService> = records.iter().map(|r| service(&r.service)).collect();
+        let facts = |n: usize| InstanceFacts {
+            record: &records[n],
+            isolate: false,
+            revision: &revisions[n],
+            ctime: "2026-12-01 10:00:00.000",
+            mtime,
+        };
+
+        let one_by_one = RegistryCache::default();
+        let placed_one_by_one: Vec<Placed> = (0..records.len())
+            .map(|n| one_by_one.put_instance(&services[n], facts(n)))
+            .collect();
+        let batched = RegistryCache::default();
+        // The instance is in b before the batch.
+        batched.put_instance(&services[1], facts(1));
+        let placed = batched.put_instances((0..records.len()).map(|n| (&services[n], facts(n))));
+
+        assert_eq!(placed, placed_one_by_one);
+        assert_eq!(
+            placed[6],
+            Placed {
+                id: Arc::from("i5"),
+                ttl: None
+            }
+        );
+        assert_eq!(
+            placed[0],
+            Placed {
+                id: Arc::from("i0"),
+                ttl: Some(5)
+            }
+        );
+        for cache in [&one_by_one, &batched] {
+            let ids = |name: &str| -> Vec<String> {
+                let entry = cache.service("ns", name).unwrap();
+                entry.instances().iter().map(|i| i.id.to_string()).collect()
+            };
+            assert_eq!(ids("a"), ["i0", "i2", "i4"]);
+            assert_eq!(ids("b"), ["i1", "i3", "i5"]);
+            assert_eq!(cache.instance_count(), 6);
+            assert_eq!(cache.unhealthy(), vec![Arc::<str>::from("i3")]);
+        }
+        assert_eq!(revision(&batched, "a"), revision(&one_by_one, "a"));
+        assert_eq!(revision(&batched, "b"), revision(&one_by_one, "b"));
+        assert_eq!(
+            batched.held_as("i0", &revisions[7], mtime),
+            Some(placed[0].clone())
+        );
+        assert_eq!(batched.held_as("i0", &revisions[0], mtime), None);
     }
 
     #[test]

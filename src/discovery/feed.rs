@@ -241,7 +241,9 @@ pub fn follow_once(
             fetch.push(row.id);
         }
     }
-    for stored in store.instances(&fetch)? {
+    let fetched = store.instances(&fetch)?;
+    let mut puts = Vec::new();
+    for stored in &fetched {
         let id = &stored.record.id;
         let newer_held = cache
             .peek(id, |held| held.written_after(&stored.mtime))
@@ -262,10 +264,14 @@ pub fn follow_once(
                 mtime: String::new(),
             },
         };
-        cache.put_instance(&service, InstanceFacts::from(&stored));
         delays.push(since_write(&stored.mtime));
         newest = newest.max(Some(stored.mtime.clone()));
+        puts.push((service, stored));
     }
+    cache.put_instances(
+        puts.iter()
+            .map(|(service, stored)| (service, InstanceFacts::from(*stored))),
+    );
     cache.forget_tombstones(&earlier(&cursor.late_until, overlap));
     let lag = newest.map(|newest| since_write(&newest));
     let next = FeedCursor {

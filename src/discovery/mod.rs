@@ -279,16 +279,19 @@ pub fn load(store: &dyn Store, cache: &RegistryCache, page: usize) -> Result<Loa
             }
         });
         for rows in read {
-            for row in &rows? {
-                if !services.contains_key(&row.service_id) {
-                    // Created after the services were read.
-                    read_services(&mut services)?;
-                }
-                if let Some(service) = services.get(&row.service_id) {
-                    cache.put_instance(service, InstanceFacts::from(row));
-                    instances += 1;
-                }
+            let rows = rows?;
+            if rows
+                .iter()
+                .any(|row| !services.contains_key(&row.service_id))
+            {
+                // Created after the services were read.
+                read_services(&mut services)?;
             }
+            let puts: Vec<_> = rows
+                .iter()
+                .filter_map(|row| Some((services.get(&row.service_id)?, InstanceFacts::from(row))))
+                .collect();
+            instances += cache.put_instances(puts).len();
         }
         Ok::<_, StoreError>(())
     })?;

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use crate::batch::{BatchController, BatchSettings};
 use crate::code::Code;
-use crate::discovery::cache::RegistryCache;
+use crate::discovery::cache::{Placed, RegistryCache};
 use crate::naming::InstanceInput;
 use crate::naming::validate::{self, DEFAULT_TTL_SECONDS, ValidationError};
 use crate::store::clock::Clock;
@@ -223,9 +223,17 @@ impl Health {
         self.enabled
     }
 
-    /// An instance was registered (new or changed): that counts as its first beat.
-    pub fn registered(&self, id: &str) {
-        if let Some((shared, Some(ttl), _)) = self.cache.heartbeat_ttl(id) {
+    /// An instance was registered: that counts as a beat. `placed` is the instance as
+    /// the cache holds it, when the write said; otherwise the cache is asked.
+    pub fn registered(&self, id: &str, placed: Option<&Placed>) {
+        let (shared, ttl) = match placed {
+            Some(placed) => (Arc::clone(&placed.id), placed.ttl),
+            None => match self.cache.heartbeat_ttl(id) {
+                Some((shared, ttl, _)) => (shared, ttl),
+                None => return,
+            },
+        };
+        if let Some(ttl) = ttl {
             self.table
                 .record(&shared, rules::expiry_after(self.clock.now_ms(), ttl));
         }

@@ -13,14 +13,14 @@ use tokio::sync::oneshot;
 
 use crate::batch::{BatchController, BatchError, BatchResult, BatchSettings, BatchWrite};
 use crate::code::Code;
-use crate::discovery::cache::RegistryCache;
+use crate::discovery::cache::{Placed, RegistryCache};
 use crate::store::resilient::{ResilientWriter, RetryPolicy};
 use crate::store::{
     DeregisterOutcome, InstanceRecord, RegisterOptions, RegisterOutcome, Store, StoreError,
 };
 use crate::telemetry::StoreMetrics;
 pub use validate::ValidationError;
-use writes::{DeregisterWrite, RegisterWrite};
+use writes::{DeregisterWrite, RegisterWrite, Registration};
 
 /// An instance as a client sent it, with the wire types gone. Absent fields are `None`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -94,11 +94,19 @@ pub struct Written {
     pub code: Code,
     pub info: &'static str,
     pub id: String,
+    /// A registered instance as the cache holds it (not known for a write answered
+    /// before it is done).
+    pub placed: Option<Placed>,
 }
 
 impl Written {
     fn new(code: Code, info: &'static str, id: String) -> Self {
-        Written { code, info, id }
+        Written {
+            code,
+            info,
+            id,
+            placed: None,
+        }
     }
 }
 
@@ -205,7 +213,7 @@ impl Naming {
     ) -> impl Future<Output = Result<Written, NamingError>> + use<'_> {
         let queued = self.queue_register(ctx, input);
         async move {
-            let (outcome, id, names) = match queued? {
+            let (registration, id, names) = match queued? {
                 Queued::Detached(id) => {
                     return Ok(Written::new(
                         Code::ExecuteSuccess,
@@ -213,32 +221,31 @@ impl Naming {
                         id,
                     ));
                 }
-                Queued::Done(outcome, id) => (outcome, id, None),
+                Queued::Done(registration, id) => (registration, id, None),
                 Queued::Waiting { rx, id, names } => {
                     (rx.await.unwrap_or(Err(BatchError::Abandoned))?, id, names)
                 }
             };
-            let written = match outcome {
-                RegisterOutcome::Created => {
-                    Written::new(Code::ExecuteSuccess, "instance registered", id)
-                }
-                RegisterOutcome::Replaced => {
-                    Written::new(Code::ExecuteSuccess, "instance updated", id)
-                }
+            let (code, info) = match registration.outcome {
+                RegisterOutcome::Created => (Code::ExecuteSuccess, "instance registered"),
+                RegisterOutcome::Replaced => (Code::ExecuteSuccess, "instance updated"),
                 RegisterOutcome::Unchanged => {
                     let code = if self.existed_as_success {
                         Code::ExecuteSuccess
                     } else {
                         Code::ExistedResource
                     };
-                    Written::new(code, "instance already registered, unchanged", id)
+                    (code, "instance already registered, unchanged")
                 }
                 RegisterOutcome::ServiceNotFound => {
                     let (namespace, service) = names.unwrap_or_default();
                     return Err(NamingError::ServiceNotFound { namespace, service });
                 }
             };
-            Ok(written)
+            Ok(Written {
+                placed: registration.placed,
+                ..Written::new(code, info, id)
+            })
         }
     }
 
@@ -248,11 +255,17 @@ impl Naming {
         &self,
         ctx: &RequestContext,
         input: InstanceInput,
-    ) -> Result<Queued<RegisterOutcome>, NamingError> {
+    ) -> Result<Queued<Registration>, NamingError> {
         let record = validate::register_record(input)?;
         let id = record.id.clone();
-        if self.cache_is_authoritative && self.is_cached_unchanged(&record) {
-            return Ok(Queued::Done(RegisterOutcome::Unchanged, id));
+        if self.cache_is_authoritative
+            && let Some(placed) = self.cached_unchanged(&record)
+        {
+            let registration = Registration {
+                outcome: RegisterOutcome::Unchanged,
+                placed: Some(placed),
+            };
+            return Ok(Queued::Done(registration, id));
         }
         if ctx.detached {
             self.register.submit_detached(record)?;
@@ -287,15 +300,17 @@ impl Naming {
         Ok(Written::new(Code::ExecuteSuccess, info, id))
     }
 
-    /// Whether the cache holds this exact instance. A write of the same id still queued
-    /// is concurrent with this request, and may come after it.
-    fn is_cached_unchanged(&self, record: &InstanceRecord) -> bool {
-        let Some((service, held)) = self.cache.instance(&record.id) else {
-            return false;
-        };
-        *service.namespace == *record.namespace
+    /// The instance, when the cache holds this exact instance. A write of the same id
+    /// still queued is concurrent with this request, and may come after it.
+    fn cached_unchanged(&self, record: &InstanceRecord) -> Option<Placed> {
+        let (service, held) = self.cache.instance(&record.id)?;
+        let unchanged = *service.namespace == *record.namespace
             && *service.name == *record.service
-            && held.has_revision(&record.revision(record.isolate.unwrap_or(held.isolate)))
+            && held.has_revision(&record.revision(record.isolate.unwrap_or(held.isolate)));
+        unchanged.then_some(Placed {
+            id: held.id,
+            ttl: held.ttl,
+        })
     }
 
     /// Writes everything queued and answers every request, then stops the threads.

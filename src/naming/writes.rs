@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use crate::batch::BatchWrite;
-use crate::discovery::cache::{InstanceFacts, RegistryCache};
+use crate::discovery::cache::{InstanceFacts, Placed, RegistryCache};
 use crate::store::resilient::{OutageWatch, ResilientWriter, RowResult};
 use crate::store::{
     DeregisterOutcome, InstanceRecord, RegisterOptions, RegisterOutcome, Registered,
@@ -18,9 +18,17 @@ pub struct RegisterWrite {
     pub cache: Arc<RegistryCache>,
 }
 
+/// What a registration did, and the instance as the cache holds it once stored.
+#[derive(Debug, Clone)]
+pub struct Registration {
+    pub outcome: RegisterOutcome,
+    /// `None` when the store did not keep the instance (its service is missing).
+    pub placed: Option<Placed>,
+}
+
 impl BatchWrite for RegisterWrite {
     type Op = InstanceRecord;
-    type Outcome = RegisterOutcome;
+    type Outcome = Registration;
 
     fn key(op: &InstanceRecord) -> &str {
         &op.id
@@ -30,35 +38,59 @@ impl BatchWrite for RegisterWrite {
         self.writer.outage()
     }
 
-    fn write(&mut self, ops: &[InstanceRecord]) -> Vec<RowResult<RegisterOutcome>> {
+    fn write(&mut self, ops: &[InstanceRecord]) -> Vec<RowResult<Registration>> {
         let results = self.writer.register(ops, self.options);
-        ops.iter()
-            .zip(results)
-            .map(|(record, result)| {
-                result.map(|Registered { outcome, stored }| {
-                    // An unchanged instance another replica registered may not have
-                    // reached this cache yet.
-                    if let Some(stored) = stored
-                        && (outcome != RegisterOutcome::Unchanged
-                            || !self
-                                .cache
-                                .holds(&record.id, &stored.revision, &stored.mtime))
-                    {
-                        self.cache.put_instance(
-                            &stored.service,
-                            InstanceFacts {
-                                record,
-                                isolate: stored.isolate,
-                                revision: &stored.revision,
-                                ctime: &stored.ctime,
-                                mtime: &stored.mtime,
-                            },
-                        );
+        // The instances to put in the cache, and where each one's answer waits.
+        let mut puts = Vec::new();
+        let mut answers: Vec<RowResult<Registration>> = ops
+            .iter()
+            .zip(&results)
+            .enumerate()
+            .map(|(index, (record, result))| {
+                result.as_ref().map_err(Arc::clone).map(|registered| {
+                    let Registered { outcome, stored } = registered;
+                    let mut placed = None;
+                    if let Some(stored) = stored {
+                        // An unchanged instance another replica registered may not have
+                        // reached this cache yet.
+                        placed = (*outcome == RegisterOutcome::Unchanged)
+                            .then(|| {
+                                self.cache
+                                    .held_as(&record.id, &stored.revision, &stored.mtime)
+                            })
+                            .flatten();
+                        if placed.is_none() {
+                            puts.push((index, record, stored));
+                        }
                     }
-                    outcome
+                    Registration {
+                        outcome: *outcome,
+                        placed,
+                    }
                 })
             })
-            .collect()
+            .collect();
+        let indices: Vec<usize> = puts.iter().map(|(index, _, _)| *index).collect();
+        let placed = self
+            .cache
+            .put_instances(puts.into_iter().map(|(_, record, stored)| {
+                (
+                    &*stored.service,
+                    InstanceFacts {
+                        record,
+                        isolate: stored.isolate,
+                        revision: &stored.revision,
+                        ctime: &stored.ctime,
+                        mtime: &stored.mtime,
+                    },
+                )
+            }));
+        for (index, placed) in indices.into_iter().zip(placed) {
+            if let Ok(registration) = &mut answers[index] {
+                registration.placed = Some(placed);
+            }
+        }
+        answers
     }
 }
 

@@ -73,9 +73,67 @@ pub fn format_ms(unix_ms: i64) -> String {
 
 /// A time of the time columns' form, in milliseconds since the Unix epoch.
 pub fn parse_ms(time: &str) -> Option<i64> {
+    // The columns' own form is read directly (the cache compares times on every write
+    // and change-feed row); anything else goes through the RFC 3339 parser.
+    if let Some(ms) = parse_column_ms(time.as_bytes()) {
+        return Some(ms);
+    }
     let parsed = humantime::parse_rfc3339(&format!("{}Z", time.replacen(' ', "T", 1))).ok()?;
     let since = parsed.duration_since(UNIX_EPOCH).ok()?;
     i64::try_from(since.as_millis()).ok()
+}
+
+/// `YYYY-MM-DD HH:MM:SS.mmm` (1970 to 9999, fraction of 0 to 9 digits, read to the
+/// millisecond), in milliseconds since the Unix epoch; `None` for any other text.
+fn parse_column_ms(text: &[u8]) -> Option<i64> {
+    let number = |range: std::ops::Range<usize>| -> Option<i64> {
+        let digits = text.get(range)?;
+        digits.iter().try_fold(0i64, |n, &b| {
+            b.is_ascii_digit().then(|| n * 10 + i64::from(b - b'0'))
+        })
+    };
+    let separators = [(4, b'-'), (7, b'-'), (10, b' '), (13, b':'), (16, b':')];
+    if text.len() < 19 || separators.iter().any(|&(at, sep)| text[at] != sep) {
+        return None;
+    }
+    let (year, month, day) = (number(0..4)?, number(5..7)?, number(8..10)?);
+    let (hour, minute, second) = (number(11..13)?, number(14..16)?, number(17..19)?);
+    let fraction = &text[19..];
+    let millis = match fraction {
+        [] => 0,
+        [b'.', digits @ ..] if (1..=9).contains(&digits.len()) => {
+            let mut ms = number(20..text.len().min(23))?;
+            for _ in digits.len()..3 {
+                ms *= 10;
+            }
+            number(20..text.len())?;
+            ms
+        }
+        _ => return None,
+    };
+    let days_in_month = match month {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if year % 4 == 0 && (year % 100 != 0 || year % 400 == 0) => 29,
+        2 => 28,
+        _ => return None,
+    };
+    if year < 1970 || day == 0 || day > days_in_month || hour > 23 || minute > 59 || second > 59 {
+        return None;
+    }
+    // Days from 1970-01-01 to the date (the proleptic Gregorian calendar, in eras of
+    // 400 years counted from March).
+    let (y, m) = if month <= 2 {
+        (year - 1, month + 9)
+    } else {
+        (year, month - 3)
+    };
+    let era = y / 400;
+    let year_of_era = y - era * 400;
+    let day_of_year = (153 * m + 2) / 5 + day - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    let days = era * 146_097 + day_of_era - 719_468;
+    Some(((days * 24 + hour) * 60 + minute) * 60_000 + second * 1000 + millis)
 }
 
 /// `time` minus `by`, in the same form (for the change feed's overlap and retention).
@@ -88,6 +146,56 @@ pub fn earlier(time: &str, by: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The RFC 3339 parser's reading of a column's time.
+    fn parse_ms_slowly(time: &str) -> Option<i64> {
+        let parsed = humantime::parse_rfc3339(&format!("{}Z", time.replacen(' ', "T", 1))).ok()?;
+        i64::try_from(parsed.duration_since(UNIX_EPOCH).ok()?.as_millis()).ok()
+    }
+
+    #[test]
+    fn column_times_are_read_directly_as_the_rfc_3339_parser_reads_them() {
+        for time in [
+            "1970-01-01 00:00:00.000",
+            "1970-01-01 00:00:00",
+            "2000-02-29 23:59:59.999",
+            "2024-02-29 12:00:00.5",
+            "2026-12-01 13:15:00.123456",
+            "2100-03-01 00:00:00.001",
+            "9999-12-31 23:59:59.999",
+        ] {
+            assert_eq!(
+                parse_column_ms(time.as_bytes()),
+                parse_ms_slowly(time),
+                "{time}"
+            );
+            assert!(parse_column_ms(time.as_bytes()).is_some(), "{time}");
+        }
+        for bad in [
+            "2026-13-01 00:00:00.000",
+            "2026-02-29 00:00:00.000",
+            "2100-02-29 00:00:00.000",
+            "2026-12-01T13:15:00.123",
+            "2026-12-01 24:00:00.000",
+            "2026-12-01 13:15:00.",
+            "2026-12-01 13:15:00.12a",
+            "2026-12-01 13:15:00.1234567890",
+            "2026-12-0 13:15:00.000",
+            "1969-12-31 23:59:59.999",
+            "",
+        ] {
+            assert_eq!(parse_column_ms(bad.as_bytes()), None, "{bad}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_written_time_reads_back_as_written(ms in 0i64..253_402_300_800_000) {
+            let text = format_ms(ms);
+            proptest::prop_assert_eq!(parse_ms(&text), Some(ms));
+            proptest::prop_assert_eq!(parse_ms_slowly(&text), Some(ms));
+        }
+    }
 
     #[test]
     fn times_are_utc_text_to_the_millisecond() {
