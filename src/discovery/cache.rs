@@ -24,6 +24,11 @@ use crate::store::{InstanceRecord, StoredInstance, StoredService};
 /// Services a call of [`RegistryCache::put_instances`] remembers, to look each up once.
 const MET_SERVICES: usize = 16;
 
+/// Instances [`RegistryCache::put_instances`] puts under one take of the locks: a
+/// change-feed read or a page of the load is longer, and heartbeats and Discover answers
+/// wait for the instance map's lock meanwhile.
+const PUT_CHUNK: usize = 1024;
+
 /// The revision of a service without instances: sha1("").
 pub const EMPTY_REVISION: &str = "da39a3ee5e6b4b0d3255bfef95601890afd80709";
 
@@ -378,16 +383,31 @@ impl RegistryCache {
     }
 
     /// Puts instances in the cache as [`Self::put_instance`] does, each lock taken once
-    /// for them all and each service's revision computed once per run of its instances:
+    /// per [`PUT_CHUNK`] instances and each service's revision computed once per chunk:
     /// a write batch or a page of the load is one call. Returns, in order, each
     /// instance's id as the cache shares it and its heartbeat ttl.
     pub fn put_instances<'a>(
         &self,
         puts: impl IntoIterator<Item = (&'a StoredService, InstanceFacts<'a>)>,
     ) -> Vec<Placed> {
-        let mut entries: Vec<(Arc<ServiceEntry>, CachedInstance)> = Vec::new();
+        let mut puts = puts.into_iter().peekable();
         // The services met so far: a batch names few.
         let mut met: Vec<Arc<ServiceEntry>> = Vec::new();
+        let mut placed = Vec::new();
+        while puts.peek().is_some() {
+            let chunk = puts.by_ref().take(PUT_CHUNK);
+            placed.extend(self.put_chunk(chunk, &mut met));
+        }
+        placed
+    }
+
+    /// [`Self::put_instances`] for one chunk, `met` the service entries looked up so far.
+    fn put_chunk<'a>(
+        &self,
+        puts: impl Iterator<Item = (&'a StoredService, InstanceFacts<'a>)>,
+        met: &mut Vec<Arc<ServiceEntry>>,
+    ) -> Vec<Placed> {
+        let mut entries: Vec<(Arc<ServiceEntry>, CachedInstance)> = Vec::new();
         for (service, facts) in puts {
             let known = met
                 .iter()
@@ -871,6 +891,36 @@ pub(crate) mod tests {
             Some(placed[0].clone())
         );
         assert_eq!(batched.held_as("i0", &revisions[0], mtime), None);
+    }
+
+    #[test]
+    fn a_put_longer_than_a_chunk_is_put_whole() {
+        let names = ["a", "b", "c"];
+        let records: Vec<InstanceRecord> = (0..PUT_CHUNK * 2 + 500)
+            .map(|n| record(&format!("i{n:05}"), names[n % 3], 100))
+            .collect();
+        let revisions: Vec<String> = records.iter().map(|r| r.revision(false)).collect();
+        let services: Vec<StoredService> = names.iter().map(|name| service(name)).collect();
+        let facts = |n: usize| InstanceFacts {
+            record: &records[n],
+            isolate: false,
+            revision: &revisions[n],
+            ctime: "2026-12-01 10:00:00.000",
+            mtime: "2026-12-01 10:00:01.000",
+        };
+        let batched = RegistryCache::default();
+        let placed =
+            batched.put_instances((0..records.len()).map(|n| (&services[n % 3], facts(n))));
+        let one_by_one = RegistryCache::default();
+        for n in 0..records.len() {
+            one_by_one.put_instance(&services[n % 3], facts(n));
+        }
+        assert_eq!(placed.len(), records.len());
+        assert_eq!(&*placed[PUT_CHUNK + 1].id, "i01025");
+        assert_eq!(batched.instance_count(), records.len());
+        for name in names {
+            assert_eq!(revision(&batched, name), revision(&one_by_one, name));
+        }
     }
 
     #[test]
