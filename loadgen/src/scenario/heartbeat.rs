@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clap::Args;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
 use crate::beats::{BeatSchedule, stopped_instances};
@@ -30,7 +30,8 @@ use crate::runner::{Pacer, Pacing, RunPlan, progress_wanted, run_load};
 use crate::scenario::discover_stream::{DiscoverStream, HealthListing, instances_request};
 use crate::scenario::storm::{self, StormArgs};
 use crate::scenario::{
-    ScenarioRun, SetupError, connect, finish, outcome_of, parse_run_duration, run_setup,
+    RequestHeaders, ScenarioRun, SetupError, connect, finish, outcome_of, parse_run_duration,
+    run_setup,
 };
 use crate::schedule::DueTimes;
 
@@ -161,8 +162,6 @@ pub async fn run(args: HeartbeatArgs) -> Result<ScenarioRun, SetupError> {
     let acknowledged = registered.as_ref().and_then(|storm| storm.acknowledged);
     let connection = &args.connection;
     let (pool, headers) = connect(connection, false).await?;
-    // Full answers can be large: on a connection of their own, they never hold up beats.
-    let watch_pool = ClientPool::connect(&connection.targets[..1], 1, connection.timeout).await?;
     let fleet = Fleet::new(&args.fleet);
     let FleetIds { ids, indices } = FleetIds::new(&fleet);
 
@@ -176,18 +175,15 @@ pub async fn run(args: HeartbeatArgs) -> Result<ScenarioRun, SetupError> {
         log: Arc::clone(&log),
         check,
     };
-    let streams = (0..fleet_watch.services.len())
-        .map(|slot| {
-            DiscoverStream::new(
-                watch_pool.grpc(0),
-                headers.clone(),
-                format!("heartbeat-watch-{slot}"),
-                connection.timeout,
-            )
-        })
-        .collect();
     let (beats_done, beating) = watch::channel(false);
-    let watcher = tokio::spawn(fleet_watch.run(streams, beating));
+    let watcher = fleet_watch
+        .start(
+            &connection.targets[0],
+            connection.timeout,
+            &headers,
+            beating,
+        )
+        .await?;
 
     let schedule = Arc::new(plan.schedule);
     let offered = OfferedLoad {
@@ -348,6 +344,58 @@ struct WatchShared {
 }
 
 impl FleetWatch {
+    /// Starts the watch on a runtime of its own, on a thread of its own, with its own
+    /// connection to `target`, once connected; what it saw comes once `beating` turns
+    /// true. Decoding a full answer (10,000 instances) takes milliseconds of a thread:
+    /// on the beats' runtime, it held up the beats queued behind it on that worker, and
+    /// their latency from send grew while health changed. Apart, the kernel shares the
+    /// cores between the watch and the beats as it does between any two threads.
+    async fn start(
+        self,
+        target: &str,
+        timeout: Duration,
+        headers: &RequestHeaders,
+        beating: watch::Receiver<bool>,
+    ) -> Result<oneshot::Receiver<Watched>, SetupError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime for the watch");
+        let (connected, connecting) = oneshot::channel();
+        let (watched, watching) = oneshot::channel();
+        let (target, headers) = (target.to_owned(), headers.clone());
+        std::thread::Builder::new()
+            .name("loadgen-watch".to_owned())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let pool = match ClientPool::connect(&[target], 1, timeout).await {
+                        Ok(pool) => pool,
+                        Err(error) => {
+                            let _ = connected.send(Err(error));
+                            return;
+                        }
+                    };
+                    let _ = connected.send(Ok(()));
+                    let streams = (0..self.services.len())
+                        .map(|slot| {
+                            DiscoverStream::new(
+                                pool.grpc(0),
+                                headers.clone(),
+                                format!("heartbeat-watch-{slot}"),
+                                timeout,
+                            )
+                        })
+                        .collect();
+                    let _ = watched.send(self.run(streams, beating).await);
+                });
+            })
+            .expect("spawn the watch thread");
+        connecting
+            .await
+            .expect("the watch thread reports its connection")?;
+        Ok(watching)
+    }
+
     /// Polls every service on its stream of `streams` (one each, in order), each
     /// every [`POLL_INTERVAL`] (or as soon as its last poll ends, when one takes
     /// longer), until `beating` turns true.
