@@ -6,13 +6,15 @@
 # listed unhealthy), then from the samples: the store transactions by operation while the
 # whole fleet beat (from 20 s after the registrations to the stop) and after the stop,
 # the health transitions and the server's own expiry lag (expiry to transition), and the
-# server's CPU and RSS while the fleet beat.
+# server's CPU and RSS while the fleet beat, with the loadgen's CPU and the whole host's
+# (so that a run where other work took the cores can be told apart).
 #
 # usage: benches/heartbeat_fleet.sh [sqlite | mysql://root@127.0.0.1:3306] [memory | redis]
 #          [COUNT] [HOLD] [STOP_SHARE]
 #   defaults: sqlite memory 100000 300s 0.1 (100,000 instances at ttl 5, 20,000 beats/s,
 #   held 5 minutes, then 10,000 stop beating and the others beat on for 25 s)
-#   BATCHREG=path  LOADGEN=path
+#   BATCHREG=path  LOADGEN=path  GRPC=host:port  HTTP=host:port (the server's listeners,
+#   default 127.0.0.1:18391 and :18390)  LOADGEN_ARGS="..." (more loadgen options)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 store=${1:-sqlite}
@@ -23,8 +25,8 @@ share=${5:-0.1}
 batchreg=${BATCHREG:-target/release/batchreg}
 loadgen=${LOADGEN:-target/release/batchreg-loadgen}
 redis_url=redis://127.0.0.1:6379/
-grpc=127.0.0.1:18391
-http=127.0.0.1:18390
+grpc=${GRPC:-127.0.0.1:18391}
+http=${HTTP:-127.0.0.1:18390}
 prefix="batchreg-hbfleet-$$:"
 
 [ -x "$batchreg" ] && [ -x "$loadgen" ] || cargo build --release -p batchreg -p batchreg-loadgen >/dev/null 2>&1
@@ -59,7 +61,13 @@ for _ in $(seq 1 100); do curl -sf "http://$http/healthz" >/dev/null && break; s
   started=$(date +%s.%N)
   while :; do
     now=$(date +%s.%N)
-    curl -sf "http://$http/metrics" | awk -v t="$(echo "$now - $started" | bc)" '
+    t=$(echo "$now - $started" | bc)
+    # The host's busy and total jiffies, and the loadgen's own, to tell its CPU apart.
+    awk -v t="$t" '/^cpu / { print t, "host_busy_jiffies", $2+$3+$4+$7+$8+$9; print t, "host_total_jiffies", $2+$3+$4+$5+$6+$7+$8+$9 }' /proc/stat >> "$work/samples.txt"
+    if [ -s "$work/loadgen.pid" ]; then
+      awk -v t="$t" '{ print t, "loadgen_jiffies", $14+$15 }' "/proc/$(cat "$work/loadgen.pid")/stat" >> "$work/samples.txt" 2>/dev/null || true
+    fi
+    curl -sf "http://$http/metrics" | awk -v t="$t" '
       /^batchreg_store_transaction_duration_seconds_count/ ||
       /^batchreg_health_transitions_total/ ||
       /^batchreg_health_expiry_delay_seconds_bucket/ ||
@@ -73,8 +81,9 @@ sampler=$!
 stop_after=$(python3 -c "import re,sys; print(sys.argv[1])" "$hold")
 "$loadgen" heartbeat --target "$grpc" --count "$count" --metadata 3 --namespaces 1 \
   --services 10 --ttl 5 --register --duration "$hold" --stop-share "$share" \
-  --stop-after "$stop_after" --expiry-timeout 25s --no-progress --json > "$work/run.json" \
-  || echo "loadgen exited $?" >&2
+  --stop-after "$stop_after" --expiry-timeout 25s --no-progress --json ${LOADGEN_ARGS:-} > "$work/run.json" &
+echo $! > "$work/loadgen.pid"
+wait "$(cat "$work/loadgen.pid")" || echo "loadgen exited $?" >&2
 sleep 6
 kill "$sampler" 2>/dev/null || true
 
@@ -129,6 +138,15 @@ print("  health transitions: %s" % (delta(s0, s1, "batchreg_health_transitions")
 cpu = samples[s1]["batchreg_process_cpu_seconds_total"] - samples[s0]["batchreg_process_cpu_seconds_total"]
 print("  server CPU: %.1f s in %.0f s = %.0f%% of one core; RSS %.0f MB" % (
     cpu, s1 - s0, 100 * cpu / (s1 - s0), samples[s1]["batchreg_process_resident_memory_bytes"] / 1e6))
+# jiffies are 1/100 s; the host's counters cover every core.
+def jiffies(name):
+    return samples[s1].get(name, 0) - samples[s0].get(name, 0)
+if jiffies("host_total_jiffies") > 0:
+    cores = jiffies("host_total_jiffies") / 100 / (s1 - s0)
+    busy = jiffies("host_busy_jiffies") / 100 / (s1 - s0)
+    loadgen_cpu = jiffies("loadgen_jiffies") / 100 / (s1 - s0)
+    print("  cores busy: %.2f of %.0f (loadgen %.2f, server %.2f, everything else %.2f)" % (
+        busy, cores, loadgen_cpu, cpu / (s1 - s0), busy - loadgen_cpu - cpu / (s1 - s0)))
 print("after the stop (%.0f s to %.0f s):" % (s1, s2))
 print("  store transactions: %s" % (delta(s1, s2, "batchreg_store_transaction") or "none"))
 print("  health transitions: %s" % (delta(s1, s2, "batchreg_health_transitions") or "none"))

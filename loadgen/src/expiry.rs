@@ -1,11 +1,18 @@
 //! The expiry check of a heartbeat run, without I/O. The beats log when the run's first
-//! beat was sent, when every instance's first beat was answered, and when each stopping
-//! instance sent its last beat; the Discover watch reports every fleet instance it sees
-//! listed unhealthy, and [`ExpiryCheck`] tells the expiries it waits for from wrong ones.
+//! beat was sent, when every instance's first beat was answered, when each stopping
+//! instance sent its last beat, and when its last answered beat was sent and answered;
+//! the Discover watch reports every fleet instance it sees listed unhealthy, and
+//! [`ExpiryCheck`] tells the expiries it waits for from wrong ones.
+//!
+//! A stopped instance's expiry counts from its last beat the server took: the last one
+//! answered ExecuteSuccess (an unanswered one may never have arrived), taken at some
+//! moment between its send and its answer. Its delay is reported from both ends: from
+//! the send (the delay is at most that, so the 16 s bound is judged on it) and from the
+//! answer (at least that, up to the watch's own lag).
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -41,6 +48,15 @@ pub struct BeatLog {
     stopped: Vec<u64>,
     /// When each of `stopped` sent its last beat, as `first_sent`.
     last_sent: Vec<AtomicU64>,
+    /// Each of `stopped`'s last beat answered ExecuteSuccess so far.
+    last_answered: Mutex<Vec<Option<AnsweredBeat>>>,
+}
+
+/// A beat the server took, between these two times (after the log's epoch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AnsweredBeat {
+    pub sent: Duration,
+    pub answered: Duration,
 }
 
 impl BeatLog {
@@ -55,6 +71,7 @@ impl BeatLog {
             first_round_done: AtomicU64::new(0),
             first_round_ended: AtomicU64::new(0),
             last_sent: stopped.iter().map(|_| AtomicU64::new(0)).collect(),
+            last_answered: Mutex::new(vec![None; stopped.len()]),
             stopped,
         }
     }
@@ -73,6 +90,31 @@ impl BeatLog {
         if last_before_stop && let Some(rank) = self.stopped_rank(instance) {
             store_time(&self.last_sent[rank], self.now());
         }
+    }
+
+    /// Where a beat of `instance` is logged once answered: `Some` for an instance that
+    /// stops.
+    pub fn stopping(&self, instance: u64) -> Option<usize> {
+        self.stopped_rank(instance)
+    }
+
+    /// Records that beat `beat` of the stopping instance of rank `rank` (from
+    /// [`Self::stopping`]) was answered ExecuteSuccess: it is its last one the server
+    /// took unless a later-sent one is.
+    pub fn answered(&self, rank: usize, beat: AnsweredBeat) {
+        let mut last = self
+            .last_answered
+            .lock()
+            .expect("no beat panicked holding it");
+        if last[rank].is_none_or(|known| known.sent <= beat.sent) {
+            last[rank] = Some(beat);
+        }
+    }
+
+    fn last_answered(&self, rank: usize) -> Option<AnsweredBeat> {
+        self.last_answered
+            .lock()
+            .expect("no beat panicked holding it")[rank]
     }
 
     /// For a beat of the first round, a guard that counts it done when dropped: once
@@ -132,8 +174,9 @@ pub struct ExpiryCheck {
     stop_after: Duration,
     /// From the stop to the end of the wait for the stopped instances to turn unhealthy.
     timeout: Duration,
-    /// From each stopped instance's last beat to the first listing of it unhealthy.
-    delays: Vec<Option<Duration>>,
+    /// From each stopped instance's last beat the server took to the first listing of
+    /// it unhealthy: from the beat's send, and from its answer.
+    delays: Vec<Option<(Duration, Duration)>>,
     /// Instances listed unhealthy while they were still beating.
     wrongly_expired: BTreeSet<u64>,
 }
@@ -169,7 +212,15 @@ impl ExpiryCheck {
             Some(last) if last <= seen => {
                 let in_time = seen <= first + self.stop_after + self.timeout;
                 if in_time && self.delays[rank].is_none() {
-                    self.delays[rank] = Some(seen - last);
+                    // Without an answered beat (all failed), the last one sent.
+                    let beat = log.last_answered(rank).unwrap_or(AnsweredBeat {
+                        sent: last,
+                        answered: last,
+                    });
+                    self.delays[rank] = Some((
+                        seen.saturating_sub(beat.sent),
+                        seen.saturating_sub(beat.answered),
+                    ));
                 }
             }
             // Its beats have not stopped yet.
@@ -186,8 +237,10 @@ impl ExpiryCheck {
 
     /// What became of the stopped instances; `stop_share` as asked.
     pub fn figures(&self, stop_share: f64) -> ExpiryFigures {
-        let mut delays: Vec<Duration> = self.delays.iter().flatten().copied().collect();
+        let mut delays: Vec<Duration> = self.delays.iter().flatten().map(|d| d.0).collect();
         delays.sort_unstable();
+        let mut from_answer: Vec<Duration> = self.delays.iter().flatten().map(|d| d.1).collect();
+        from_answer.sort_unstable();
         let stopped = self.delays.len() as u64;
         let turned_unhealthy = delays.len() as u64;
         let early_below = (self.ttl * MISSED_BEATS).saturating_sub(EARLY_MARGIN);
@@ -200,6 +253,7 @@ impl ExpiryCheck {
             still_healthy: stopped - turned_unhealthy,
             early: delays.iter().filter(|&&delay| delay < early_below).count() as u64,
             delay_ms: DelaySummary::from_sorted(&delays),
+            delay_from_answer_ms: DelaySummary::from_sorted(&from_answer),
         }
     }
 }
@@ -267,9 +321,43 @@ mod tests {
         assert_eq!((figures.still_healthy, figures.early), (1, 0));
         let delay = figures.delay_ms.unwrap();
         assert!((delay.min - 3100.0).abs() < 1e-6 && (delay.max - 3100.0).abs() < 1e-6);
+        // No answer logged: counted from the send at both ends.
+        assert_eq!(figures.delay_from_answer_ms, Some(delay));
         assert_eq!(check.wrongly_expired(), 0);
         assert_eq!(figures.stop_share, 0.5);
         assert_eq!((figures.stop_after_s, figures.expiry_timeout_s), (1.0, 5.0));
+    }
+
+    #[test]
+    fn the_delay_counts_from_the_last_answered_beat_at_both_ends() {
+        let log = log(secs(0.0), secs(0.9), secs(0.6));
+        let rank = log.stopping(3).unwrap();
+        assert_eq!(log.stopping(5), None);
+        // The beat sent at 0.6 s failed; the one before was sent at 0.1 s and
+        // answered at 0.125 s. A late answer of an older beat changes nothing.
+        let taken = AnsweredBeat {
+            sent: secs(0.1),
+            answered: secs(0.125),
+        };
+        log.answered(rank, taken);
+        log.answered(
+            rank,
+            AnsweredBeat {
+                sent: secs(0.0),
+                answered: secs(0.5),
+            },
+        );
+        assert_eq!(log.last_answered(rank), Some(taken));
+        let mut check = ExpiryCheck::new(&log, TTL, STOP_AFTER, TIMEOUT);
+        check.listed_unhealthy(&log, 3, secs(3.2));
+        let figures = check.figures(0.5);
+        let (from_send, from_answer) = (
+            figures.delay_ms.unwrap(),
+            figures.delay_from_answer_ms.unwrap(),
+        );
+        assert!((from_send.max - 3100.0).abs() < 1e-6, "{from_send:?}");
+        assert!((from_answer.max - 3075.0).abs() < 1e-6, "{from_answer:?}");
+        assert_eq!(figures.early, 0);
     }
 
     #[test]

@@ -40,9 +40,12 @@ pub struct ExpiryFigures {
     pub still_healthy: u64,
     /// Listed unhealthy less than three ttls after their last beat.
     pub early: u64,
-    /// From each one's last beat's send to the first answer listing it unhealthy;
-    /// absent when none turned unhealthy.
+    /// From the send of each one's last beat the server took (its last answered
+    /// ExecuteSuccess) to the first answer listing it unhealthy: at least the true
+    /// delay; absent when none turned unhealthy.
     pub delay_ms: Option<DelaySummary>,
+    /// The same from that beat's answer: at most the true delay plus the watch's lag.
+    pub delay_from_answer_ms: Option<DelaySummary>,
 }
 
 /// Exact percentiles of a few delays, in milliseconds.
@@ -210,6 +213,13 @@ impl HeartbeatFigures {
                 "{:<16}{:>10.1} {:>10.1} {:>10.1} {:>10.1}",
                 "from last beat", delay.min, delay.p50, delay.p99, delay.max
             );
+            if let Some(delay) = expiry.delay_from_answer_ms {
+                let _ = writeln!(
+                    out,
+                    "{:<16}{:>10.1} {:>10.1} {:>10.1} {:>10.1}",
+                    "from its answer", delay.min, delay.p50, delay.p99, delay.max
+                );
+            }
         }
     }
 }
@@ -248,6 +258,7 @@ mod tests {
             still_healthy,
             early: 0,
             delay_ms: DelaySummary::from_sorted(&delays),
+            delay_from_answer_ms: DelaySummary::from_sorted(&delays),
         }
     }
 

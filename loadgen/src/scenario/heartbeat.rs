@@ -6,15 +6,15 @@
 //! last beat.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clap::Args;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
 use crate::beats::{BeatSchedule, stopped_instances};
-use crate::expiry::{BeatLog, ExpiryCheck, MISSED_BEATS};
+use crate::expiry::{AnsweredBeat, BeatLog, ExpiryCheck, MISSED_BEATS};
 use crate::fleet::{Fleet, IdDigest, parse_id};
 use crate::options::{
     AckOptions, ConnectionOptions, FleetOptions, LoadOptions, OutputOptions, Protocol,
@@ -30,7 +30,8 @@ use crate::runner::{Pacer, Pacing, RunPlan, progress_wanted, run_load};
 use crate::scenario::discover_stream::{DiscoverStream, HealthListing, instances_request};
 use crate::scenario::storm::{self, StormArgs};
 use crate::scenario::{
-    ScenarioRun, SetupError, connect, finish, outcome_of, parse_run_duration, run_setup,
+    RequestHeaders, ScenarioRun, SetupError, connect, finish, outcome_of, parse_run_duration,
+    run_setup,
 };
 use crate::schedule::DueTimes;
 
@@ -47,7 +48,7 @@ const WATCH_EXPECTATION: Expectation = Expectation {
     codes: &[EXECUTE_SUCCESS, DATA_NO_CHANGE],
 };
 
-/// From the start of one round of polls over the watched services to the next.
+/// From the start of one poll of a watched service to its next.
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Added to three ttls for the default `--expiry-timeout`: the server's check interval,
@@ -161,8 +162,6 @@ pub async fn run(args: HeartbeatArgs) -> Result<ScenarioRun, SetupError> {
     let acknowledged = registered.as_ref().and_then(|storm| storm.acknowledged);
     let connection = &args.connection;
     let (pool, headers) = connect(connection, false).await?;
-    // Full answers can be large: on a connection of their own, they never hold up beats.
-    let watch_pool = ClientPool::connect(&connection.targets[..1], 1, connection.timeout).await?;
     let fleet = Fleet::new(&args.fleet);
     let FleetIds { ids, indices } = FleetIds::new(&fleet);
 
@@ -176,14 +175,15 @@ pub async fn run(args: HeartbeatArgs) -> Result<ScenarioRun, SetupError> {
         log: Arc::clone(&log),
         check,
     };
-    let stream = DiscoverStream::new(
-        watch_pool.grpc(0),
-        headers.clone(),
-        "heartbeat-watch".to_owned(),
-        connection.timeout,
-    );
     let (beats_done, beating) = watch::channel(false);
-    let watcher = tokio::spawn(fleet_watch.run(stream, beating));
+    let watcher = fleet_watch
+        .start(
+            &connection.targets[0],
+            connection.timeout,
+            &headers,
+            beating,
+        )
+        .await?;
 
     let schedule = Arc::new(plan.schedule);
     let offered = OfferedLoad {
@@ -223,9 +223,20 @@ pub async fn run(args: HeartbeatArgs) -> Result<ScenarioRun, SetupError> {
         headers.apply(&mut request, &index.to_string());
         let mut client = pool.client(index);
         let first_round_beat = log.first_round_beat(index);
+        // A stopping instance's beats are logged once answered, for its expiry.
+        let logged = log
+            .stopping(beat.instance)
+            .map(|rank| (rank, Arc::clone(&log), log.now()));
         async move {
             let _done_when_dropped = first_round_beat;
-            outcome_of(client.heartbeat(request).await)
+            let outcome = outcome_of(client.heartbeat(request).await);
+            if let Some((rank, log, sent)) = logged
+                && outcome == Outcome::Answered(Some(EXECUTE_SUCCESS))
+            {
+                let answered = log.now();
+                log.answered(rank, AnsweredBeat { sent, answered });
+            }
+            outcome
         }
     })
     .await;
@@ -307,7 +318,11 @@ fn watched_services(fleet: &Fleet) -> Vec<(String, String)> {
         .collect()
 }
 
-/// The watch over the fleet's services, on one Discover stream.
+/// The watch over the fleet's services: a Discover stream per service, all on one
+/// connection, each polled every [`POLL_INTERVAL`] on its own. Polled in turn on one
+/// stream, a service waited for the full answers of the others (10,000 instances each
+/// while their health changes) before its next poll, and that wait counted in the
+/// delays the watch reports.
 struct FleetWatch {
     services: Vec<(String, String)>,
     indices: HashMap<IdDigest, u64>,
@@ -321,65 +336,160 @@ struct Watched {
     figures: WatchFigures,
 }
 
+/// What the polls of every service share.
+struct WatchShared {
+    indices: HashMap<IdDigest, u64>,
+    log: Arc<BeatLog>,
+    check: Mutex<ExpiryCheck>,
+}
+
 impl FleetWatch {
-    /// Polls every service in turn, a round every [`POLL_INTERVAL`] (or as soon as the
-    /// last one ends, when a round takes longer), until `beating` turns true.
+    /// Starts the watch on a runtime of its own, on a thread of its own, with its own
+    /// connection to `target`, once connected; what it saw comes once `beating` turns
+    /// true. Decoding a full answer (10,000 instances) takes milliseconds of a thread:
+    /// on the beats' runtime, it held up the beats queued behind it on that worker, and
+    /// their latency from send grew while health changed. Apart, the kernel shares the
+    /// cores between the watch and the beats as it does between any two threads.
+    async fn start(
+        self,
+        target: &str,
+        timeout: Duration,
+        headers: &RequestHeaders,
+        beating: watch::Receiver<bool>,
+    ) -> Result<oneshot::Receiver<Watched>, SetupError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime for the watch");
+        let (connected, connecting) = oneshot::channel();
+        let (watched, watching) = oneshot::channel();
+        let (target, headers) = (target.to_owned(), headers.clone());
+        std::thread::Builder::new()
+            .name("loadgen-watch".to_owned())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let pool = match ClientPool::connect(&[target], 1, timeout).await {
+                        Ok(pool) => pool,
+                        Err(error) => {
+                            let _ = connected.send(Err(error));
+                            return;
+                        }
+                    };
+                    let _ = connected.send(Ok(()));
+                    let streams = (0..self.services.len())
+                        .map(|slot| {
+                            DiscoverStream::new(
+                                pool.grpc(0),
+                                headers.clone(),
+                                format!("heartbeat-watch-{slot}"),
+                                timeout,
+                            )
+                        })
+                        .collect();
+                    let _ = watched.send(self.run(streams, beating).await);
+                });
+            })
+            .expect("spawn the watch thread");
+        connecting
+            .await
+            .expect("the watch thread reports its connection")?;
+        Ok(watching)
+    }
+
+    /// Polls every service on its stream of `streams` (one each, in order), each
+    /// every [`POLL_INTERVAL`] (or as soon as its last poll ends, when one takes
+    /// longer), until `beating` turns true.
     async fn run(
-        mut self,
-        mut stream: DiscoverStream<HealthListing>,
-        mut beating: watch::Receiver<bool>,
+        self,
+        streams: Vec<DiscoverStream<HealthListing>>,
+        beating: watch::Receiver<bool>,
     ) -> Watched {
+        debug_assert_eq!(streams.len(), self.services.len());
         let started = Instant::now();
-        let mut revisions: Vec<Option<String>> = vec![None; self.services.len()];
+        let services = self.services.len() as u64;
+        let shared = Arc::new(WatchShared {
+            indices: self.indices,
+            log: self.log,
+            check: Mutex::new(self.check),
+        });
+        let polls: Vec<_> = self
+            .services
+            .into_iter()
+            .zip(streams)
+            .map(|(service, stream)| {
+                tokio::spawn(poll_service(
+                    Arc::clone(&shared),
+                    service,
+                    stream,
+                    beating.clone(),
+                ))
+            })
+            .collect();
         let mut tally = Tally::default();
-        let mut rounds = 0;
-        loop {
-            let round = Instant::now();
-            for (slot, (namespace, service)) in self.services.iter().enumerate() {
-                let request = instances_request(namespace, service, revisions[slot].clone());
-                let asked = stream.ask(request).await;
-                let seen = self.log.now();
-                let answer = match asked {
-                    Ok(answer) => answer,
-                    Err(error) => {
-                        tally.record(error.outcome());
-                        continue;
-                    }
-                };
-                tally.record(Outcome::Answered(answer.code));
-                if answer.code != Some(EXECUTE_SUCCESS) {
-                    continue;
-                }
-                revisions[slot] = answer.service.and_then(|listed| listed.revision);
-                let unhealthy = answer
-                    .instances
-                    .iter()
-                    .filter(|instance| instance.healthy == Some(false))
-                    .filter_map(|instance| parse_id(instance.id.as_deref()?))
-                    .filter_map(|digest| self.indices.get(&digest));
-                for &index in unhealthy {
-                    self.check.listed_unhealthy(&self.log, index, seen);
-                }
-            }
-            rounds += 1;
-            tokio::select! {
-                biased;
-                _ = beating.wait_for(|&done| done) => break,
-                () = tokio::time::sleep_until(round + POLL_INTERVAL) => {}
-            }
+        for poll in polls {
+            tally.merge(&poll.await.expect("a service's watch panicked"));
         }
         let figures = WatchFigures::new(
-            self.services.len() as u64,
+            services,
             &tally,
             WATCH_EXPECTATION,
-            rounds,
+            tally.total() / services.max(1),
             started.elapsed(),
         );
+        let shared = Arc::into_inner(shared).expect("every poll has ended");
         Watched {
-            check: self.check,
+            check: shared
+                .check
+                .into_inner()
+                .expect("no poll panicked holding it"),
             figures,
         }
     }
+}
+
+/// Polls one service until `beating` turns true; the answers' outcomes.
+async fn poll_service(
+    shared: Arc<WatchShared>,
+    (namespace, service): (String, String),
+    mut stream: DiscoverStream<HealthListing>,
+    mut beating: watch::Receiver<bool>,
+) -> Tally {
+    let mut revision: Option<String> = None;
+    let mut tally = Tally::default();
+    loop {
+        let poll = Instant::now();
+        let request = instances_request(&namespace, &service, revision.clone());
+        let asked = stream.ask(request).await;
+        let seen = shared.log.now();
+        match asked {
+            Err(error) => tally.record(error.outcome()),
+            Ok(answer) => {
+                tally.record(Outcome::Answered(answer.code));
+                if answer.code == Some(EXECUTE_SUCCESS) {
+                    revision = answer.service.and_then(|listed| listed.revision);
+                    let unhealthy: Vec<u64> = answer
+                        .instances
+                        .iter()
+                        .filter(|instance| instance.healthy == Some(false))
+                        .filter_map(|instance| parse_id(instance.id.as_deref()?))
+                        .filter_map(|digest| shared.indices.get(&digest).copied())
+                        .collect();
+                    if !unhealthy.is_empty() {
+                        let mut check = shared.check.lock().expect("no poll panicked holding it");
+                        for index in unhealthy {
+                            check.listed_unhealthy(&shared.log, index, seen);
+                        }
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            biased;
+            _ = beating.wait_for(|&done| done) => break,
+            () = tokio::time::sleep_until(poll + POLL_INTERVAL) => {}
+        }
+    }
+    tally
 }
 
 /// Reads `--stop-share`: a share of the fleet, from 0 to 1.
