@@ -287,10 +287,9 @@ pub fn load(store: &dyn Store, cache: &RegistryCache, page: usize) -> Result<Loa
                 // Created after the services were read.
                 read_services(&mut services)?;
             }
-            let puts: Vec<_> = rows
+            let puts = rows
                 .iter()
-                .filter_map(|row| Some((services.get(&row.service_id)?, InstanceFacts::from(row))))
-                .collect();
+                .filter_map(|row| Some((services.get(&row.service_id)?, InstanceFacts::from(row))));
             instances += cache.put_instances(puts).len();
         }
         Ok::<_, StoreError>(())

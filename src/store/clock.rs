@@ -101,13 +101,15 @@ fn parse_column_ms(text: &[u8]) -> Option<i64> {
     let fraction = &text[19..];
     let millis = match fraction {
         [] => 0,
-        [b'.', digits @ ..] if (1..=9).contains(&digits.len()) => {
-            let mut ms = number(20..text.len().min(23))?;
-            for _ in digits.len()..3 {
-                ms *= 10;
-            }
-            number(20..text.len())?;
-            ms
+        [b'.', digits @ ..]
+            if (1..=9).contains(&digits.len()) && digits.iter().all(u8::is_ascii_digit) =>
+        {
+            // Read to the millisecond: the first three digits, padded with zeros.
+            digits
+                .iter()
+                .chain(&[b'0'; 3])
+                .take(3)
+                .fold(0, |ms, &b| ms * 10 + i64::from(b - b'0'))
         }
         _ => return None,
     };
