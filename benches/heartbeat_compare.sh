@@ -34,14 +34,7 @@ cargo build --release -p batchreg -p batchreg-loadgen --bins --benches >/dev/nul
 ceiling=$(ls -t target/release/deps/grpc_ceiling-* | grep -v '\.d$' | head -1)
 work=$(mktemp -d)
 prefix="batchreg-hbcmp-$$:"
-cleanup() {
-  kill $(jobs -p) 2>/dev/null || true
-  if [ "$mode" = redis ]; then
-    redis-cli -u "$redis_url" --scan --pattern "${prefix}*" | xargs -r redis-cli -u "$redis_url" del >/dev/null
-  fi
-  rm -rf "$work"
-}
-trap cleanup EXIT
+. benches/heartbeat_common.sh
 ticks=$(getconf CLK_TCK)
 fleet=(--count "$count" --metadata 3 --namespaces 1 --services 10)
 
@@ -88,13 +81,7 @@ for round in $(seq 1 "$rounds"); do
   echo "$round bare $rate $us $p99" >> "$work/results.txt"
 
   rm -f "$work"/reg.db*
-  {
-    printf '[server]\ngrpc_listen = "%s"\nhttp_listen = "%s"\n' "$grpc" "$http"
-    printf '[store]\nurl = "sqlite://%s/reg.db"\n' "$work"
-    if [ "$mode" = redis ]; then
-      printf '[health]\nredis_url = "%s"\nkey_prefix = "%s%s:"\n' "$redis_url" "$prefix" "$round"
-    fi
-  } > "$work/server.toml"
+  server_config "sqlite://$work/reg.db" "$prefix$round:" > "$work/server.toml"
   "$batchreg" serve --config "$work/server.toml" > "$work/server.log" 2>&1 &
   pid=$!
   wait_ready batchreg

@@ -26,22 +26,9 @@ prefix="batchreg-hbcpu-$$:"
 
 [ -x "$batchreg" ] && [ -x "$loadgen" ] || cargo build --release -p batchreg -p batchreg-loadgen >/dev/null 2>&1
 work=$(mktemp -d)
-cleanup() {
-  kill $(jobs -p) 2>/dev/null || true
-  if [ "$mode" = redis ]; then
-    redis-cli -u "$redis_url" --scan --pattern "${prefix}*" | xargs -r redis-cli -u "$redis_url" del >/dev/null
-  fi
-  rm -rf "$work"
-}
-trap cleanup EXIT
+. benches/heartbeat_common.sh
 
-{
-  printf '[server]\ngrpc_listen = "%s"\nhttp_listen = "%s"\n' "$grpc" "$http"
-  printf '[store]\nurl = "sqlite://%s/reg.db"\n' "$work"
-  if [ "$mode" = redis ]; then
-    printf '[health]\nredis_url = "%s"\nkey_prefix = "%s"\n' "$redis_url" "$prefix"
-  fi
-} > "$work/server.toml"
+server_config "sqlite://$work/reg.db" > "$work/server.toml"
 "$batchreg" serve --config "$work/server.toml" > "$work/server.log" 2>&1 &
 server=$!
 for _ in $(seq 1 100); do curl -sf "http://$http/healthz" >/dev/null && break; sleep 0.2; done

@@ -31,14 +31,7 @@ prefix="batchreg-hbfleet-$$:"
 
 [ -x "$batchreg" ] && [ -x "$loadgen" ] || cargo build --release -p batchreg -p batchreg-loadgen >/dev/null 2>&1
 work=$(mktemp -d)
-cleanup() {
-  kill $(jobs -p) 2>/dev/null || true
-  if [ "$mode" = redis ]; then
-    redis-cli -u "$redis_url" --scan --pattern "${prefix}*" | xargs -r redis-cli -u "$redis_url" del >/dev/null
-  fi
-  rm -rf "$work"
-}
-trap cleanup EXIT
+. benches/heartbeat_common.sh
 
 if [ "$store" = sqlite ]; then
   url="sqlite://$work/reg.db"
@@ -46,13 +39,7 @@ else
   mariadb -h 127.0.0.1 -P 3306 -u root -e "DROP DATABASE IF EXISTS bench_hbfleet; CREATE DATABASE bench_hbfleet CHARACTER SET utf8mb4"
   url="$store/bench_hbfleet"
 fi
-{
-  printf '[server]\ngrpc_listen = "%s"\nhttp_listen = "%s"\n' "$grpc" "$http"
-  printf '[store]\nurl = "%s"\n' "$url"
-  if [ "$mode" = redis ]; then
-    printf '[health]\nredis_url = "%s"\nkey_prefix = "%s"\n' "$redis_url" "$prefix"
-  fi
-} > "$work/server.toml"
+server_config "$url" > "$work/server.toml"
 "$batchreg" serve --config "$work/server.toml" > "$work/server.log" 2>&1 &
 for _ in $(seq 1 100); do curl -sf "http://$http/healthz" >/dev/null && break; sleep 0.2; done
 

@@ -17,9 +17,11 @@
 //! what was admitted at the earlier rate waiting longer. So a request that has waited in
 //! the queue more than `max_queue_wait` when a store worker takes it is not written but
 //! answered 429001 too (it was not processed; its client may retry). Time waiting
-//! for an unreachable or stalled store does not count: an outage is ridden through. While a writer waits for an unreachable database, no request is refused
-//! for time: an outage is ridden through (see `store.outage_wait`), and the queue's
-//! length still bounds it.
+//! for an unreachable or stalled store does not count: an outage is ridden through (see
+//! `store.outage_wait`). While a writer waits for an unreachable database no request is
+//! refused for time, and the queue's length still bounds it; a request that joined the
+//! queue before the store came back is not refused for time afterwards either, however
+//! long the backlog takes to drain.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -109,8 +111,9 @@ impl Admission {
     }
 
     /// Whether a request taken after waiting `waited` in the queue is too late to be
-    /// written: over `max_queue_wait`, not counting a wait for an unreachable or stalled
-    /// store.
+    /// written: over `max_queue_wait`, unless it joined the queue before the store came
+    /// back from being unreachable or stalled (the wait was for the store, and the
+    /// backlog it left takes its time to drain).
     pub fn too_late(&self, waited: Duration) -> bool {
         if self.max_queue_wait.is_zero() || waited <= self.max_queue_wait {
             return false;
@@ -125,8 +128,7 @@ impl Admission {
             .filter_map(OutageWatch::ended)
             .chain(stalled)
             .max();
-        let counted = calm_since.map_or(waited, |since| waited.min(since.elapsed()));
-        counted > self.max_queue_wait
+        calm_since.is_none_or(|since| waited < since.elapsed())
     }
 
     /// A write took `took`: longer than `max_queue_wait` means the store stalled (a
@@ -257,6 +259,15 @@ mod tests {
             !b.too_late(Duration::from_secs(5)),
             "a fast write is no new stall"
         );
+        // The backlog a stall left takes 1.5 s to drain: what joined the queue before
+        // the store came back is written; what joined after waits its 1 s at most.
+        let c = admission(Duration::from_secs(1), 1);
+        *c.stalled.lock().unwrap() = Some(Instant::now() - Duration::from_millis(1_500));
+        assert!(
+            !c.too_late(Duration::from_secs(5)),
+            "queued during the stall"
+        );
+        assert!(c.too_late(Duration::from_millis(1_200)), "queued after it");
         assert!(!admission(Duration::ZERO, 1).too_late(Duration::from_secs(60)));
     }
 
