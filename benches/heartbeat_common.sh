@@ -3,9 +3,11 @@
 # (its temporary folder), redis_url, prefix (the run's Redis key prefix), grpc and http
 # (the server's listeners).
 
-# On exit: stops the script's jobs, deletes the run's keys from Redis, removes $work.
+# On exit: stops the script's jobs and waits for them (a server that is shutting down
+# still writes), deletes the run's keys from Redis, removes $work.
 cleanup() {
   kill $(jobs -p) 2>/dev/null || true
+  wait 2>/dev/null || true
   if [ "$mode" = redis ]; then
     redis-cli -u "$redis_url" --scan --pattern "${prefix}*" | xargs -r redis-cli -u "$redis_url" del >/dev/null
   fi
