@@ -171,7 +171,7 @@ impl PolarisGrpc for Echo {
 fn main() {
     let args = Args::parse();
     // The same runtime batchreg's main builds.
-    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let runtime = batchreg::server::runtime().expect("tokio runtime");
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await

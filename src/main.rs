@@ -89,7 +89,7 @@ fn main() -> ExitCode {
         Command::Serve { config } => load_settings(config.as_ref())
             .map_err(|e| e.to_string())
             .and_then(|settings| {
-                let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+                let runtime = batchreg::server::runtime().map_err(|e| e.to_string())?;
                 let served = runtime.block_on(async {
                     let shutdown = shutdown_signal().map_err(|e| e.to_string())?;
                     batchreg::run(settings, shutdown)

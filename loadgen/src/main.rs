@@ -147,9 +147,19 @@ enum Scenario {
     Verify(verify::VerifyArgs),
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    let cli = Cli::parse();
+fn main() -> ExitCode {
+    // As batchreg's server: without the LIFO slot when the build has `tokio_unstable`
+    // (the workspace's `.cargo/config.toml`), so that a connection's task sends the
+    // requests woken meanwhile together rather than one write per request.
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    #[cfg(tokio_unstable)]
+    builder.disable_lifo_slot();
+    let runtime = builder.build().expect("tokio runtime");
+    runtime.block_on(run(Cli::parse()))
+}
+
+async fn run(cli: Cli) -> ExitCode {
     let (result, output) = match cli.scenario {
         Scenario::Storm(args) => {
             let output = args.output.clone();

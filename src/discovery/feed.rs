@@ -18,7 +18,7 @@ use crossbeam_channel::{RecvTimeoutError, Sender};
 
 use super::cache::{InstanceFacts, RegistryCache};
 use crate::store::clock::{earlier, parse_ms};
-use crate::store::{Store, StoreError, StoredService};
+use crate::store::{ChangedRow, Store, StoreError, StoredService};
 use crate::telemetry::FeedMetrics;
 
 /// Deregistered rows deleted per statement of a purge.
@@ -208,12 +208,9 @@ pub fn follow_once(
     let mut delays = Vec::new();
     let mut newest: Option<String> = None;
     let mut fetch = Vec::new();
-    let mut changed = store.changed_between(&recent, None)?;
-    if cursor.late_until < late_end {
-        changed.extend(store.changed_between(&cursor.late_until, Some(&late_end))?);
-    }
-    for row in changed {
-        // Whether the cache holds it: as this row, or as written later (then kept).
+    // Each row as it is read: whether the cache holds it, as this row or as written
+    // later (then kept).
+    let mut each = |row: ChangedRow| {
         let mtime_ms = parse_ms(&row.mtime).unwrap_or(0);
         let held = cache.peek(&row.id, |h| {
             let at = h.written_at_ms();
@@ -223,15 +220,15 @@ pub fn follow_once(
             )
         });
         if held.is_some_and(|(_, later)| later) {
-            continue;
+            return;
         }
         if row.deleted {
             if held.is_some() {
                 cache.remove_instance(&row.id, &row.mtime);
                 delays.push(since_write(&row.mtime));
-                newest = newest.max(Some(row.mtime));
+                newest = newest.take().max(Some(row.mtime));
             }
-            continue;
+            return;
         }
         let same = held.is_some_and(|(same, _)| same);
         let deregistered_since = cache
@@ -240,6 +237,10 @@ pub fn follow_once(
         if !same && !deregistered_since {
             fetch.push(row.id);
         }
+    };
+    store.changed_between(&recent, None, &mut each)?;
+    if cursor.late_until < late_end {
+        store.changed_between(&cursor.late_until, Some(&late_end), &mut each)?;
     }
     let fetched = store.instances(&fetch)?;
     let mut puts = Vec::new();

@@ -257,13 +257,16 @@ pub trait Store: Send + Sync + 'static {
     /// Every service, or those written at or after `since`.
     fn services(&self, since: Option<&str>) -> Result<Vec<StoredService>, StoreError>;
 
-    /// The instance rows, live or deregistered, written at or after `from` and before
-    /// `until` (no bound when `None`): the change feed's first, light read.
+    /// Calls `each` with every instance row, live or deregistered, written at or after
+    /// `from` and before `until` (no bound when `None`), as it is read: the change feed's
+    /// first, light read. A row is dropped once `each` returns, so a read of many rows
+    /// holds one at a time.
     fn changed_between(
         &self,
         from: &str,
         until: Option<&str>,
-    ) -> Result<Vec<ChangedRow>, StoreError>;
+        each: &mut dyn FnMut(ChangedRow),
+    ) -> Result<(), StoreError>;
 
     /// The database's time now, in the form of the time columns; also aligns the
     /// writers' clock with it.

@@ -209,9 +209,10 @@ impl Store for MysqlStore {
         &self,
         from: &str,
         until: Option<&str>,
-    ) -> Result<Vec<ChangedRow>, StoreError> {
+        each: &mut dyn FnMut(ChangedRow),
+    ) -> Result<(), StoreError> {
         self.shared
-            .read(async |conn| read::changed_between(conn, from, until).await)
+            .read(async |conn| read::changed_between(conn, from, until, each).await)
     }
 
     fn now(&self) -> Result<String, StoreError> {

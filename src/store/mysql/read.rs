@@ -5,7 +5,7 @@
 use std::time::SystemTime;
 
 use mysql_async::prelude::Queryable;
-use mysql_async::{Conn, IsolationLevel, Pool, Transaction, TxOpts};
+use mysql_async::{Conn, IsolationLevel, Params, Pool, Transaction, TxOpts};
 
 use super::{MysqlRow, POOL_WAIT};
 use crate::store::clock::Clock;
@@ -105,21 +105,39 @@ pub(super) async fn changed_between(
     conn: &mut Conn,
     from: &str,
     until: Option<&str>,
-) -> Result<Vec<ChangedRow>, StoreError> {
+    each: &mut dyn FnMut(ChangedRow),
+) -> Result<(), StoreError> {
     let sql = schema::changed_between(Dialect::Mysql, until.is_some());
-    let rows: Vec<(String, String, u8, String)> = match until {
-        Some(until) => conn.exec(sql, (from, until)).await?,
-        None => conn.exec(sql, (from,)).await?,
+    let params = match until {
+        Some(until) => Params::from((from, until)),
+        None => Params::from((from,)),
     };
-    Ok(rows
-        .into_iter()
-        .map(|(id, revision, flag, mtime)| ChangedRow {
-            id,
-            revision,
-            deleted: flag != 0,
-            mtime,
-        })
-        .collect())
+    // Row by row: a storm's rows are not all held at once (each read would take fresh
+    // pages from the system for them).
+    let mut malformed = None;
+    conn.exec_iter(sql, params)
+        .await?
+        .for_each(
+            |row| match mysql_async::from_row_opt::<(String, String, u8, String)>(row) {
+                Ok((id, revision, flag, mtime)) => each(ChangedRow {
+                    id,
+                    revision,
+                    deleted: flag != 0,
+                    mtime,
+                }),
+                Err(error) => {
+                    malformed.get_or_insert(error);
+                }
+            },
+        )
+        .await?;
+    match malformed {
+        Some(error) => Err(StoreError::BadRow {
+            column: 0,
+            reason: format!("a changed instance row: {error}"),
+        }),
+        None => Ok(()),
+    }
 }
 
 /// Reads the database's clock and sets `clock`'s offset to it.

@@ -192,22 +192,24 @@ impl Store for SqliteStore {
         &self,
         from: &str,
         until: Option<&str>,
-    ) -> Result<Vec<ChangedRow>, StoreError> {
+        each: &mut dyn FnMut(ChangedRow),
+    ) -> Result<(), StoreError> {
         self.with_reader(|conn| {
             let mut stmt =
                 conn.prepare_cached(&schema::changed_between(Dialect::Sqlite, until.is_some()))?;
             let bounds: Vec<&str> = std::iter::once(from).chain(until).collect();
-            let changed = stmt
-                .query_map(rusqlite::params_from_iter(bounds), |r| {
-                    Ok(ChangedRow {
-                        id: r.get(0)?,
-                        revision: r.get(1)?,
-                        deleted: r.get::<_, i64>(2)? != 0,
-                        mtime: r.get(3)?,
-                    })
-                })?
-                .collect::<Result<_, _>>()?;
-            Ok(changed)
+            let rows = stmt.query_map(rusqlite::params_from_iter(bounds), |r| {
+                Ok(ChangedRow {
+                    id: r.get(0)?,
+                    revision: r.get(1)?,
+                    deleted: r.get::<_, i64>(2)? != 0,
+                    mtime: r.get(3)?,
+                })
+            })?;
+            for row in rows {
+                each(row?);
+            }
+            Ok(())
         })
     }
 
