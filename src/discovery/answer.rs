@@ -242,6 +242,7 @@ mod tests {
 
     use super::*;
     use crate::discovery::cache::{CachedInstance, InstanceFacts, ServiceInfo};
+    use crate::discovery::instances::InstanceMap;
 
     /// The `Instance` an answer carries, built field by field as prost's own types.
     fn expected(facts: InstanceFacts<'_>) -> proto::Instance {
@@ -355,19 +356,16 @@ mod tests {
             r.healthy = healthy;
             records.push(r);
         }
-        let instances: BTreeMap<Arc<str>, CachedInstance> = records
-            .iter()
-            .map(|r| {
-                let cached = CachedInstance::new(InstanceFacts {
-                    record: r,
-                    isolate: false,
-                    revision: "r",
-                    ctime: "2026-12-01 10:00:00.000",
-                    mtime: "2026-12-01 10:00:00.000",
-                });
-                (Arc::clone(&cached.id), cached)
-            })
-            .collect();
+        let mut instances = InstanceMap::default();
+        for r in &records {
+            instances.insert(CachedInstance::new(InstanceFacts {
+                record: r,
+                isolate: false,
+                revision: "r",
+                ctime: "2026-12-01 10:00:00.000",
+                mtime: "2026-12-01 10:00:00.000",
+            }));
+        }
         let info = ServiceInfo {
             id: "sid".to_owned(),
             ctime: "2026-12-01 09:00:00.000".to_owned(),

@@ -7,7 +7,7 @@
 //! to date in O(1) per change. A service without instances has the revision sha1("").
 //! The full answer is encoded once per revision, when first asked for, and shared.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -17,6 +17,7 @@ use sha1::{Digest, Sha1};
 use std::collections::HashSet;
 
 use super::answer::{self, Encoded};
+use super::instances::InstanceMap;
 use crate::proto;
 use crate::store::clock;
 use crate::store::{InstanceRecord, StoredInstance, StoredService};
@@ -247,7 +248,7 @@ pub struct ServiceEntry {
 struct ServiceState {
     info: ServiceInfo,
     /// In id order, so that an answer lists them in a stable order.
-    instances: BTreeMap<Arc<str>, CachedInstance>,
+    instances: InstanceMap,
     sum: u64,
     revision: Arc<str>,
     /// The full INSTANCE answer of the current revision, once encoded.
@@ -258,7 +259,7 @@ impl ServiceState {
     /// Adds or replaces an instance; the revision is refreshed by the caller.
     fn put(&mut self, cached: CachedInstance) {
         self.sum = self.sum.wrapping_add(cached.digest);
-        if let Some(old) = self.instances.insert(Arc::clone(&cached.id), cached) {
+        if let Some(old) = self.instances.insert(cached) {
             self.sum = self.sum.wrapping_sub(old.digest);
         }
     }
@@ -358,7 +359,7 @@ impl RegistryCache {
             name: Arc::from(name),
             state: Mutex::new(ServiceState {
                 info: info(),
-                instances: BTreeMap::new(),
+                instances: InstanceMap::default(),
                 sum: 0,
                 revision: Arc::from(EMPTY_REVISION),
                 answer: None,
@@ -696,7 +697,7 @@ pub struct ServiceSnapshot<'a> {
     pub name: &'a str,
     pub info: &'a ServiceInfo,
     pub revision: &'a str,
-    pub instances: &'a BTreeMap<Arc<str>, CachedInstance>,
+    pub instances: &'a InstanceMap,
 }
 
 #[cfg(test)]

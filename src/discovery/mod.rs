@@ -5,11 +5,13 @@
 //!
 //! - `cache`: namespaces, services, instances, revisions, encoded answers;
 //! - `answer`: encoding answers;
-//! - `feed`: the change feed and the purge of deregistered rows.
+//! - `feed`: the change feed and the purge of deregistered rows;
+//! - `instances`: a service's instances in id order.
 
 pub mod answer;
 pub mod cache;
 pub mod feed;
+pub mod instances;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
