@@ -237,8 +237,6 @@ pub fn instances(snapshot: &ServiceSnapshot<'_>, healthy_only: bool) -> Encoded 
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-    use std::sync::Arc;
 
     use super::*;
     use crate::discovery::cache::{CachedInstance, InstanceFacts, ServiceInfo};
