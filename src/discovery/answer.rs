@@ -237,7 +237,6 @@ pub fn instances(snapshot: &ServiceSnapshot<'_>, healthy_only: bool) -> Encoded 
 
 #[cfg(test)]
 mod tests {
-
     use super::*;
     use crate::discovery::cache::{CachedInstance, InstanceFacts, ServiceInfo};
     use crate::discovery::instances::InstanceMap;
