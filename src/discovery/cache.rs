@@ -297,15 +297,24 @@ pub enum ServiceView {
 /// A namespace's services by name.
 type ServicesByName = HashMap<Arc<str>, Arc<ServiceEntry>>;
 
+/// Where an instance is, and the two facts a heartbeat reads, so that a beat takes one
+/// look-up and no service's lock. Set by every put, as the instance itself is.
+#[derive(Debug, Clone)]
+struct Placement {
+    entry: Arc<ServiceEntry>,
+    ttl: Option<u32>,
+    healthy: bool,
+}
+
 /// The cache. Cheap to share: every method takes `&self`.
 #[derive(Debug, Default)]
 pub struct RegistryCache {
     /// namespace → service name → entry.
     services: RwLock<HashMap<Arc<str>, ServicesByName>>,
-    /// instance id → its service (foldhash: every write, heartbeat and change-feed row
-    /// looks an id up here; seeded per process, so ids chosen by clients cannot aim at
-    /// one bucket).
-    instances: RwLock<HashMap<Arc<str>, Arc<ServiceEntry>, foldhash::fast::RandomState>>,
+    /// instance id → its service, with what a heartbeat needs (foldhash: every write,
+    /// heartbeat and change-feed row looks an id up here; seeded per process, so ids
+    /// chosen by clients cannot aim at one bucket).
+    instances: RwLock<HashMap<Arc<str>, Placement, foldhash::fast::RandomState>>,
     /// Instances removed recently, with the mtime of their removal: the change feed does
     /// not bring back what was fetched before a local deregistration.
     tombstones: Mutex<HashMap<Arc<str>, Box<str>>>,
@@ -436,9 +445,14 @@ impl RegistryCache {
         let mut moved = Vec::new();
         let mut instances = self.instances.write().expect("cache lock");
         for (entry, cached) in &entries {
-            let previous = instances.insert(Arc::clone(&cached.id), Arc::clone(entry));
-            if let Some(previous) = previous.filter(|p| !Arc::ptr_eq(p, entry)) {
-                moved.push((previous, Arc::clone(&cached.id)));
+            let placement = Placement {
+                entry: Arc::clone(entry),
+                ttl: cached.ttl,
+                healthy: cached.healthy,
+            };
+            let previous = instances.insert(Arc::clone(&cached.id), placement);
+            if let Some(previous) = previous.filter(|p| !Arc::ptr_eq(&p.entry, entry)) {
+                moved.push((previous.entry, Arc::clone(&cached.id)));
             }
         }
         drop(instances);
@@ -465,7 +479,12 @@ impl RegistryCache {
         // Instances that moved to another service leave the one they were in (unless a
         // later put of the same id brought them back to it).
         for (previous, id) in moved {
-            let now_in = self.instances.read().expect("cache lock").get(&id).cloned();
+            let now_in = self
+                .instances
+                .read()
+                .expect("cache lock")
+                .get(&id)
+                .map(|placed| Arc::clone(&placed.entry));
             if !now_in.is_some_and(|entry| Arc::ptr_eq(&entry, &previous)) {
                 previous.remove(&id);
             }
@@ -506,8 +525,8 @@ impl RegistryCache {
     pub fn remove_instance(&self, id: &str, mtime: &str) {
         self.unhealthy.lock().expect("cache lock").remove(id);
         let removed = self.instances.write().expect("cache lock").remove(id);
-        if let Some(entry) = removed {
-            entry.remove(id);
+        if let Some(placed) = removed {
+            placed.entry.remove(id);
         }
         self.tombstones
             .lock()
@@ -518,12 +537,7 @@ impl RegistryCache {
     /// The content revision, isolate flag and mtime the cache holds for an instance, and
     /// its service's names.
     pub fn instance(&self, id: &str) -> Option<(Arc<ServiceEntry>, CachedInstance)> {
-        let entry = self
-            .instances
-            .read()
-            .expect("cache lock")
-            .get(id)
-            .cloned()?;
+        let entry = self.entry_of(id)?;
         let cached = entry
             .state
             .lock()
@@ -538,20 +552,21 @@ impl RegistryCache {
     /// no heartbeat health check) and its health; `None` when the instance is not cached.
     /// Cheaper than [`Self::instance`].
     pub fn heartbeat_ttl(&self, id: &str) -> Option<(Arc<str>, Option<u32>, bool)> {
-        self.peek(id, |cached| {
-            (Arc::clone(&cached.id), cached.ttl, cached.healthy)
-        })
+        let instances = self.instances.read().expect("cache lock");
+        let (id, placed) = instances.get_key_value(id)?;
+        Some((Arc::clone(id), placed.ttl, placed.healthy))
+    }
+
+    /// The service an instance is in.
+    fn entry_of(&self, id: &str) -> Option<Arc<ServiceEntry>> {
+        let instances = self.instances.read().expect("cache lock");
+        instances.get(id).map(|placed| Arc::clone(&placed.entry))
     }
 
     /// `look` applied to the cached instance, without copying it; `None` when it is not
     /// cached.
     pub fn peek<R>(&self, id: &str, look: impl FnOnce(&CachedInstance) -> R) -> Option<R> {
-        let entry = self
-            .instances
-            .read()
-            .expect("cache lock")
-            .get(id)
-            .cloned()?;
+        let entry = self.entry_of(id)?;
         let state = entry.state.lock().expect("service lock");
         state.instances.get(id).map(look)
     }
