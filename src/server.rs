@@ -35,8 +35,8 @@ use crate::{api, telemetry};
 /// connection's task into the slot, which then runs at once and writes that one answer
 /// (a `writev` per answer); without it, the connection's task runs after the answers
 /// already woken, and writes them together. In a fresh storm on MariaDB that took the
-/// server's `writev` calls from 0.83 to 0.12 per request and its CPU per request down by
-/// a quarter (benches/RESULTS.md).
+/// server's `writev` calls from 0.83 to 0.11 per request, and its CPU per request to 0.93 ×
+/// at the median of 7 alternating rounds (benches/RESULTS.md).
 pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all();

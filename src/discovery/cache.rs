@@ -479,12 +479,7 @@ impl RegistryCache {
         // Instances that moved to another service leave the one they were in (unless a
         // later put of the same id brought them back to it).
         for (previous, id) in moved {
-            let now_in = self
-                .instances
-                .read()
-                .expect("cache lock")
-                .get(&id)
-                .map(|placed| Arc::clone(&placed.entry));
+            let now_in = self.entry_of(&id);
             if !now_in.is_some_and(|entry| Arc::ptr_eq(&entry, &previous)) {
                 previous.remove(&id);
             }

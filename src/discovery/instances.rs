@@ -62,10 +62,13 @@ impl InstanceMap {
 
     /// Adds an instance, or replaces the one of the same id; returns the replaced one.
     pub fn insert(&mut self, cached: CachedInstance) -> Option<CachedInstance> {
-        let key = OrderKey::of(&cached.id);
-        let replaced = self.by_id.insert(Arc::clone(&cached.id), cached);
+        let id = Arc::clone(&cached.id);
+        let replaced = self.by_id.insert(Arc::clone(&id), cached);
         if replaced.is_none() {
-            self.order.insert(key);
+            self.order.insert(OrderKey {
+                prefix: prefix(&id),
+                id,
+            });
         }
         replaced
     }
