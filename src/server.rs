@@ -8,6 +8,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use axum::serve::ListenerExt;
+use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -105,6 +106,7 @@ impl Server {
     /// store (applying migrations), loads the registry cache and starts the pipeline.
     pub async fn start(settings: Settings) -> Result<Server, ServerError> {
         let metrics = settings.metrics.then(telemetry::install);
+        let upkeep = metrics.clone();
         let bind = |addr: SocketAddr| async move {
             TcpListener::bind(addr)
                 .await
@@ -186,9 +188,10 @@ impl Server {
             since,
             feed_metrics,
         );
-        if settings.metrics {
-            tokio::spawn(refresh_namespace_counts(
+        if let Some(handle) = upkeep {
+            tokio::spawn(metrics_upkeep(
                 Arc::clone(&cache),
+                handle,
                 until_stopped(stopped.clone()),
             ));
         }
@@ -360,15 +363,23 @@ fn local_addr(listener: &TcpListener, addr: SocketAddr) -> Result<SocketAddr, Se
         .map_err(|source| ServerError::Bind { addr, source })
 }
 
-/// How often the per-namespace instance and service gauges are refreshed.
-const COUNTS_EVERY: Duration = Duration::from_secs(5);
+/// How often the per-namespace gauges are refreshed and histogram samples are folded
+/// into their buckets.
+const UPKEEP_EVERY: Duration = Duration::from_secs(5);
 
-/// Keeps the per-namespace instance and service gauges current, from the registry
-/// cache, until the server stops.
-async fn refresh_namespace_counts(cache: Arc<RegistryCache>, stopped: impl Future<Output = ()>) {
+/// Until the server stops: keeps the per-namespace instance and service gauges current,
+/// from the registry cache, and folds the histograms' recorded samples into their
+/// buckets. The recorder keeps each sample until then (or until a scrape does it): with
+/// nobody scraping /metrics, the samples of every request answered would pile up.
+async fn metrics_upkeep(
+    cache: Arc<RegistryCache>,
+    handle: PrometheusHandle,
+    stopped: impl Future<Output = ()>,
+) {
     let mut known = Vec::new();
     tokio::pin!(stopped);
     loop {
+        handle.run_upkeep();
         let mut counts: Vec<telemetry::NamespaceGauge<'_>> = Vec::new();
         let services = cache.services_of(None);
         for service in &services {
@@ -388,7 +399,7 @@ async fn refresh_namespace_counts(cache: Arc<RegistryCache>, stopped: impl Futur
         drop(counts);
         tokio::select! {
             _ = &mut stopped => return,
-            _ = tokio::time::sleep(COUNTS_EVERY) => {}
+            _ = tokio::time::sleep(UPKEEP_EVERY) => {}
         }
     }
 }

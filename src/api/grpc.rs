@@ -45,22 +45,28 @@ impl PolarisGrpcAdapter {
     }
 }
 
-/// Reads `request-id`, `x-polaris-token` and `async-regis`.
-fn request_context(metadata: &MetadataMap) -> RequestContext {
-    let text = |key: &str| {
-        metadata
-            .get(key)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-    };
+/// Reads `x-polaris-token` (only while auth is on: nothing else looks at it) and
+/// `async-regis`.
+fn request_context(metadata: &MetadataMap, auth_on: bool) -> RequestContext {
     RequestContext {
-        request_id: text("request-id"),
-        token: text("x-polaris-token"),
+        token: auth_on
+            .then(|| {
+                metadata
+                    .get("x-polaris-token")?
+                    .to_str()
+                    .ok()
+                    .map(str::to_owned)
+            })
+            .flatten(),
         detached: metadata.contains_key("async-regis"),
     }
 }
 
 impl PolarisGrpcAdapter {
+    fn request_context<T>(&self, request: &Request<T>) -> RequestContext {
+        request_context(request.metadata(), self.api.auth_is_on())
+    }
+
     /// Decodes, calls the client API, records the request, encodes the answer. The
     /// decoding and queueing happen now: the future returned holds only what the answer
     /// needs, since tonic moves and boxes it.
@@ -69,7 +75,7 @@ impl PolarisGrpcAdapter {
         request: Request<proto::Instance>,
     ) -> impl Future<Output = Answer> + use<'_> {
         let started = Instant::now();
-        let ctx = request_context(request.metadata());
+        let ctx = self.request_context(&request);
         let input = instance_from_wire(request.into_inner());
         let echo = Box::new(input.identity());
         let written = self.api.register(&ctx, input);
@@ -81,15 +87,15 @@ impl PolarisGrpcAdapter {
 
     async fn heartbeat(&self, request: Request<proto::Instance>) -> Answer {
         let started = Instant::now();
-        let ctx = request_context(request.metadata());
+        let ctx = self.request_context(&request);
         let input = instance_from_wire(request.into_inner());
         let result = self.api.heartbeat(&ctx, &input).await;
-        self.answer(&self.heartbeat, started, result, input.identity())
+        self.answer(&self.heartbeat, started, result, input.into_identity())
     }
 
     async fn deregister(&self, request: Request<proto::Instance>) -> Answer {
         let started = Instant::now();
-        let ctx = request_context(request.metadata());
+        let ctx = self.request_context(&request);
         let input = instance_from_wire(request.into_inner());
         let result = self.api.deregister(&ctx, &input).await;
         self.answer(&self.deregister, started, result, input)

@@ -63,6 +63,19 @@ impl InstanceInput {
             ..InstanceInput::default()
         }
     }
+
+    /// [`Self::identity`], taking the instance apart instead of copying.
+    pub fn into_identity(self) -> InstanceInput {
+        InstanceInput {
+            id: self.id,
+            service: self.service,
+            namespace: self.namespace,
+            vpc_id: self.vpc_id,
+            host: self.host,
+            port: self.port,
+            ..InstanceInput::default()
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -81,8 +94,7 @@ pub struct LocationInput {
 /// What the transport read beside the message.
 #[derive(Debug, Clone, Default)]
 pub struct RequestContext {
-    pub request_id: Option<String>,
-    /// `x-polaris-token`.
+    /// `x-polaris-token`: read only while auth is on.
     pub token: Option<String>,
     /// `async-regis`: answer once queued, do not wait for the write.
     pub detached: bool,

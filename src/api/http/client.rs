@@ -149,7 +149,7 @@ fn refused(request_id: Option<&HeaderValue>) -> Response {
     )
 }
 
-/// The request's id and token, from its headers.
+/// The request's token, from its headers.
 pub(super) fn request_context(headers: &HeaderMap) -> RequestContext {
     let text = |key: &str| {
         headers
@@ -159,7 +159,6 @@ pub(super) fn request_context(headers: &HeaderMap) -> RequestContext {
             .map(str::to_owned)
     };
     RequestContext {
-        request_id: text("request-id"),
         token: text("x-polaris-token").or_else(|| text("polaris-token")),
         detached: false,
     }
