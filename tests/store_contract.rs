@@ -12,8 +12,8 @@ use mysql_async::prelude::Queryable;
 
 use batchreg::store::resilient::{ResilientWriter, RetryPolicy};
 use batchreg::store::{
-    ChangedRow, DeregisterOutcome, InstanceRecord, RegisterOptions, RegisterOutcome, Registered,
-    Store, StoreError, StoreOptions, StoreWriter, StoredInstance,
+    ChangedRow, DeregisterOutcome, HealthChange, InstanceRecord, RegisterOptions, RegisterOutcome,
+    Registered, Store, StoreError, StoreOptions, StoreWriter, StoredInstance,
 };
 use batchreg::telemetry::StoreMetrics;
 
@@ -56,9 +56,31 @@ const PAGE: usize = 3;
 fn changed(store: &dyn Store, from: &str, until: Option<&str>) -> Vec<ChangedRow> {
     let mut rows = Vec::new();
     store
-        .changed_between(from, until, &mut |row| rows.push(row))
+        .changed_between(from, until, false, &mut |row| rows.push(row))
         .unwrap();
     rows
+}
+
+/// A health transition of `record`'s instance (not isolated) to unhealthy.
+fn turned_unhealthy(record: &InstanceRecord) -> HealthChange {
+    HealthChange {
+        record: InstanceRecord {
+            healthy: false,
+            ..record.clone()
+        },
+        isolate: false,
+    }
+}
+
+/// The ids `changed_between` reads since `from`, sorted; with `others_only`, those last
+/// written by another store.
+fn changed_ids(store: &dyn Store, from: &str, others_only: bool) -> Vec<String> {
+    let mut ids = Vec::new();
+    store
+        .changed_between(from, None, others_only, &mut |row| ids.push(row.id))
+        .unwrap();
+    ids.sort();
+    ids
 }
 
 fn instance(store: &dyn Store, id: &str) -> Result<Option<StoredInstance>, StoreError> {
@@ -116,6 +138,7 @@ pub fn run_contract(open: &dyn Fn() -> Arc<dyn Store>) {
     deregister_marks_the_row_and_lists_it_no_more(open().as_ref());
     a_write_reports_exactly_what_is_stored(open().as_ref());
     changes_are_read_since_a_time(open().as_ref());
+    a_read_of_others_changes_leaves_out_every_write_of_this_store(open().as_ref());
     batches_larger_than_one_statement_are_chunked(open().as_ref());
     names_that_differ_only_in_case_are_distinct(open().as_ref());
     ids_and_keys_that_differ_only_in_trailing_spaces_are_distinct(open().as_ref());
@@ -419,6 +442,31 @@ fn a_write_reports_exactly_what_is_stored(store: &dyn Store) {
     assert!(after.mtime > before.mtime, "mtime moved");
 }
 
+/// Every kind of write a store makes (create, replace, health, deregister, by any of its
+/// writers) marks the row as its own: a read of others' changes leaves them all out, a
+/// plain read lists them all.
+fn a_read_of_others_changes_leaves_out_every_write_of_this_store(store: &dyn Store) {
+    let (mut first, mut second) = (store.writer().unwrap(), store.writer().unwrap());
+    let since = store.now().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    let rows: Vec<InstanceRecord> = (1..=3)
+        .map(|i| record("own", &format!("10.0.8.{i}"), i))
+        .collect();
+    register(first.as_mut(), &rows, CREATE).unwrap();
+    let mut replaced = rows[2].clone();
+    replaced.weight = 9;
+    let outcomes = register(second.as_mut(), &[replaced], CREATE).unwrap();
+    assert_eq!(outcomes, vec![RegisterOutcome::Replaced]);
+    let health = first.set_health(&[turned_unhealthy(&rows[0])]).unwrap();
+    assert!(health[0].is_some(), "the health change is written");
+    second.deregister(&[rows[1].id.clone()]).unwrap();
+
+    let mut all: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
+    all.sort();
+    assert_eq!(changed_ids(store, &since, false), all);
+    assert_eq!(changed_ids(store, &since, true), Vec::<String>::new());
+}
+
 /// The change feed's reads: the rows written since a time or between two, the live
 /// instances among a set of ids, the services written since a time.
 fn changes_are_read_since_a_time(store: &dyn Store) {
@@ -610,6 +658,53 @@ fn mysql_store_meets_the_contract() {
         let url = mysql::fresh_database(&format!("contract_{n}")).unwrap();
         open(url, None)
     });
+}
+
+/// Two stores on one database, as two replicas: each one's read of others' changes lists
+/// the rows the other wrote last, whatever the kind of write, and none of its own.
+#[test]
+fn mysql_replicas_read_each_others_changes_and_not_their_own() {
+    let Some(url) = mysql::fresh_database("others_changes") else {
+        return;
+    };
+    let (a, b) = (open(url.clone(), None), open(url, None));
+    let (mut writer_a, mut writer_b) = (a.writer().unwrap(), b.writer().unwrap());
+    let since = a.now().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    let rows: Vec<InstanceRecord> = (1..=3)
+        .map(|i| record("replicas", &format!("10.0.9.{i}"), i))
+        .collect();
+    register(writer_a.as_mut(), &rows, CREATE).unwrap();
+    let ids = |rows: &[&InstanceRecord]| -> Vec<String> {
+        let mut ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
+        ids.sort();
+        ids
+    };
+    assert_eq!(
+        changed_ids(b.as_ref(), &since, true),
+        ids(&[&rows[0], &rows[1], &rows[2]])
+    );
+    assert_eq!(changed_ids(a.as_ref(), &since, true), Vec::<String>::new());
+
+    // B changes the health of one and deregisters another: A reads both, B neither.
+    writer_b.set_health(&[turned_unhealthy(&rows[0])]).unwrap();
+    writer_b.deregister(&[rows[1].id.clone()]).unwrap();
+    assert_eq!(
+        changed_ids(a.as_ref(), &since, true),
+        ids(&[&rows[0], &rows[1]])
+    );
+    assert_eq!(changed_ids(b.as_ref(), &since, true), ids(&[&rows[2]]));
+
+    // A replaces the one B changed: it is A's again.
+    let mut replaced = rows[0].clone();
+    replaced.weight = 3;
+    let outcomes = register(writer_a.as_mut(), &[replaced], CREATE).unwrap();
+    assert_eq!(outcomes, vec![RegisterOutcome::Replaced]);
+    assert_eq!(changed_ids(a.as_ref(), &since, true), ids(&[&rows[1]]));
+    assert_eq!(
+        changed_ids(b.as_ref(), &since, true),
+        ids(&[&rows[0], &rows[2]])
+    );
 }
 
 /// Two workers writing at once, round after round, keep using the connections they

@@ -4,9 +4,10 @@
 //!   read less [`RECENT_OVERLAP`], and a slice of the rows written about `overlap`
 //!   before, so that a transaction that committed late is read too (at the next read
 //!   when it was less than `RECENT_OVERLAP` late, about `overlap` after its write when
-//!   later); each row is so read about three times, not `overlap / refresh` times. The
-//!   rows the cache does not hold as they are are fetched whole and applied, unless the
-//!   cache holds something newer (a local write, or a local deregistration);
+//!   later); each row is so read about three times, not `overlap / refresh` times, and
+//!   the rows this process wrote itself only once, in the slice. The rows the cache does
+//!   not hold as they are are fetched whole and applied, unless the cache holds
+//!   something newer (a local write, or a local deregistration);
 //! - the purge of deregistered rows older than `retention`, on every store;
 //! - the cache's gauges.
 
@@ -238,9 +239,12 @@ pub fn follow_once(
             fetch.push(row.id);
         }
     };
-    store.changed_between(&recent, None, &mut each)?;
+    // This process's own writes are in the cache already (each is put there before it is
+    // answered), so the frequent read leaves them out; the late slice reads them once,
+    // for a write whose commit this process saw fail although it happened.
+    store.changed_between(&recent, None, true, &mut each)?;
     if cursor.late_until < late_end {
-        store.changed_between(&cursor.late_until, Some(&late_end), &mut each)?;
+        store.changed_between(&cursor.late_until, Some(&late_end), false, &mut each)?;
     }
     let fetched = store.instances(&fetch)?;
     let mut puts = Vec::new();

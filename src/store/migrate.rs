@@ -31,6 +31,11 @@ pub const SQLITE: &[Migration] = &[
         name: "0002_deregistered.sql",
         sql: include_str!("../../migrations/sqlite/0002_deregistered.sql"),
     },
+    Migration {
+        version: 3,
+        name: "0003_writer.sql",
+        sql: include_str!("../../migrations/sqlite/0003_writer.sql"),
+    },
 ];
 
 /// The MySQL migrations, in the order they apply.
@@ -54,6 +59,11 @@ pub const MYSQL: &[Migration] = &[
         version: 4,
         name: "0004_unpadded_keys.sql",
         sql: include_str!("../../migrations/mysql/0004_unpadded_keys.sql"),
+    },
+    Migration {
+        version: 5,
+        name: "0005_writer.sql",
+        sql: include_str!("../../migrations/mysql/0005_writer.sql"),
     },
 ];
 
@@ -126,7 +136,7 @@ mod tests {
         let mut conn = Connection::open_in_memory().unwrap();
         assert_eq!(
             apply_sqlite(&mut conn).unwrap(),
-            vec!["0001_init.sql", "0002_deregistered.sql"]
+            vec!["0001_init.sql", "0002_deregistered.sql", "0003_writer.sql"]
         );
         assert!(apply_sqlite(&mut conn).unwrap().is_empty());
         let recorded: i64 = conn

@@ -259,12 +259,14 @@ pub trait Store: Send + Sync + 'static {
 
     /// Calls `each` with every instance row, live or deregistered, written at or after
     /// `from` and before `until` (no bound when `None`), as it is read: the change feed's
-    /// first, light read. A row is dropped once `each` returns, so a read of many rows
-    /// holds one at a time.
+    /// first, light read. With `others_only`, the rows whose last write was this store's
+    /// own (through any of its writers) are left out. A row is dropped once `each`
+    /// returns, so a read of many rows holds one at a time.
     fn changed_between(
         &self,
         from: &str,
         until: Option<&str>,
+        others_only: bool,
         each: &mut dyn FnMut(ChangedRow),
     ) -> Result<(), StoreError>;
 

@@ -82,10 +82,25 @@ pub enum Cell<'a> {
     Text(&'a str),
     Number(u32),
     Flag(bool),
+    /// The `writer` column: which store wrote a row last (see [`WriterId`]).
+    Writer(WriterId),
+}
+
+/// Which store (one process's open store) wrote an instance row last: random when the
+/// store opens, so that the change feed can leave out the rows its own process wrote,
+/// which the process's cache already holds. Rows written before the column existed hold 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct WriterId(pub i64);
+
+impl WriterId {
+    /// A new id, never 0.
+    pub fn random() -> WriterId {
+        WriterId(rand::random_range(1..=i64::MAX))
+    }
 }
 
 /// The instance columns a write binds, in order. `flag` follows, 0 (live).
-pub const INSTANCE_COLUMNS: [&str; 19] = [
+pub const INSTANCE_COLUMNS: [&str; 20] = [
     "id",
     "service_id",
     "vpc_id",
@@ -105,10 +120,14 @@ pub const INSTANCE_COLUMNS: [&str; 19] = [
     "revision",
     "ctime",
     "mtime",
+    "writer",
 ];
 
-/// A planned write's values, in the order of [`INSTANCE_COLUMNS`].
-pub fn instance_cells<'a>(w: &'a PlannedWrite<'_>) -> [Cell<'a>; INSTANCE_COLUMNS.len()] {
+/// A planned write's values, in the order of [`INSTANCE_COLUMNS`], written by `writer`.
+pub fn instance_cells<'a>(
+    w: &'a PlannedWrite<'_>,
+    writer: WriterId,
+) -> [Cell<'a>; INSTANCE_COLUMNS.len()] {
     let r = w.record;
     [
         Cell::Text(&r.id),
@@ -130,6 +149,7 @@ pub fn instance_cells<'a>(w: &'a PlannedWrite<'_>) -> [Cell<'a>; INSTANCE_COLUMN
         Cell::Text(&w.revision),
         Cell::Text(&w.ctime),
         Cell::Text(w.mtime),
+        Cell::Writer(writer),
     ]
 }
 
@@ -232,21 +252,28 @@ fn read_present(ids: usize, lock: &str) -> String {
 /// the IN list.
 pub const SET_HEALTH_VALUES: usize = 3;
 
+/// Values bound once per health write: the health, the mtime and the writer.
+pub const SET_HEALTH_FIXED: usize = 3;
+
 /// Sets the health of `rows` instances to one value, each with its own revision; binds
-/// the health and the mtime, then `(id, revision)` of each row, then each id.
+/// the health, the mtime and the writer, then `(id, revision)` of each row, then each id.
 fn set_health(rows: usize) -> String {
     format!(
-        "UPDATE instance SET health_status = ?, mtime = ?, revision = CASE id {} END
+        "UPDATE instance SET health_status = ?, mtime = ?, writer = ?, revision = CASE id {} END
          WHERE id IN ({}) AND flag = 0",
         vec!["WHEN ? THEN ?"; rows].join(" "),
         list_placeholders(rows)
     )
 }
 
-/// Marks `ids` instances deregistered (soft delete); binds the mtime, then the ids.
+/// Values bound once per soft delete: the mtime and the writer.
+pub const SOFT_DELETE_FIXED: usize = 2;
+
+/// Marks `ids` instances deregistered (soft delete); binds the mtime and the writer, then
+/// the ids.
 fn soft_delete(ids: usize) -> String {
     format!(
-        "UPDATE instance SET flag = 1, mtime = ? WHERE id IN ({})",
+        "UPDATE instance SET flag = 1, mtime = ?, writer = ? WHERE id IN ({})",
         list_placeholders(ids)
     )
 }
@@ -448,13 +475,15 @@ pub fn metadata_where_id_in(ids: usize) -> String {
 }
 
 /// The instance rows (live or deregistered) written at or after the first bound time
-/// and, when `bounded`, before the second: id, revision, flag and mtime, read from the
-/// `instance_mtime` index on MySQL.
-pub fn changed_between(dialect: Dialect, bounded: bool) -> String {
+/// and, when `bounded`, before the second, and, when `others_only`, last written by
+/// another writer than the bound one: id, revision, flag and mtime, read from the
+/// `instance_changes` index on MySQL.
+pub fn changed_between(dialect: Dialect, bounded: bool, others_only: bool) -> String {
     format!(
-        "SELECT id, revision, flag, {} FROM instance WHERE mtime >= ?{}",
+        "SELECT id, revision, flag, {} FROM instance WHERE mtime >= ?{}{}",
         dialect.time_text("mtime"),
-        if bounded { " AND mtime < ?" } else { "" }
+        if bounded { " AND mtime < ?" } else { "" },
+        if others_only { " AND writer <> ?" } else { "" }
     )
 }
 

@@ -3,7 +3,7 @@
 //! engine's limits of bound values and bytes, with the values borrowed from the batch.
 
 use super::plan::{PlannedWrite, ServiceKey};
-use super::schema::{self, Cell, InstanceTable, OnDuplicate, Shape};
+use super::schema::{self, Cell, InstanceTable, OnDuplicate, Shape, WriterId};
 use super::sql::{padded_lists, shape_runs, statement_chunks};
 
 /// One statement and the values it binds.
@@ -22,11 +22,12 @@ pub struct Limits {
     pub max_bytes: usize,
 }
 
-/// Writes the instance rows of `writes`.
+/// Writes the instance rows of `writes`, marked as written by `writer`.
 pub fn write_instances<'a>(
     limits: Limits,
     writes: &[&'a PlannedWrite<'a>],
     on_duplicate: OnDuplicate,
+    writer: WriterId,
 ) -> Vec<Statement<'a>> {
     let columns = schema::INSTANCE_COLUMNS.len();
     statement_chunks(
@@ -44,7 +45,7 @@ pub fn write_instances<'a>(
         },
         cells: chunk
             .iter()
-            .flat_map(|w| schema::instance_cells(w))
+            .flat_map(|w| schema::instance_cells(w, writer))
             .collect(),
     })
     .collect()
@@ -119,13 +120,19 @@ pub fn replace_children<'a>(limits: Limits, writes: &'a [PlannedWrite<'a>]) -> V
 
 /// Deregisters the live instances `ids` (sorted): deletes their metadata and health
 /// checks, and marks their rows deregistered at `mtime` (a soft delete, which the other
-/// replicas' change feeds see; the rows are purged later).
-pub fn deregister<'a>(limits: Limits, ids: &[&'a str], mtime: &'a str) -> Vec<Statement<'a>> {
+/// replicas' change feeds see; the rows are purged later), by `writer`.
+pub fn deregister<'a>(
+    limits: Limits,
+    ids: &[&'a str],
+    mtime: &'a str,
+    writer: WriterId,
+) -> Vec<Statement<'a>> {
     let mut statements = delete_where_id_in(limits, InstanceTable::Metadata, ids);
     statements.extend(delete_where_id_in(limits, InstanceTable::HealthCheck, ids));
-    for list in padded_lists(ids, limits.max_params - 1) {
-        let mut cells = Vec::with_capacity(list.len() + 1);
+    for list in padded_lists(ids, limits.max_params - schema::SOFT_DELETE_FIXED) {
+        let mut cells = Vec::with_capacity(list.len() + schema::SOFT_DELETE_FIXED);
         cells.push(Cell::Text(mtime));
+        cells.push(Cell::Writer(writer));
         cells.extend(list.iter().map(|id| Cell::Text(id)));
         statements.push(Statement {
             shape: Shape::SoftDelete { ids: list.len() },
@@ -136,19 +143,24 @@ pub fn deregister<'a>(limits: Limits, ids: &[&'a str], mtime: &'a str) -> Vec<St
 }
 
 /// Sets health transitions: `(id, new revision)` of the instances turning `healthy`, at
-/// `mtime`.
+/// `mtime`, by `writer`.
 pub fn set_health<'a>(
     limits: Limits,
     healthy: bool,
     rows: &[(&'a str, &'a str)],
     mtime: &'a str,
+    writer: WriterId,
 ) -> Vec<Statement<'a>> {
-    shape_runs(rows, (limits.max_params - 2) / schema::SET_HEALTH_VALUES)
+    let per_statement = (limits.max_params - schema::SET_HEALTH_FIXED) / schema::SET_HEALTH_VALUES;
+    shape_runs(rows, per_statement)
         .into_iter()
         .map(|run| {
-            let mut cells = Vec::with_capacity(2 + run.len() * schema::SET_HEALTH_VALUES);
+            let mut cells = Vec::with_capacity(
+                schema::SET_HEALTH_FIXED + run.len() * schema::SET_HEALTH_VALUES,
+            );
             cells.push(Cell::Flag(healthy));
             cells.push(Cell::Text(mtime));
+            cells.push(Cell::Writer(writer));
             cells.extend(
                 run.iter()
                     .flat_map(|&(id, revision)| [Cell::Text(id), Cell::Text(revision)]),
@@ -278,7 +290,7 @@ mod tests {
 
     #[test]
     fn a_deregistration_deletes_children_then_marks_the_rows_in_padded_lists() {
-        let statements = deregister(LIMITS, &["a", "b", "c"], "t");
+        let statements = deregister(LIMITS, &["a", "b", "c"], "t", WriterId(7));
         let shapes: Vec<Shape> = statements.iter().map(|s| s.shape).collect();
         assert_eq!(
             shapes,
@@ -298,6 +310,7 @@ mod tests {
             statements[2].cells,
             [
                 Cell::Text("t"),
+                Cell::Writer(WriterId(7)),
                 Cell::Text("a"),
                 Cell::Text("b"),
                 Cell::Text("c"),

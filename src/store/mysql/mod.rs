@@ -29,7 +29,7 @@ use mysql_async::prelude::Queryable;
 use mysql_async::{Opts, Params, Pool, Value};
 
 use super::clock::Clock;
-use super::schema::{self, Cell, ResultRow, Shape};
+use super::schema::{self, Cell, ResultRow, Shape, WriterId};
 use super::statements::{Limits, Statement};
 use super::{ChangedRow, Store, StoreError, StoreWriter, StoredInstance, StoredService};
 
@@ -61,6 +61,8 @@ struct Shared {
     limits: Limits,
     /// The database's clock, as the writers stamp their rows with it.
     clock: Arc<Clock>,
+    /// What this store marks the instance rows it writes with.
+    writer: WriterId,
 }
 
 impl Shared {
@@ -150,6 +152,7 @@ impl MysqlStore {
                     max_bytes,
                 },
                 clock,
+                writer: WriterId::random(),
             }),
             concurrency,
         })
@@ -209,10 +212,12 @@ impl Store for MysqlStore {
         &self,
         from: &str,
         until: Option<&str>,
+        others_only: bool,
         each: &mut dyn FnMut(ChangedRow),
     ) -> Result<(), StoreError> {
+        let skipped = others_only.then_some(self.shared.writer);
         self.shared
-            .read(async |conn| read::changed_between(conn, from, until, each).await)
+            .read(async |conn| read::changed_between(conn, from, until, skipped, each).await)
     }
 
     fn now(&self) -> Result<String, StoreError> {
@@ -270,6 +275,7 @@ impl From<Cell<'_>> for Value {
             Cell::Text(text) => Value::from(text),
             Cell::Number(number) => Value::from(number),
             Cell::Flag(flag) => Value::from(flag),
+            Cell::Writer(WriterId(id)) => Value::from(id),
         }
     }
 }

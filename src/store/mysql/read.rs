@@ -5,11 +5,11 @@
 use std::time::SystemTime;
 
 use mysql_async::prelude::Queryable;
-use mysql_async::{Conn, IsolationLevel, Params, Pool, Transaction, TxOpts};
+use mysql_async::{Conn, IsolationLevel, Params, Pool, Transaction, TxOpts, Value};
 
 use super::{MysqlRow, POOL_WAIT};
 use crate::store::clock::Clock;
-use crate::store::schema::{self, Dialect};
+use crate::store::schema::{self, Dialect, WriterId};
 use crate::store::sql;
 use crate::store::statements::Limits;
 use crate::store::{ChangedRow, StoreError, StoredInstance, StoredService};
@@ -105,13 +105,15 @@ pub(super) async fn changed_between(
     conn: &mut Conn,
     from: &str,
     until: Option<&str>,
+    skipped: Option<WriterId>,
     each: &mut dyn FnMut(ChangedRow),
 ) -> Result<(), StoreError> {
-    let sql = schema::changed_between(Dialect::Mysql, until.is_some());
-    let params = match until {
-        Some(until) => Params::from((from, until)),
-        None => Params::from((from,)),
-    };
+    let sql = schema::changed_between(Dialect::Mysql, until.is_some(), skipped.is_some());
+    let params: Vec<Value> = std::iter::once(Value::from(from))
+        .chain(until.map(Value::from))
+        .chain(skipped.map(|WriterId(id)| Value::from(id)))
+        .collect();
+    let params = Params::Positional(params);
     // Row by row: a storm's rows are not all held at once (each read would take fresh
     // pages from the system for them).
     let mut malformed = None;

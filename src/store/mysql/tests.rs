@@ -253,18 +253,24 @@ fn each_recorded_once() -> Vec<(u32, u64)> {
 
 /// The schema the migrations leave: the change feed's index, and the binary collation.
 async fn assert_fully_migrated(conn: &mut Conn) {
-    let index_columns: Option<u64> = conn
-        .query_first(
-            "SELECT COUNT(*) FROM information_schema.statistics
+    let index_columns: Vec<(String, String)> = conn
+        .query(
+            "SELECT index_name, column_name FROM information_schema.statistics
              WHERE table_schema = DATABASE() AND table_name = 'instance'
-               AND index_name = 'instance_mtime'",
+               AND index_name LIKE 'instance\\_%' ORDER BY index_name, seq_in_index",
         )
         .await
         .unwrap();
+    let columns = |names: &[&str]| -> Vec<(String, String)> {
+        names
+            .iter()
+            .map(|c| ("instance_changes".to_owned(), (*c).to_owned()))
+            .collect()
+    };
     assert_eq!(
         index_columns,
-        Some(3),
-        "instance_mtime on (mtime, flag, revision)"
+        columns(&["mtime", "writer", "flag", "revision"]),
+        "the change feed's index, and no other (instance_mtime is gone)"
     );
     let collation: Option<String> = conn
         .query_first(

@@ -15,7 +15,7 @@ use crate::store::model::{
     self, DeregisterOutcome, InstanceRecord, RegisterOptions, RegisterOutcome, Registered,
 };
 use crate::store::plan::{self, Existing, PlannedWrite, ServiceIds, ServiceKey};
-use crate::store::schema::{self, Cell, OnDuplicate, Shape};
+use crate::store::schema::{self, Cell, OnDuplicate, Shape, WriterId};
 use crate::store::statements::{self, Limits, Statement};
 use crate::store::{HealthChange, HealthSet, StoreError, StoreWriter};
 
@@ -63,6 +63,7 @@ impl StoreWriter for MysqlWriter {
     ) -> Result<Vec<Registered>, StoreError> {
         let limits = self.limits;
         let now = self.shared.clock.now();
+        let writer = self.shared.writer;
         // A restart storm re-registers what is already stored: one plain read shows it,
         // with no transaction and no locks. The database held this exact content when read.
         let mut unchanged = None;
@@ -96,13 +97,13 @@ impl StoreWriter for MysqlWriter {
             && let Some(results) =
                 self.connection
                     .transaction_or_roll_back(async |tx, prepared| {
-                        insert_all(tx, prepared, limits, rows, services, &now).await
+                        insert_all(tx, prepared, limits, rows, services, &now, writer).await
                     })?
         {
             return Ok(results);
         }
         let results = self.connection.transaction(async |tx, prepared| {
-            register_in(tx, prepared, limits, rows, services, &now).await
+            register_in(tx, prepared, limits, rows, services, &now, writer).await
         })?;
         let all = |outcome| results.iter().all(|r| r.outcome == outcome);
         self.expect_unchanged = all(RegisterOutcome::Unchanged);
@@ -113,8 +114,10 @@ impl StoreWriter for MysqlWriter {
     fn deregister(&mut self, ids: &[String]) -> Result<Vec<DeregisterOutcome>, StoreError> {
         let limits = self.limits;
         let now = self.shared.clock.now();
-        self.connection
-            .transaction(async |tx, prepared| deregister_in(tx, prepared, limits, ids, &now).await)
+        let writer = self.shared.writer;
+        self.connection.transaction(async |tx, prepared| {
+            deregister_in(tx, prepared, limits, ids, &now, writer).await
+        })
     }
 
     fn set_health(
@@ -123,6 +126,7 @@ impl StoreWriter for MysqlWriter {
     ) -> Result<Vec<Option<HealthSet>>, StoreError> {
         let limits = self.limits;
         let now = self.shared.clock.now();
+        let writer = self.shared.writer;
         self.connection.transaction(async |tx, prepared| {
             let mut ids: Vec<&str> = changes.iter().map(|c| c.record.id.as_str()).collect();
             ids.sort_unstable();
@@ -138,7 +142,7 @@ impl StoreWriter for MysqlWriter {
                 execute(
                     tx,
                     prepared,
-                    statements::set_health(limits, healthy, &rows, &now),
+                    statements::set_health(limits, healthy, &rows, &now, writer),
                 )
                 .await?;
             }
@@ -199,6 +203,7 @@ async fn register_in(
     rows: &[InstanceRecord],
     service_ids: &ServiceIds,
     now: &str,
+    writer: WriterId,
 ) -> Result<Vec<Registered>, StoreError> {
     let existing = read_existing(tx, prepared, limits, rows, true).await?;
     let (results, writes) = plan::plan_register(rows, service_ids, &existing, now);
@@ -214,13 +219,13 @@ async fn register_in(
     execute(
         tx,
         prepared,
-        statements::write_instances(limits, &replaced, OnDuplicate::Update),
+        statements::write_instances(limits, &replaced, OnDuplicate::Update, writer),
     )
     .await?;
     match execute(
         tx,
         prepared,
-        statements::write_instances(limits, &added, OnDuplicate::Fail),
+        statements::write_instances(limits, &added, OnDuplicate::Fail, writer),
     )
     .await
     {
@@ -242,13 +247,14 @@ async fn insert_all(
     rows: &[InstanceRecord],
     service_ids: &ServiceIds,
     now: &str,
+    writer: WriterId,
 ) -> Result<Decision<Option<Vec<Registered>>>, StoreError> {
     let (results, writes) = plan::plan_register(rows, service_ids, &HashMap::new(), now);
     let added: Vec<&PlannedWrite<'_>> = writes.iter().collect();
     match execute(
         tx,
         prepared,
-        statements::write_instances(limits, &added, OnDuplicate::Fail),
+        statements::write_instances(limits, &added, OnDuplicate::Fail, writer),
     )
     .await
     {
@@ -348,6 +354,7 @@ async fn deregister_in(
     limits: Limits,
     ids: &[String],
     now: &str,
+    writer: WriterId,
 ) -> Result<Vec<DeregisterOutcome>, StoreError> {
     let mut sorted: Vec<&str> = ids.iter().map(String::as_str).collect();
     sorted.sort_unstable();
@@ -364,6 +371,11 @@ async fn deregister_in(
         .filter(|id| present.contains(*id))
         .collect();
     live.dedup();
-    execute(tx, prepared, statements::deregister(limits, &live, now)).await?;
+    execute(
+        tx,
+        prepared,
+        statements::deregister(limits, &live, now, writer),
+    )
+    .await?;
     Ok(plan::deregister_outcomes(ids, &present, now))
 }

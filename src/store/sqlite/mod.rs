@@ -16,7 +16,7 @@ use rusqlite::{Connection, ToSql, Transaction, TransactionBehavior};
 use super::clock::Clock;
 use super::model::{self, DeregisterOutcome, InstanceRecord, RegisterOptions, Registered};
 use super::plan::{self, Existing, ServiceIds, ServiceKey};
-use super::schema::{self, Cell, Dialect, OnDuplicate, ResultRow, Shape};
+use super::schema::{self, Cell, Dialect, OnDuplicate, ResultRow, Shape, WriterId};
 use super::sql;
 use super::statements::{self, Limits, Statement};
 use super::{
@@ -49,6 +49,8 @@ pub struct SqliteStore {
     _lock: File,
     /// This process's clock: it is the database's.
     clock: Arc<Clock>,
+    /// What this store marks the instance rows it writes with.
+    writer_id: WriterId,
     /// Opened on first use, for reads that must not wait for the writer.
     reader: Mutex<Option<Connection>>,
     writer: Arc<Mutex<Connection>>,
@@ -106,6 +108,7 @@ impl SqliteStore {
             path,
             _lock: lock,
             clock: Arc::new(Clock::default()),
+            writer_id: WriterId::random(),
             reader: Mutex::new(None),
             writer,
             checkpointer,
@@ -135,6 +138,7 @@ impl Store for SqliteStore {
         Ok(Box::new(SqliteWriter {
             conn: Arc::clone(&self.writer),
             clock: Arc::clone(&self.clock),
+            writer_id: self.writer_id,
             _checkpointer: Arc::clone(&self.checkpointer),
         }))
     }
@@ -192,12 +196,17 @@ impl Store for SqliteStore {
         &self,
         from: &str,
         until: Option<&str>,
+        others_only: bool,
         each: &mut dyn FnMut(ChangedRow),
     ) -> Result<(), StoreError> {
         self.with_reader(|conn| {
-            let mut stmt =
-                conn.prepare_cached(&schema::changed_between(Dialect::Sqlite, until.is_some()))?;
-            let bounds: Vec<&str> = std::iter::once(from).chain(until).collect();
+            let sql = schema::changed_between(Dialect::Sqlite, until.is_some(), others_only);
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let mut bounds: Vec<Cell<'_>> =
+                std::iter::once(from).chain(until).map(Cell::Text).collect();
+            if others_only {
+                bounds.push(Cell::Writer(self.writer_id));
+            }
             let rows = stmt.query_map(rusqlite::params_from_iter(bounds), |r| {
                 Ok(ChangedRow {
                     id: r.get(0)?,
@@ -334,6 +343,7 @@ impl ToSql for Cell<'_> {
             Cell::Text(text) => ToSqlOutput::from(text),
             Cell::Number(number) => ToSqlOutput::from(number),
             Cell::Flag(flag) => ToSqlOutput::from(flag),
+            Cell::Writer(WriterId(id)) => ToSqlOutput::from(id),
         })
     }
 }
@@ -341,6 +351,7 @@ impl ToSql for Cell<'_> {
 struct SqliteWriter {
     conn: Arc<Mutex<Connection>>,
     clock: Arc<Clock>,
+    writer_id: WriterId,
     _checkpointer: Arc<Checkpointer>,
 }
 
@@ -365,12 +376,14 @@ impl StoreWriter for SqliteWriter {
         options: RegisterOptions,
     ) -> Result<Vec<Registered>, StoreError> {
         let now = self.clock.now();
-        self.transaction(|tx| register_in(tx, rows, options, &now))
+        let writer = self.writer_id;
+        self.transaction(|tx| register_in(tx, rows, options, &now, writer))
     }
 
     fn deregister(&mut self, ids: &[String]) -> Result<Vec<DeregisterOutcome>, StoreError> {
         let now = self.clock.now();
-        self.transaction(|tx| deregister_in(tx, ids, &now))
+        let writer = self.writer_id;
+        self.transaction(|tx| deregister_in(tx, ids, &now, writer))
     }
 
     fn set_health(
@@ -389,7 +402,8 @@ impl StoreWriter for SqliteWriter {
             let revisions = plan::health_revisions(changes, &present);
             for healthy in [true, false] {
                 let rows = plan::health_rows(changes, &revisions, healthy);
-                execute(tx, statements::set_health(LIMITS, healthy, &rows, &now))?;
+                let writes = statements::set_health(LIMITS, healthy, &rows, &now, self.writer_id);
+                execute(tx, writes)?;
             }
             Ok(revisions
                 .into_iter()
@@ -436,6 +450,7 @@ fn register_in(
     rows: &[InstanceRecord],
     options: RegisterOptions,
     now: &str,
+    writer: WriterId,
 ) -> Result<Vec<Registered>, StoreError> {
     let service_ids = resolve_services(tx, &plan::distinct_services(rows), options)?;
     let existing = read_existing(tx, rows)?;
@@ -446,11 +461,11 @@ fn register_in(
     let (added, replaced): (Vec<_>, Vec<_>) = writes.iter().partition(|w| !w.replaced);
     execute(
         tx,
-        statements::write_instances(LIMITS, &replaced, OnDuplicate::Update),
+        statements::write_instances(LIMITS, &replaced, OnDuplicate::Update, writer),
     )?;
     execute(
         tx,
-        statements::write_instances(LIMITS, &added, OnDuplicate::Fail),
+        statements::write_instances(LIMITS, &added, OnDuplicate::Fail, writer),
     )?;
     execute(tx, statements::replace_children(LIMITS, &writes))?;
     Ok(results)
@@ -517,6 +532,7 @@ fn deregister_in(
     tx: &Transaction<'_>,
     ids: &[String],
     now: &str,
+    writer: WriterId,
 ) -> Result<Vec<DeregisterOutcome>, StoreError> {
     let mut sorted: Vec<&str> = ids.iter().map(String::as_str).collect();
     sorted.sort_unstable();
@@ -530,6 +546,6 @@ fn deregister_in(
         .filter(|id| present.contains(*id))
         .collect();
     live.dedup();
-    execute(tx, statements::deregister(LIMITS, &live, now))?;
+    execute(tx, statements::deregister(LIMITS, &live, now, writer))?;
     Ok(plan::deregister_outcomes(ids, &present, now))
 }
