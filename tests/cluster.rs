@@ -113,6 +113,43 @@ async fn each_replica_lists_what_the_others_write() {
         let listed = listed_once(server, "feed", "svc", |listed| listed.contains("late-1")).await;
         assert_eq!(listed, ids);
     }
+
+    // A row marked as A's own write that A's cache never took (as when a commit
+    // succeeded but A saw it fail): B lists it at its next read; A's frequent reads
+    // leave it out, and the slice read `feed_overlap` (3 s) after the write brings it.
+    let a_row = expected_id("feed", "svc", "10.9.1.1", 1);
+    let writer_a = scalar(
+        &url,
+        &format!("SELECT writer FROM instance WHERE id = '{a_row}'"),
+    );
+    assert_ne!(writer_a, 0, "A marks the rows it writes");
+    with_connection(&url, async move |conn| {
+        use mysql_async::prelude::Queryable;
+        conn.exec_drop(
+            "INSERT INTO instance (id, service_id, host, port, revision, ctime, mtime, writer)
+             SELECT 'own-1', id, '10.9.9.8', 8, 'own', NOW(3), NOW(3), ?
+             FROM service WHERE name = 'svc'",
+            (writer_a,),
+        )
+        .await
+        .unwrap();
+    });
+    let written = std::time::Instant::now();
+    ids.insert("own-1".to_owned());
+    let on_b = listed_once(&b, "feed", "svc", |listed| listed.contains("own-1")).await;
+    assert_eq!(on_b, ids);
+    // No read of A can bring it before the slice that starts 3 s after the write; A has
+    // made several frequent reads (every 100 ms) by the time it is asked.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    if written.elapsed() < std::time::Duration::from_millis(2_500) {
+        let on_a = listed_once(&a, "feed", "svc", |_| true).await;
+        assert!(
+            !on_a.contains("own-1"),
+            "A's frequent reads leave out its own rows"
+        );
+    }
+    let on_a = listed_once(&a, "feed", "svc", |listed| listed.contains("own-1")).await;
+    assert_eq!(on_a, ids);
     a.server.shutdown().await.unwrap();
     b.server.shutdown().await.unwrap();
 }
