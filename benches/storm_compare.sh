@@ -51,9 +51,11 @@ print("%.0f %.1f %.1f %s" % (r["rate_per_s"], r["latency_ms"]["p50"], r["latency
 }
 
 # storm URL EXTRA_TOML IN_FLIGHT COUNT SCENARIO...: runs the loadgen against a server on
-# URL; prints "rate p50 p99 codes" per scenario from its JSON report.
+# URL; prints "rate p50 p99 codes" per scenario from its JSON report, once the server has
+# exited: its caller reads the lines from a process substitution and starts the next
+# server on the same ports as soon as it has them.
 storm() {
-  local url=$1 extra=$2 flight=$3 n=$4; shift 4
+  local url=$1 extra=$2 flight=$3 n=$4 lines=""; shift 4
   printf '[server]\ngrpc_listen = "%s"\nhttp_listen = "%s"\n[store]\nurl = "%s"\n%b' \
     "$grpc" "$http" "$url" "$extra" > "$work/server.toml"
   target/release/batchreg serve --config "$work/server.toml" > "$work/server.log" 2>&1 &
@@ -62,9 +64,10 @@ storm() {
   for scenario in "$@"; do
     target/release/batchreg-loadgen "$scenario" --target "$grpc" --count "$n" --in-flight "$flight" \
       --no-progress --json > "$work/$scenario.json" || true
-    report "$work/$scenario.json"
+    lines+="$(report "$work/$scenario.json")"$'\n'
   done
   kill $pid; wait $pid || true
+  printf '%s' "$lines"
 }
 
 direct_rate=$("$direct" --url "$(store_url bench_direct)" --count "$count" | sed -E 's/.*= ([0-9.]+) instances.*/\1/')
