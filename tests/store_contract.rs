@@ -61,6 +61,23 @@ fn changed(store: &dyn Store, from: &str, until: Option<&str>) -> Vec<ChangedRow
     rows
 }
 
+/// Registers three new instances of `service` through `writer`; returns the store's time
+/// just before (clearly before their mtime) and the records.
+fn three_created(
+    store: &dyn Store,
+    writer: &mut dyn StoreWriter,
+    service: &str,
+) -> (String, Vec<InstanceRecord>) {
+    let since = store.now().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    let rows: Vec<InstanceRecord> = (1..=3)
+        .map(|i| record(service, &format!("10.0.8.{i}"), i))
+        .collect();
+    let outcomes = register(writer, &rows, CREATE).unwrap();
+    assert_eq!(outcomes, vec![RegisterOutcome::Created; 3]);
+    (since, rows)
+}
+
 /// A health transition of `record`'s instance (not isolated) to unhealthy.
 fn turned_unhealthy(record: &InstanceRecord) -> HealthChange {
     HealthChange {
@@ -447,12 +464,7 @@ fn a_write_reports_exactly_what_is_stored(store: &dyn Store) {
 /// plain read lists them all.
 fn a_read_of_others_changes_leaves_out_every_write_of_this_store(store: &dyn Store) {
     let (mut first, mut second) = (store.writer().unwrap(), store.writer().unwrap());
-    let since = store.now().unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(5));
-    let rows: Vec<InstanceRecord> = (1..=3)
-        .map(|i| record("own", &format!("10.0.8.{i}"), i))
-        .collect();
-    register(first.as_mut(), &rows, CREATE).unwrap();
+    let (since, rows) = three_created(store, first.as_mut(), "own");
     let mut replaced = rows[2].clone();
     replaced.weight = 9;
     let outcomes = register(second.as_mut(), &[replaced], CREATE).unwrap();
@@ -669,12 +681,7 @@ fn mysql_replicas_read_each_others_changes_and_not_their_own() {
     };
     let (a, b) = (open(url.clone(), None), open(url, None));
     let (mut writer_a, mut writer_b) = (a.writer().unwrap(), b.writer().unwrap());
-    let since = a.now().unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(5));
-    let rows: Vec<InstanceRecord> = (1..=3)
-        .map(|i| record("replicas", &format!("10.0.9.{i}"), i))
-        .collect();
-    register(writer_a.as_mut(), &rows, CREATE).unwrap();
+    let (since, rows) = three_created(a.as_ref(), writer_a.as_mut(), "replicas");
     let ids = |rows: &[&InstanceRecord]| -> Vec<String> {
         let mut ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
         ids.sort();
