@@ -36,6 +36,11 @@ pub const SQLITE: &[Migration] = &[
         name: "0003_writer.sql",
         sql: include_str!("../../migrations/sqlite/0003_writer.sql"),
     },
+    Migration {
+        version: 4,
+        name: "0004_no_service_index.sql",
+        sql: include_str!("../../migrations/sqlite/0004_no_service_index.sql"),
+    },
 ];
 
 /// The MySQL migrations, in the order they apply.
@@ -64,6 +69,11 @@ pub const MYSQL: &[Migration] = &[
         version: 5,
         name: "0005_writer.sql",
         sql: include_str!("../../migrations/mysql/0005_writer.sql"),
+    },
+    Migration {
+        version: 6,
+        name: "0006_no_service_index.sql",
+        sql: include_str!("../../migrations/mysql/0006_no_service_index.sql"),
     },
 ];
 
@@ -136,7 +146,27 @@ mod tests {
         let mut conn = Connection::open_in_memory().unwrap();
         assert_eq!(
             apply_sqlite(&mut conn).unwrap(),
-            vec!["0001_init.sql", "0002_deregistered.sql", "0003_writer.sql"]
+            vec![
+                "0001_init.sql",
+                "0002_deregistered.sql",
+                "0003_writer.sql",
+                "0004_no_service_index.sql"
+            ]
+        );
+        let indexes: Vec<String> = conn
+            .prepare(
+                "SELECT name FROM sqlite_master WHERE type = 'index'
+                 AND tbl_name = 'instance' AND sql IS NOT NULL ORDER BY name",
+            )
+            .unwrap()
+            .query_map([], |row| row.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            indexes,
+            vec!["instance_deregistered"],
+            "no index on service_id"
         );
         assert!(apply_sqlite(&mut conn).unwrap().is_empty());
         let recorded: i64 = conn
