@@ -7,6 +7,7 @@
 # interpolated quantiles. Prints A's storm rate and p99 too.
 #
 # usage: benches/cluster_visibility.sh [MYSQL_SERVER_URL] [COUNT] [IN_FLIGHT]
+#   BATCHREG=path   the server build to run (default target/release/batchreg)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 server=${1:-mysql://root@127.0.0.1:3306}
@@ -22,7 +23,7 @@ mariadb -h 127.0.0.1 -P 3306 -u root -e "DROP DATABASE IF EXISTS $db; CREATE DAT
 # replica NAME GRPC HTTP: starts a replica on the database; waits until it serves.
 replica() {
   BATCHREG_STORE_URL="$server/$db" BATCHREG_GRPC_LISTEN="$2" BATCHREG_HTTP_LISTEN="$3" \
-    target/release/batchreg serve > "$work/$1.log" 2>&1 &
+    "${BATCHREG:-target/release/batchreg}" serve > "$work/$1.log" 2>&1 &
   for _ in $(seq 1 100); do curl -sf "http://$3/healthz" >/dev/null && return 0; sleep 0.1; done
   echo "replica $1 did not start" >&2; cat "$work/$1.log" >&2; exit 1
 }

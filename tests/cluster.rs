@@ -154,6 +154,64 @@ async fn each_replica_lists_what_the_others_write() {
     b.server.shutdown().await.unwrap();
 }
 
+/// More rows changed since the last read than one fetch of the feed takes (1,024): one
+/// read applies every one, with its own port and metadata, whichever fetch brought it.
+#[test]
+fn one_read_applies_more_rows_than_one_fetch_takes() {
+    use batchreg::discovery::cache::RegistryCache;
+    use batchreg::discovery::feed::{FeedCursor, follow_once};
+    const ROWS: u32 = 2_500;
+    let Some(url) = fresh_database("feed_chunks") else {
+        return;
+    };
+    let store = batchreg::store::open(&StoreOptions {
+        url: url.clone(),
+        sqlite_synchronous: batchreg::store::sqlite::Synchronous::Normal,
+        concurrency: None,
+    })
+    .unwrap();
+    let overlap = std::time::Duration::from_secs(5);
+    let cache = RegistryCache::default();
+    let cursor = FeedCursor::start(store.now().unwrap(), overlap);
+    // Written by another process in one transaction, with the service it needs.
+    let values = |row: &dyn Fn(u32) -> String| (0..ROWS).map(row).collect::<Vec<_>>().join(",");
+    let instances =
+        values(&|n| format!("('bulk-{n:04}', 'svc-id', '10.9.3.1', {n}, 'r{n}', NOW(3), NOW(3))"));
+    let metadata = values(&|n| format!("('bulk-{n:04}', 'n', '{n}')"));
+    admin(
+        &url,
+        &[
+            "INSERT INTO namespace (name) VALUES ('bulk')".to_owned(),
+            "INSERT INTO service (id, name, namespace) VALUES ('svc-id', 'svc', 'bulk')".to_owned(),
+            "START TRANSACTION".to_owned(),
+            format!(
+                "INSERT INTO instance (id, service_id, host, port, revision, ctime, mtime)
+                 VALUES {instances}"
+            ),
+            format!("INSERT INTO instance_metadata (id, mkey, mvalue) VALUES {metadata}"),
+            "COMMIT".to_owned(),
+        ],
+    );
+    let read = follow_once(store.as_ref(), &cache, &cursor, overlap).unwrap();
+    assert_eq!(read.delays.len(), ROWS as usize, "each row applied once");
+    assert_eq!(cache.instance_count(), ROWS as usize);
+    for n in 0..ROWS {
+        let id = format!("bulk-{n:04}");
+        let (_, cached) = cache.instance(&id).expect("in the cache");
+        let (record, _, _) = cached.stored();
+        assert_eq!(
+            (record.namespace.as_str(), record.service.as_str()),
+            ("bulk", "svc")
+        );
+        assert_eq!(record.port, n, "{id}");
+        assert_eq!(
+            record.metadata,
+            vec![("n".to_owned(), n.to_string())],
+            "{id}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_on_one_database_agree() {
     let Some(url) = fresh_database("cluster") else {

@@ -6,11 +6,13 @@
 //!   when it was less than `RECENT_OVERLAP` late, about `overlap` after its write when
 //!   later); each row is so read about three times, not `overlap / refresh` times, and
 //!   the rows this process wrote itself only once, in the slice. The rows the cache does
-//!   not hold as they are are fetched whole and applied, unless the cache holds
-//!   something newer (a local write, or a local deregistration);
+//!   not hold as they are are fetched whole, 1,024 at a time in the order they
+//!   were read (oldest write first), and each chunk applied as it arrives, unless the
+//!   cache holds something newer (a local write, or a local deregistration);
 //! - the purge of deregistered rows older than `retention`, on every store;
 //! - the cache's gauges.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -21,6 +23,9 @@ use super::cache::{InstanceFacts, RegistryCache};
 use crate::store::clock::{earlier, parse_ms};
 use crate::store::{ChangedRow, Store, StoreError, StoredService};
 use crate::telemetry::FeedMetrics;
+
+/// Changed rows fetched (and applied) per read of the store.
+const FETCH_CHUNK: usize = 1024;
 
 /// Deregistered rows deleted per statement of a purge.
 const PURGE_BATCH: usize = 10_000;
@@ -209,6 +214,8 @@ pub fn follow_once(
     let mut delays = Vec::new();
     let mut newest: Option<String> = None;
     let mut fetch = Vec::new();
+    // A row rewritten between the two reads is listed by both: fetched once.
+    let mut listed = HashSet::new();
     // Each row as it is read: whether the cache holds it, as this row or as written
     // later (then kept).
     let mut each = |row: ChangedRow| {
@@ -235,47 +242,60 @@ pub fn follow_once(
         let deregistered_since = cache
             .tombstone(&row.id)
             .is_some_and(|removed| *removed > *row.mtime);
-        if !same && !deregistered_since {
+        if !same && !deregistered_since && listed.insert(row.id.clone()) {
             fetch.push(row.id);
         }
     };
     // This process's own writes are in the cache already (each is put there before it is
     // answered), so the frequent read leaves them out; the late slice reads them once,
-    // for a write whose commit this process saw fail although it happened.
-    store.changed_between(&recent, None, true, &mut each)?;
+    // for a write whose commit this process saw fail although it happened. The slice is
+    // read first, as its rows were written earlier.
     if cursor.late_until < late_end {
         store.changed_between(&cursor.late_until, Some(&late_end), false, &mut each)?;
     }
-    let fetched = store.instances(&fetch)?;
-    let mut puts = Vec::new();
-    for stored in &fetched {
-        let id = &stored.record.id;
-        let newer_held = cache
-            .peek(id, |held| held.written_after(&stored.mtime))
-            .unwrap_or(false);
-        let deregistered_since = cache
-            .tombstone(id)
-            .is_some_and(|removed| *removed > *stored.mtime);
-        if newer_held || deregistered_since {
-            continue;
+    store.changed_between(&recent, None, true, &mut each)?;
+    let scanned = read_started.elapsed();
+    // In the order the rows were read, oldest write first, a chunk at a time, each applied
+    // as soon as it arrives: a row written just after the last read waited for this one
+    // to start, and is not kept waiting also for the rows written since.
+    for chunk in fetch.chunks(FETCH_CHUNK) {
+        let fetched = store.instances(chunk)?;
+        let mut puts = Vec::new();
+        for stored in &fetched {
+            let id = &stored.record.id;
+            let newer_held = cache
+                .peek(id, |held| held.written_after(&stored.mtime))
+                .unwrap_or(false);
+            let deregistered_since = cache
+                .tombstone(id)
+                .is_some_and(|removed| *removed > *stored.mtime);
+            if newer_held || deregistered_since {
+                continue;
+            }
+            let service = match cache.service(&stored.record.namespace, &stored.record.service) {
+                Some(entry) => entry.stored(),
+                None => StoredService {
+                    id: stored.service_id.clone(),
+                    namespace: stored.record.namespace.clone(),
+                    name: stored.record.service.clone(),
+                    ctime: String::new(),
+                    mtime: String::new(),
+                },
+            };
+            newest = newest.max(Some(stored.mtime.clone()));
+            puts.push((service, stored));
         }
-        let service = match cache.service(&stored.record.namespace, &stored.record.service) {
-            Some(entry) => entry.stored(),
-            None => StoredService {
-                id: stored.service_id.clone(),
-                namespace: stored.record.namespace.clone(),
-                name: stored.record.service.clone(),
-                ctime: String::new(),
-                mtime: String::new(),
-            },
-        };
-        delays.push(since_write(&stored.mtime));
-        newest = newest.max(Some(stored.mtime.clone()));
-        puts.push((service, stored));
+        cache.put_instances(
+            puts.iter()
+                .map(|(service, stored)| (service, InstanceFacts::from(*stored))),
+        );
+        delays.extend(puts.iter().map(|(_, stored)| since_write(&stored.mtime)));
     }
-    cache.put_instances(
-        puts.iter()
-            .map(|(service, stored)| (service, InstanceFacts::from(*stored))),
+    tracing::debug!(
+        scan_ms = scanned.as_millis(),
+        fetched = fetch.len(),
+        total_ms = read_started.elapsed().as_millis(),
+        "change feed read"
     );
     cache.forget_tombstones(&earlier(&cursor.late_until, overlap));
     let lag = newest.map(|newest| since_write(&newest));
